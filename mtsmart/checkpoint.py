@@ -1,0 +1,166 @@
+"""Checkpoints: a directory that evaluate / predict / fine-tuning can use on its own.
+
+Layout (keys below are module constants)::
+
+    CKPT/encoder/            encoder.save_pretrained + tokenizer.save_pretrained
+    CKPT/heads.safetensors   every task head, "<task>.linear.weight" ...
+    CKPT/tasks.yaml          the task definitions, as a task file
+    CKPT/training.yaml       the resolved training configuration
+    CKPT/teacher.safetensors the SMART mean teacher (when one exists)
+    CKPT/trainer_state/      optimizer, scheduler, sampler, streams, RNG (for --resume)
+    CKPT/meta.json           written last: its presence marks a complete checkpoint
+
+A checkpoint is written into a temporary sibling directory and renamed into place, so a
+crash never leaves a half-written directory under the final name.
+Must not import train or cli.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from mtsmart.config import TrainConfig, parse_train_config, to_plain
+from mtsmart.errors import CheckpointError
+from mtsmart.model import MultiTaskModel, quiet_transformers
+from mtsmart.tasks import TaskDef, parse_task, task_to_plain
+
+FORMAT_VERSION = 1
+ENCODER_DIR = "encoder"
+HEADS_FILE = "heads.safetensors"
+TASKS_FILE = "tasks.yaml"
+TRAINING_FILE = "training.yaml"
+TEACHER_FILE = "teacher.safetensors"
+TRAINER_STATE_DIR = "trainer_state"
+META_FILE = "meta.json"
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: str
+    model: MultiTaskModel
+    tokenizer: Any
+    tasks: dict[str, TaskDef]
+    training: TrainConfig
+    meta: dict
+    teacher_state: Optional[dict[str, torch.Tensor]]
+
+
+def _state_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share storage; contiguous clones are independent.
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str, TaskDef],
+                    training: TrainConfig, meta: dict, teacher_state: Optional[dict] = None,
+                    trainer_state: Optional[dict] = None) -> None:
+    """Write a complete checkpoint at ``path`` atomically (replacing any older one)."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        encoder_dir = os.path.join(tmp, ENCODER_DIR)
+        with quiet_transformers():
+            model.encoder.save_pretrained(encoder_dir)
+            tokenizer.save_pretrained(encoder_dir)
+        head_state = {f"{name}.{k}": v for name, head in model.heads.items()
+                      for k, v in head.state_dict().items()}
+        save_file(_state_for_safetensors(head_state), os.path.join(tmp, HEADS_FILE))
+        with open(os.path.join(tmp, TASKS_FILE), "w", encoding="utf-8") as handle:
+            yaml.safe_dump({"tasks": {n: task_to_plain(t) for n, t in tasks.items()}}, handle,
+                           sort_keys=False)
+        with open(os.path.join(tmp, TRAINING_FILE), "w", encoding="utf-8") as handle:
+            yaml.safe_dump({"training": to_plain(training)}, handle, sort_keys=False)
+        if teacher_state is not None:
+            save_file(_state_for_safetensors(teacher_state), os.path.join(tmp, TEACHER_FILE))
+        if trainer_state is not None:
+            save_trainer_state(os.path.join(tmp, TRAINER_STATE_DIR), trainer_state)
+        heads = {name: [head.output_size, head.dropout.p] for name, head in model.heads.items()}
+        with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as handle:
+            json.dump({"format_version": FORMAT_VERSION, "heads": heads, **meta}, handle,
+                      indent=2, sort_keys=True)
+        if os.path.exists(path):
+            old = f"{tmp}.old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_trainer_state(directory: str, state: dict) -> None:
+    """Optimizer / scheduler tensors go through torch.save and are read back with
+    weights_only=True (no pickled code); everything else is JSON."""
+    os.makedirs(directory, exist_ok=True)
+    torch.save(state["tensors"], os.path.join(directory, "tensors.pt"))
+    with open(os.path.join(directory, "state.json"), "w", encoding="utf-8") as handle:
+        json.dump(state["json"], handle, indent=2, sort_keys=True)
+
+
+def load_trainer_state(path: str) -> dict:
+    directory = os.path.join(path, TRAINER_STATE_DIR)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{path}: has no trainer state; it cannot be resumed")
+    tensors = torch.load(os.path.join(directory, "tensors.pt"), map_location="cpu",
+                         weights_only=True)
+    with open(os.path.join(directory, "state.json"), encoding="utf-8") as handle:
+        return {"tensors": tensors, "json": json.load(handle)}
+
+
+def read_meta(path: str) -> dict:
+    meta_path = os.path.join(path, META_FILE)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if not os.path.isfile(meta_path):
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {META_FILE})")
+    with open(meta_path, encoding="utf-8") as handle:
+        meta = json.load(handle)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')} "
+                              f"is not supported (expected {FORMAT_VERSION})")
+    return meta
+
+
+def load_checkpoint_tasks(path: str) -> dict[str, TaskDef]:
+    tasks_path = os.path.join(path, TASKS_FILE)
+    with open(tasks_path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    return {name: parse_task(name, spec, tasks_path) for name, spec in raw["tasks"].items()}
+
+
+def load_checkpoint(path: str, device: str | torch.device = "cpu",
+                    trust_remote_code: bool = False) -> LoadedCheckpoint:
+    """Load model (encoder + every head), tokenizer, tasks, config and teacher."""
+    from transformers import AutoModel, AutoTokenizer
+
+    meta = read_meta(path)
+    tasks = load_checkpoint_tasks(path)
+    with open(os.path.join(path, TRAINING_FILE), encoding="utf-8") as handle:
+        training = parse_train_config(yaml.safe_load(handle)["training"],
+                                      os.path.join(path, TRAINING_FILE))
+    encoder_dir = os.path.join(path, ENCODER_DIR)
+    with quiet_transformers():
+        encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
+    heads = {name: (int(size), float(dropout)) for name, (size, dropout) in meta["heads"].items()}
+    model = MultiTaskModel(encoder, heads)
+    head_state = load_file(os.path.join(path, HEADS_FILE))
+    for name, head in model.heads.items():
+        prefix = f"{name}."
+        head.load_state_dict({k[len(prefix):]: v for k, v in head_state.items()
+                              if k.startswith(prefix)})
+    model.to(device)
+    teacher_path = os.path.join(path, TEACHER_FILE)
+    teacher_state = load_file(teacher_path) if os.path.exists(teacher_path) else None
+    return LoadedCheckpoint(path, model, tokenizer, tasks, training, meta, teacher_state)

@@ -1,0 +1,292 @@
+"""Command line: ``mtsmart train | evaluate | predict``. The only reader of sys.argv.
+
+Every user error ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+from mtsmart.config import SMART_MODES, SMART_PRESETS, SAMPLERS, NORMS, PRECISIONS, load_yaml, parse_override
+from mtsmart.errors import ConfigError, MtsmartError
+
+EXIT_USAGE = 2
+
+# Command-line flag → (config path, type). Flags win over the YAML and KEY=VALUE overrides.
+TRAIN_FLAGS: dict[str, tuple[str, type]] = {
+    "encoder": ("training.encoder", str),
+    "num_hidden_layers": ("training.num_hidden_layers", int),
+    "max_steps": ("training.max_steps", int),
+    "epochs": ("training.epochs", float),
+    "batch_size": ("training.batch_size", int),
+    "grad_accum_steps": ("training.grad_accum_steps", int),
+    "lr": ("training.optim.lr", float),
+    "seed": ("training.seed", int),
+    "eval_every": ("training.eval_every", int),
+    "select_metric": ("training.select_metric", str),
+    "sampler": ("training.sampler.name", str),
+    "precision": ("training.precision", str),
+    "num_threads": ("training.num_threads", int),
+    "smart": ("training.smart.mode", str),
+    "adv_weight": ("training.smart.adv_weight", float),
+    "prox_weight": ("training.smart.prox_weight", float),
+    "epsilon": ("training.smart.epsilon", float),
+    "noise_std": ("training.smart.noise_std", float),
+    "step_size": ("training.smart.step_size", float),
+    "num_steps": ("training.smart.num_steps", int),
+    "norm": ("training.smart.norm", str),
+    "teacher_beta": ("training.smart.teacher_beta", float),
+    "teacher_beta_early": ("training.smart.teacher_beta_early", float),
+    "prox_warmup_fraction": ("training.smart.prox_warmup_fraction", float),
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, like every other error
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def add_smart_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SMART (see docs/smart.md; flags override the YAML)")
+    group.add_argument("--smart", choices=SMART_MODES,
+                       help="which SMART terms to use: off (plain fine-tuning), adversarial "
+                            "(λ_s·R_s only), bregman (μ·D_Breg only) or full")
+    group.add_argument("--smart-preset", choices=sorted(SMART_PRESETS),
+                       help="start the SMART settings from a named preset (paper: Jiang et al. 2020)")
+    group.add_argument("--adv-weight", type=float, metavar="λ_s", help="weight of the adversarial term")
+    group.add_argument("--prox-weight", type=float, metavar="μ", help="weight of the Bregman term")
+    group.add_argument("--epsilon", type=float, metavar="ε", help="radius of each token's perturbation ball")
+    group.add_argument("--noise-std", type=float, metavar="σ", help="std of the initial noise")
+    group.add_argument("--step-size", type=float, metavar="η", help="ascent step size")
+    group.add_argument("--num-steps", type=int, metavar="K", help="ascent steps")
+    group.add_argument("--norm", choices=NORMS, help="per-token norm for normalisation and projection")
+    group.add_argument("--teacher-beta", type=float, metavar="β", help="teacher momentum after the early phase")
+    group.add_argument("--teacher-beta-early", type=float, metavar="β0", help="teacher momentum early on")
+    group.add_argument("--prox-warmup-fraction", type=float, metavar="F",
+                       help="ramp μ from 0 over this fraction of the updates")
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task_file", help="task-definition YAML (e.g. task_defs/glue.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="override any setting, e.g. training.optim.weight_decay=0 or "
+                             "tasks.rte.max_length=256 (bare keys mean training.KEY)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="a YAML file of training settings (a 'training:' mapping), "
+                             "applied over the task file's own")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR",
+                        help="run directory: best/, last/, tensorboard/, metrics.jsonl, results.json")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="where data paths are relative to (default: $MTSMART_DATA_DIR, the "
+                             "file's data_dir, or the task file's directory)")
+    parser.add_argument("--tasks", metavar="A,B", help="train only these tasks (comma-separated)")
+    parser.add_argument("--encoder", help="Hugging Face model name or local directory")
+    parser.add_argument("--num-hidden-layers", type=int, metavar="N",
+                        help="keep only the first N encoder layers (fast smoke runs)")
+    parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer updates (wins over --epochs)")
+    parser.add_argument("--epochs", type=float, metavar="N",
+                        help="passes over the training data (one pass = every task's batches once)")
+    parser.add_argument("--batch-size", type=int, metavar="N")
+    parser.add_argument("--grad-accum-steps", type=int, metavar="N")
+    parser.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
+    parser.add_argument("--seed", type=int, metavar="N")
+    parser.add_argument("--eval-every", type=int, metavar="N",
+                        help="evaluate every N updates (0: at the end of each epoch)")
+    parser.add_argument("--select-metric", metavar="M",
+                        help="'average' or TASK/METRIC: picks the best checkpoint")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="task-sampling scheme")
+    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--num-threads", type=int, metavar="N", help="torch CPU threads")
+    parser.add_argument("--cache-dir", metavar="DIR", help="tokenized-data cache (default ~/.cache/mtsmart)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last/")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_smart_flags(parser)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="mtsmart", description=(
+        "Multi-task fine-tuning of pre-trained transformer encoders with SMART."))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    train = sub.add_parser("train", help="multi-task training from a task-definition file",
+                           description="Train one shared encoder with a head per task.")
+    add_train_flags(train)
+
+    evaluate = sub.add_parser("evaluate", help="score a checkpoint on each task's split",
+                              description="Print a per-task metrics table and write it as JSON.")
+    evaluate.add_argument("checkpoint", help="a checkpoint directory (e.g. runs/x/best)")
+    evaluate.add_argument("--data-dir", metavar="DIR", help="where the tasks' data paths are relative to")
+    evaluate.add_argument("--tasks", metavar="A,B", help="only these tasks")
+    evaluate.add_argument("--split", default=None, metavar="NAME",
+                          help="split to score (default: each task's eval_split)")
+    evaluate.add_argument("--out", metavar="FILE", help="JSON file (default: CHECKPOINT/eval_SPLIT.json)")
+    evaluate.add_argument("--batch-size", type=int, default=64, metavar="N")
+
+    predict = sub.add_parser("predict", help="write predictions of a checkpoint",
+                             description="Write one TSV per task: index and predicted label or score.")
+    predict.add_argument("checkpoint", help="a checkpoint directory")
+    predict.add_argument("--task", required=True, metavar="NAME",
+                         help="task name, comma-separated names, or 'all'")
+    predict.add_argument("--split", default="dev", metavar="NAME", help="split to predict (default dev)")
+    predict.add_argument("--data-dir", metavar="DIR", help="where the tasks' data paths are relative to")
+    predict.add_argument("--out", required=True, metavar="PATH",
+                         help="a .tsv file (one task) or a directory (one TASK.tsv per task)")
+    predict.add_argument("--batch-size", type=int, default=64, metavar="N")
+    return parser
+
+
+# ------------------------------------------------------------------------- commands
+def collect_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any, str]]:
+    overrides = [(*parse_override(text), text) for text in args.overrides]
+    if args.config:
+        raw = load_yaml(args.config)
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{args.config}: expected a mapping of training settings")
+        if "training" in raw:
+            extra = sorted(set(raw) - {"training"})
+            if extra:
+                raise ConfigError(f"{args.config}: unknown top-level key {extra[0]!r} (valid: training)")
+            raw = raw["training"] or {}
+        overrides[:0] = _flatten(["training"], raw, f"--config {args.config}")
+    if args.smart_preset:
+        overrides.append((["training", "smart", "preset"], args.smart_preset, "--smart-preset"))
+    for flag, (path, _) in TRAIN_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append((path.split("."), value, f"--{flag.replace('_', '-')}"))
+    return overrides
+
+
+def _flatten(prefix, value, text):
+    """A mapping from --config is applied key by key, so it merges with the task file's
+    own training settings instead of replacing them."""
+    if isinstance(value, dict) and value:
+        items = []
+        for key, sub in value.items():
+            items.extend(_flatten([*prefix, str(key)], sub, text))
+        return items
+    return [(prefix, value, text)]
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from mtsmart.tasks import load_task_file, resolve_data_dir, select_tasks
+    from mtsmart.train import Trainer, prepare_output_dir
+
+    overrides = collect_overrides(args)
+    task_file = load_task_file(args.task_file, overrides)
+    tasks = select_tasks(task_file.tasks, args.tasks, "--tasks")
+    data_dir = resolve_data_dir(args.data_dir, task_file)
+    prepare_output_dir(args.output, overwrite=args.overwrite, resume=args.resume)
+    trainer = Trainer(tasks, task_file.training, data_dir, args.output, resume=args.resume,
+                      cache_dir=args.cache_dir, show_progress=not args.quiet)
+    try:
+        trainer.setup()
+        summary = trainer.train()
+    finally:
+        trainer.cleanup()
+    from mtsmart.evaluation import format_table
+
+    print(f"\nbest checkpoint (step {summary['best']['global_step']}, "
+          f"{summary['select_metric']}={100 * summary['best']['selection_score']:.2f}):")
+    print(format_table(summary["best"]["results"], "dev"))
+    print(f"\ntrained {summary['total_updates']} steps in {summary['train_seconds']:.0f} s; "
+          f"checkpoints in {args.output}/best and {args.output}/last")
+    print(f"watch it in TensorBoard:  tensorboard --logdir {args.output}")
+    return 0
+
+
+def _checkpoint_tasks(loaded, names: Optional[str], where: str):
+    from mtsmart.tasks import select_tasks
+
+    if names == "all":
+        names = None
+    return select_tasks(loaded.tasks, names, where)
+
+
+def _data_dir(value: Optional[str]) -> str:
+    from mtsmart.tasks import DATA_DIR_ENV
+
+    return value or os.environ.get(DATA_DIR_ENV) or os.getcwd()
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from mtsmart.checkpoint import load_checkpoint
+    from mtsmart.data import default_cache_dir, load_tokenized
+    from mtsmart.evaluation import format_table, predict_split, score_split
+    from mtsmart.metric_logging import write_json
+    from mtsmart.train import pick_device
+
+    device = pick_device()
+    loaded = load_checkpoint(args.checkpoint, device)
+    tasks = _checkpoint_tasks(loaded, args.tasks, "--tasks")
+    data_dir = _data_dir(args.data_dir)
+    results, split_names = {}, {}
+    for name, task in tasks.items():
+        split_name = args.split or task.eval_split
+        split = load_tokenized(task, split_name, loaded.tokenizer, data_dir, default_cache_dir())
+        preds = predict_split(loaded.model, task, split, args.batch_size,
+                              loaded.tokenizer.pad_token_id or 0, device)
+        results[name] = score_split(task, preds, split)
+        split_names[name] = split_name
+    label = args.split or "eval"
+    print(format_table(results, label))
+    out = args.out or os.path.join(args.checkpoint, f"eval_{label}.json")
+    write_json(out, {"checkpoint": args.checkpoint, "splits": split_names, "results": results})
+    print(f"\nwrote {out}")
+    return 0
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    from mtsmart.checkpoint import load_checkpoint
+    from mtsmart.data import default_cache_dir, load_tokenized
+    from mtsmart.evaluation import predict_split
+    from mtsmart.train import pick_device
+
+    device = pick_device()
+    loaded = load_checkpoint(args.checkpoint, device)
+    tasks = _checkpoint_tasks(loaded, args.task, "--task")
+    data_dir = _data_dir(args.data_dir)
+    single_file = len(tasks) == 1 and args.out.endswith((".tsv", ".txt"))
+    if not single_file:
+        os.makedirs(args.out, exist_ok=True)
+    for name, task in tasks.items():
+        split = load_tokenized(task, args.split, loaded.tokenizer, data_dir, default_cache_dir())
+        preds = predict_split(loaded.model, task, split, args.batch_size,
+                              loaded.tokenizer.pad_token_id or 0, device)
+        path = args.out if single_file else os.path.join(args.out, f"{name}.tsv")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write("index\tprediction\n")
+            for index, value in enumerate(preds):
+                handle.write(f"{index}\t{task.task_type.format_prediction(value, task.labels)}\n")
+        os.replace(tmp, path)
+        print(f"{name}: {len(preds)} predictions → {path}")
+    return 0
+
+
+COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MtsmartError as err:
+        print(f"mtsmart: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mtsmart: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""Typed, frozen run configuration: loading from YAML mappings, overrides, validation.
+
+Does: turn plain mappings (from YAML or the command line) into frozen dataclasses,
+rejecting unknown keys and wrong types with one line that names the file and the key.
+Must not import torch, transformers or any other mtsmart module but ``errors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal, Mapping, Optional, Union
+
+import yaml
+
+from mtsmart.errors import ConfigError
+
+SMART_MODES = ("off", "adversarial", "bregman", "full")
+SAMPLERS = ("proportional", "temperature", "uniform", "annealed")
+NORMS = ("inf", "l2")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class SmartConfig:
+    """SMART settings (see docs/smart.md). Names are the YAML keys.
+
+    ``adv_weight`` is λ_s, ``prox_weight`` μ, ``epsilon`` ε, ``noise_std`` σ,
+    ``step_size`` η, ``num_steps`` K; ``teacher_beta`` is β after the first
+    ``teacher_early_fraction`` of the updates, ``teacher_beta_early`` before.
+    """
+
+    mode: Literal["off", "adversarial", "bregman", "full"] = "off"
+    adv_weight: float = 1.0
+    prox_weight: float = 1.0
+    epsilon: float = 1e-5
+    noise_std: float = 1e-5
+    step_size: float = 1e-3
+    num_steps: int = 1
+    norm: Literal["inf", "l2"] = "inf"
+    # epsilon and noise_std are multiplied by the encoder's mean per-token word-embedding
+    # norm (in `norm`) when true, so one setting means the same on every encoder.
+    relative_to_embedding_norm: bool = False
+    teacher_beta: float = 0.999
+    teacher_beta_early: float = 0.99
+    teacher_early_fraction: float = 0.1
+    # The Bregman weight ramps linearly from 0 to prox_weight over this fraction of the
+    # updates: a teacher that is still the random head is no anchor worth pulling to.
+    prox_warmup_fraction: float = 0.0
+
+    @property
+    def use_adversarial(self) -> bool:
+        return self.mode in ("adversarial", "full") and self.adv_weight > 0
+
+    @property
+    def use_bregman(self) -> bool:
+        return self.mode in ("bregman", "full") and self.prox_weight > 0
+
+
+# The fields a task may override: the teacher is one object shared by every task, so its
+# momentum and the mode are global.
+PER_TASK_SMART_KEYS = (
+    "adv_weight",
+    "prox_weight",
+    "epsilon",
+    "noise_std",
+    "step_size",
+    "num_steps",
+    "norm",
+    "relative_to_embedding_norm",
+)
+
+SMART_PRESETS: dict[str, dict[str, Any]] = {
+    # Jiang et al. 2020, section 4.1.
+    "paper": dict(
+        adv_weight=1.0,
+        prox_weight=1.0,
+        epsilon=1e-5,
+        noise_std=1e-5,
+        step_size=1e-3,
+        num_steps=1,
+        norm="inf",
+        relative_to_embedding_norm=False,
+        teacher_beta=0.999,
+        teacher_beta_early=0.99,
+        teacher_early_fraction=0.1,
+        prox_warmup_fraction=0.0,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up and decay."""
+
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_fraction: float = 0.1
+    max_grad_norm: float = 1.0
+    fused: bool = True  # use torch's fused AdamW kernel where the device supports it
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How the next task is chosen. p_k ∝ n_k·w_k (proportional), (n_k·w_k)^(1/T)
+    (temperature), w_k (uniform), or n_k^α·w_k with α annealed from 1 to
+    ``anneal_final_alpha`` over training (annealed)."""
+
+    name: Literal["proportional", "temperature", "uniform", "annealed"] = "proportional"
+    temperature: float = 2.0
+    anneal_final_alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides the task definitions."""
+
+    encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    num_hidden_layers: Optional[int] = None  # truncate the encoder (fast smoke runs)
+    trust_remote_code: bool = False
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    epochs: float = 3.0
+    max_steps: Optional[int] = None  # optimizer updates; wins over epochs when set
+    grad_accum_steps: int = 1
+    seed: int = 1
+    eval_every: int = 0  # optimizer updates between evaluations; 0 = end of each epoch
+    log_every: int = 10
+    select_metric: str = "average"  # "average" or "TASK/METRIC", e.g. "rte/accuracy"
+    length_grouped: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    num_threads: Optional[int] = None
+    keep_last: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    smart: SmartConfig = field(default_factory=SmartConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# Strict conversion from mappings
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin in (tuple, list):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (int → float, list →
+    tuple, mapping → dataclass). Raises ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value is False and "off" in allowed:  # YAML 1.1 reads a bare `off` as false
+            value = "off"
+        if value not in allowed:
+            raise ConfigError(
+                f"{where}: {value!r} is not valid (valid: {', '.join(map(str, allowed))})"
+            )
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {coerce(k, key_tp, f"{where} key"): coerce(v, value_tp, f"{where}.{k}")
+                for k, v in value.items()}
+    if is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_mapping(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {where}")
+
+
+def from_mapping(cls: type, data: Any, where: str):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(names)})"
+        )
+    kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_smart(data: Any, where: str, base: SmartConfig | None = None) -> SmartConfig:
+    """A ``smart:`` block: an optional ``preset`` first, then explicit keys over it."""
+    base = base or SmartConfig()
+    if data is None:
+        return base
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {data!r}")
+    data = dict(data)
+    preset = data.pop("preset", None)
+    if preset is not None:
+        if preset not in SMART_PRESETS:
+            raise ConfigError(
+                f"{where}.preset: unknown preset {preset!r} (valid: {', '.join(SMART_PRESETS)})"
+            )
+        base = replace(base, **SMART_PRESETS[preset])
+    merged = {**dataclasses.asdict(base), **data}
+    cfg = from_mapping(SmartConfig, merged, where)
+    validate_smart(cfg, where)
+    return cfg
+
+
+def validate_smart(cfg: SmartConfig, where: str) -> None:
+    for name in ("adv_weight", "prox_weight", "epsilon", "noise_std", "step_size",
+                 "prox_warmup_fraction"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(cfg, name)}")
+    if cfg.num_steps < 1:
+        raise ConfigError(f"{where}.num_steps: must be >= 1, got {cfg.num_steps}")
+    for name in ("teacher_beta", "teacher_beta_early", "teacher_early_fraction"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ConfigError(f"{where}.{name}: must be in [0, 1], got {getattr(cfg, name)}")
+
+
+def parse_train_config(data: Any, where: str) -> TrainConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {data!r}")
+    data = dict(data)
+    smart = parse_smart(data.pop("smart", None), f"{where}.smart")
+    cfg = from_mapping(TrainConfig, {**data, "smart": smart}, where)
+    validate_train(cfg, where)
+    return cfg
+
+
+def validate_train(cfg: TrainConfig, where: str) -> None:
+    positive = ("batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "keep_last")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(cfg, name)}")
+    if cfg.max_steps is None and cfg.epochs <= 0:
+        raise ConfigError(f"{where}.epochs: must be > 0 when max_steps is not set")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ConfigError(f"{where}.max_steps: must be >= 1, got {cfg.max_steps}")
+    if cfg.eval_every < 0:
+        raise ConfigError(f"{where}.eval_every: must be >= 0, got {cfg.eval_every}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"{where}.optim.lr: must be > 0, got {cfg.optim.lr}")
+    if not 0 <= cfg.optim.warmup_fraction < 1:
+        raise ConfigError(f"{where}.optim.warmup_fraction: must be in [0, 1)")
+    if cfg.sampler.temperature <= 0:
+        raise ConfigError(f"{where}.sampler.temperature: must be > 0")
+    validate_smart(cfg.smart, f"{where}.smart")
+
+
+# ---------------------------------------------------------------------------------------
+# Command-line overrides: "training.optim.lr=2e-5", "tasks.rte.smart.adv_weight=0"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (["a", "b", "c"], value), the value read as YAML."""
+    if "=" not in text:
+        raise ConfigError(
+            f"override {text!r}: expected KEY=VALUE, e.g. training.optim.lr=2e-5"
+        )
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_override(tree: dict, path: list[str], value: Any, text: str) -> None:
+    """Set ``tree[path[0]]...[path[-1]] = value``, creating mappings on the way.
+    Unknown keys are caught later by the strict loaders, which name the full path."""
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {text!r}: {part!r} is not a mapping")
+        node = child
+    node[path[-1]] = value
+
+
+def load_yaml(path: str) -> Any:
+    """Read a YAML file with the safe loader; one-line errors for missing or bad files."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses → plain dicts/lists for YAML or JSON."""
+    if is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj

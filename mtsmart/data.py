@@ -1,0 +1,426 @@
+"""Data: read each task's splits exactly as declared, tokenize them with the encoder's own
+tokenizer (cached between runs), and serve dynamically padded, length-grouped batches.
+
+Must not import the model, the trainer or the CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mtsmart.errors import DataError
+from mtsmart.tasks import FileSource, HubSource, TaskDef
+
+CACHE_ENV = "MTSMART_CACHE"
+# Length-grouped batching sorts within windows of this many batches: large enough to
+# group similar lengths, small enough that batches stay random across the epoch.
+LENGTH_GROUP_WINDOW = 50
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass
+class Examples:
+    """Raw examples of one split: text tuples, encoded targets, and the 1-based line (or
+    row) each came from, for error messages and prediction files."""
+
+    texts: list[tuple[str, ...]]
+    targets: list
+    lines: list[int]
+    source: str
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+def _decode(raw: bytes, path: str, encoding: str, task: TaskDef) -> str:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} line {line}: task {task.name!r}: bytes that are not valid {encoding} "
+            f"({err.reason}); set the split's 'encoding' to the file's encoding"
+        ) from None
+    except LookupError:
+        raise DataError(f"{task.where('encoding')}: unknown encoding {encoding!r}") from None
+
+
+def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
+    """Yield (line number, row) where a row is a list of fields or a JSON object."""
+    fmt = src.resolved_format
+    if fmt == "jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                yield number, line
+        return
+    delimiter = "\t" if fmt == "tsv" else ","
+    quoting = csv.QUOTE_NONE if src.quoting == "none" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    try:
+        for row in reader:
+            if row and any(field.strip() for field in row):
+                yield reader.line_num, row
+    except csv.Error as err:
+        raise DataError(f"{src.path} line {reader.line_num}: malformed {fmt}: {err}") from None
+
+
+def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -> Examples:
+    path = src.path if os.path.isabs(src.path) else os.path.join(data_dir, src.path)
+    if not os.path.isfile(path):
+        raise DataError(
+            f"{path}: file not found (task {task.name!r}, split {split!r}; "
+            f"paths are relative to --data-dir or $MTSMART_DATA_DIR, here {data_dir})"
+        )
+    with open(path, "rb") as handle:
+        text = _decode(handle.read(), path, src.encoding, task)
+    rows = _rows_from_text(text, src)
+    fmt = src.resolved_format
+    columns = dict(src.columns or {})
+    for name in task.fields_used:
+        columns.setdefault(name, name)
+
+    header: Optional[list[str]] = None
+    if fmt != "jsonl" and src.header:
+        first = next(rows, None)
+        if first is None:
+            raise DataError(f"{path}: task {task.name!r}: split {split!r} is empty")
+        header = [h.strip() for h in first[1]]
+    index_of: dict[str, int] = {}
+    if fmt != "jsonl":
+        for name, column in columns.items():
+            if name not in task.fields_used:
+                continue
+            if isinstance(column, int):
+                index_of[name] = column
+            elif header is not None and column in header:
+                index_of[name] = header.index(column)
+            elif header is None:
+                raise DataError(
+                    f"{path}: task {task.name!r}: field {name!r} names column {column!r}, "
+                    "but the file has no header; give a 0-based column index in 'columns'"
+                )
+            else:
+                raise DataError(
+                    f"{path}: task {task.name!r}: field {name!r}: no column {column!r} in the "
+                    f"header (columns: {', '.join(header)})"
+                )
+
+    task_type = task.task_type
+    examples = Examples(texts=[], targets=[], lines=[], source=path)
+    for line, row in rows:
+        if fmt == "jsonl":
+            try:
+                obj = json.loads(row)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {line}: task {task.name!r}: invalid JSON: {err.msg}") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path} line {line}: task {task.name!r}: expected a JSON object")
+            values = {}
+            for name in task.fields_used:
+                key = columns[name]
+                if key not in obj:
+                    raise DataError(f"{path} line {line}: task {task.name!r}: field {name!r}: "
+                                    f"no key {key!r} (keys: {', '.join(map(str, obj))})")
+                values[name] = obj[key]
+        else:
+            values = {}
+            for name, index in index_of.items():
+                if not -len(row) <= index < len(row):
+                    raise DataError(
+                        f"{path} line {line}: task {task.name!r}: field {name!r}: the line has "
+                        f"{len(row)} fields, column {index} is missing"
+                    )
+                values[name] = row[index]
+        try:
+            target = task_type.parse_target(values[task.target_column], task.labels)
+        except ValueError as err:
+            raise DataError(
+                f"{path} line {line}: task {task.name!r}: field {task.target_column!r}: {err}"
+            ) from None
+        examples.texts.append(tuple(str(values[f]) for f in task.text_fields))
+        examples.targets.append(target)
+        examples.lines.append(line)
+    if not examples.texts:
+        raise DataError(f"{path}: task {task.name!r}: split {split!r} has no rows")
+    return examples
+
+
+def read_hub_split(task: TaskDef, split: str, src: HubSource) -> Examples:
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(src.hub, src.name, split=src.split, revision=src.revision)
+    except Exception as err:  # the datasets library raises many types; the user needs one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{task.where()}: split {split!r}: cannot load {src.describe()}: {first}") from None
+    columns = dict(src.columns or {})
+    task_type = task.task_type
+    examples = Examples(texts=[], targets=[], lines=[], source=src.describe())
+    names = {name: columns.get(name, name) for name in task.fields_used}
+    for name, column in names.items():
+        if column not in dataset.column_names:
+            raise DataError(f"{task.where(name)}: {src.describe()} has no column {column!r} "
+                            f"(columns: {', '.join(dataset.column_names)})")
+    for row_number, row in enumerate(dataset, start=1):
+        try:
+            target = task_type.parse_target(row[names[task.target_column]], task.labels)
+        except ValueError as err:
+            raise DataError(f"{src.describe()} row {row_number}: task {task.name!r}: "
+                            f"field {task.target_column!r}: {err}") from None
+        examples.texts.append(tuple(str(row[names[f]]) for f in task.text_fields))
+        examples.targets.append(target)
+        examples.lines.append(row_number)
+    if not examples.texts:
+        raise DataError(f"{src.describe()}: task {task.name!r}: split {split!r} has no rows")
+    return examples
+
+
+def read_split(task: TaskDef, split: str, data_dir: str) -> Examples:
+    if split not in task.splits:
+        raise DataError(f"{task.where()}: no split {split!r} (splits: {', '.join(task.splits)})")
+    src = task.splits[split]
+    if isinstance(src, HubSource):
+        return read_hub_split(task, split, src)
+    return read_file_split(task, split, src, data_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenization, cached between runs
+
+
+@dataclass
+class TokenizedSplit:
+    """Ragged token ids of one split, stored flat with offsets (cheap to cache and slice)."""
+
+    input_ids: np.ndarray  # [total_tokens] int32
+    token_type_ids: Optional[np.ndarray]  # [total_tokens] int8, or None
+    offsets: np.ndarray  # [num_examples + 1] int64
+    targets: np.ndarray  # [num_examples]
+    lines: np.ndarray  # [num_examples]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def subset(self, indices: Sequence[int]) -> "TokenizedSplit":
+        indices = np.asarray(indices, dtype=np.int64)
+        lengths = self.lengths[indices]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        gather = np.concatenate(
+            [np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices]
+        ) if len(indices) else np.zeros(0, dtype=np.int64)
+        return TokenizedSplit(
+            input_ids=self.input_ids[gather],
+            token_type_ids=None if self.token_type_ids is None else self.token_type_ids[gather],
+            offsets=offsets,
+            targets=self.targets[indices],
+            lines=self.lines[indices],
+        )
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(f"{type(tokenizer).__name__}|{state}".encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> str:
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "mtsmart")
+
+
+def tokenize_examples(examples: Examples, tokenizer, max_length: int, dtype,
+                      cache_dir: Optional[str] = None) -> TokenizedSplit:
+    """Tokenize (pairs handled by the tokenizer), truncating to ``max_length``.
+
+    The result is cached under ``cache_dir`` keyed by the texts, the tokenizer's full
+    state and ``max_length``, so a changed file or tokenizer never reuses stale ids."""
+    digest = hashlib.sha256()
+    digest.update(f"{tokenizer_fingerprint(tokenizer)}|{max_length}|{np.dtype(dtype).str}".encode())
+    for text, target in zip(examples.texts, examples.targets):
+        digest.update("\x1f".join(text).encode())
+        digest.update(f"\x1e{target}\x1d".encode())
+    key = digest.hexdigest()[:32]
+    path = os.path.join(cache_dir, f"{key}.npz") if cache_dir else None
+    if path and os.path.exists(path):
+        try:
+            with np.load(path) as cached:
+                return TokenizedSplit(
+                    input_ids=cached["input_ids"],
+                    token_type_ids=cached["token_type_ids"] if cached["has_types"] else None,
+                    offsets=cached["offsets"],
+                    targets=cached["targets"],
+                    lines=cached["lines"],
+                )
+        except (OSError, KeyError, ValueError):
+            pass  # a damaged cache entry is rebuilt below
+
+    columns = list(zip(*examples.texts))
+    second = list(columns[1]) if len(columns) > 1 else None
+    encoded = tokenizer(list(columns[0]), second, truncation=True, max_length=max_length,
+                        padding=False)
+    ids = encoded["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+    types = encoded.get("token_type_ids")
+    flat_types = (np.fromiter((t for x in types for t in x), dtype=np.int8, count=int(offsets[-1]))
+                  if types is not None else None)
+    result = TokenizedSplit(
+        input_ids=flat,
+        token_type_ids=flat_types,
+        offsets=offsets,
+        targets=np.asarray(examples.targets, dtype=dtype),
+        lines=np.asarray(examples.lines, dtype=np.int64),
+    )
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, input_ids=flat, offsets=offsets, targets=result.targets, lines=result.lines,
+                 token_type_ids=flat_types if flat_types is not None else np.zeros(0, np.int8),
+                 has_types=np.array(flat_types is not None))
+        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Batching
+
+
+def collate(split: TokenizedSplit, indices: Sequence[int], pad_token_id: int,
+            pad_to_multiple_of: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """Pad the examples ``indices`` to the longest of them (dynamic padding).
+
+    Returns input_ids / attention_mask / (token_type_ids) as [batch, seq] and labels
+    as [batch], plus ``index``: the examples' positions in the split."""
+    lengths = [int(split.offsets[i + 1] - split.offsets[i]) for i in indices]
+    width = max(lengths)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = np.full((len(indices), width), pad_token_id, dtype=np.int64)
+    attention = np.zeros((len(indices), width), dtype=np.int64)
+    types = np.zeros((len(indices), width), dtype=np.int64) if split.token_type_ids is not None else None
+    for row, (i, n) in enumerate(zip(indices, lengths)):
+        start = split.offsets[i]
+        input_ids[row, :n] = split.input_ids[start:start + n]
+        attention[row, :n] = 1
+        if types is not None:
+            types[row, :n] = split.token_type_ids[start:start + n]
+    batch = {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention),
+        "labels": torch.as_tensor(split.targets[list(indices)]),
+        "index": torch.as_tensor(np.asarray(indices, dtype=np.int64)),
+    }
+    if types is not None:
+        batch["token_type_ids"] = torch.from_numpy(types)
+    return batch
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  length_grouped: bool = True) -> list[np.ndarray]:
+    """The batches of one epoch, as arrays of example indices; a pure function of its
+    arguments so that a resumed run replays the same order.
+
+    Length-grouped (the default): shuffle, sort by length inside windows of
+    ``LENGTH_GROUP_WINDOW`` batches, cut into batches, shuffle the batches. Similar
+    lengths share a batch (less padding) while the order stays random."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if length_grouped:
+        window = batch_size * LENGTH_GROUP_WINDOW
+        order = np.concatenate([
+            chunk[np.argsort(-lengths[chunk], kind="stable")]
+            for chunk in np.split(order, range(window, len(order), window))
+        ])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if length_grouped:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+    return -(-num_examples // batch_size)
+
+
+class TaskStream:
+    """An endless stream of one task's training batches, epoch after epoch.
+
+    Its position is two integers, so a checkpoint can resume it exactly."""
+
+    def __init__(self, split: TokenizedSplit, batch_size: int, seed: int, pad_token_id: int,
+                 length_grouped: bool = True, stream_id: int = 0):
+        self.split = split
+        self.batch_size = batch_size
+        self.seed = seed
+        self.stream_id = stream_id
+        self.pad_token_id = pad_token_id
+        self.length_grouped = length_grouped
+        self.epoch = 0
+        self.position = 0
+        self._batches: Optional[list[np.ndarray]] = None
+
+    def __len__(self) -> int:
+        return num_batches(len(self.split), self.batch_size)
+
+    def _current(self) -> list[np.ndarray]:
+        if self._batches is None:
+            self._batches = epoch_batches(self.split.lengths, self.batch_size,
+                                          self.seed * 1000 + self.stream_id, self.epoch,
+                                          self.length_grouped)
+        return self._batches
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        batches = self._current()
+        if self.position >= len(batches):
+            self.epoch += 1
+            self.position = 0
+            self._batches = None
+            batches = self._current()
+        indices = batches[self.position]
+        self.position += 1
+        return collate(self.split, indices, self.pad_token_id)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._batches = None
+
+
+def eval_batches(split: TokenizedSplit, batch_size: int, pad_token_id: int) -> Iterator[dict]:
+    """Batches sorted by length (least padding); ``index`` restores the file order."""
+    order = np.argsort(-split.lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield collate(split, order[start:start + batch_size], pad_token_id)
+
+
+def padding_stats(lengths: np.ndarray, batches: list[np.ndarray]) -> tuple[int, int]:
+    """(real tokens, padded tokens) over a list of batches, for throughput reports."""
+    real = int(sum(lengths[b].sum() for b in batches))
+    padded = int(sum(lengths[b].max() * len(b) for b in batches))
+    return real, padded
+
+
+def load_tokenized(task: TaskDef, split: str, tokenizer, data_dir: str,
+                   cache_dir: Optional[str]) -> TokenizedSplit:
+    """Read and tokenize one split of one task (cached)."""
+    examples = read_split(task, split, data_dir)
+    dtype = np.int64 if task.task_type.target_dtype == torch.long else np.float32
+    return tokenize_examples(examples, tokenizer, task.max_length, dtype, cache_dir)

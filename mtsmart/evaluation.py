@@ -1,0 +1,65 @@
+"""Evaluation and prediction: run a model over a split in file order and score it.
+
+Must not import train or cli.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from mtsmart.data import TokenizedSplit, eval_batches
+from mtsmart.model import MultiTaskModel
+from mtsmart.tasks import TaskDef
+
+
+@torch.no_grad()
+def predict_split(model: MultiTaskModel, task: TaskDef, split: TokenizedSplit, batch_size: int,
+                  pad_token_id: int, device: torch.device | str = "cpu",
+                  autocast_dtype: Optional[torch.dtype] = None) -> np.ndarray:
+    """Predictions (class ids or scores) for every example, in file order."""
+    was_training = model.training
+    model.eval()
+    preds = None
+    device = torch.device(device)
+    try:
+        for batch in eval_batches(split, batch_size, pad_token_id):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                enabled=autocast_dtype is not None):
+                outputs = model.forward_batch(task.name, batch)
+            batch_preds = task.task_type.predict(outputs.float())
+            if preds is None:
+                preds = np.zeros(len(split), dtype=batch_preds.dtype)
+            preds[batch["index"].cpu().numpy()] = batch_preds
+    finally:
+        model.train(was_training)
+    return preds
+
+
+def score_split(task: TaskDef, preds: np.ndarray, split: TokenizedSplit) -> dict[str, float]:
+    return task.task_type.compute_metrics(task.metrics, preds, split.targets)
+
+
+def selection_score(results: dict[str, dict[str, float]], tasks: dict[str, TaskDef],
+                    select_metric: str) -> float:
+    """``average``: the mean of each task's main metric; ``TASK/METRIC``: that one value."""
+    if select_metric == "average":
+        return float(np.mean([results[name][tasks[name].selection_metric] for name in results]))
+    task_name, metric = select_metric.split("/", 1)
+    return float(results[task_name][metric])
+
+
+def main_metrics(results: dict[str, dict[str, float]], tasks: dict[str, TaskDef]) -> dict[str, float]:
+    return {name: results[name][tasks[name].selection_metric] for name in results}
+
+
+def format_table(results: dict[str, dict[str, float]], split: str) -> str:
+    """A per-task table of metrics, values in percent as GLUE reports them."""
+    lines = [f"{'task':<12} {'split':<8} metrics", "-" * 56]
+    for name, values in results.items():
+        cells = "  ".join(f"{k}={100 * v:.2f}" for k, v in values.items())
+        lines.append(f"{name:<12} {split:<8} {cells}")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""Task losses and SMART divergences, always computed in float32.
+
+Does: the loss of each task type and its smoothness divergence ℓ_s.
+Must not import any other mtsmart module: these are pure tensor functions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(P‖Q) + KL(Q‖P) between the softmax distributions, averaged over the batch.
+
+    Uses Σ (p − q)(log p − log q), which equals the sum of both KL terms and is computed
+    from log-softmax in float32 so that it stays finite and exact under mixed precision.
+
+    Args:
+        logits_p, logits_q: [batch, num_classes].
+    Returns:
+        A scalar float32 tensor, >= 0, zero iff the two distributions are equal.
+    """
+    log_p = F.log_softmax(logits_p.float(), dim=-1)
+    log_q = F.log_softmax(logits_q.float(), dim=-1)
+    per_example = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(dim=-1)
+    return per_example.mean()
+
+
+def squared_error(pred_a: torch.Tensor, pred_b: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of two regression outputs ([batch] or [batch, 1]), float32."""
+    return (pred_a.float() - pred_b.float()).pow(2).mean()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of [batch, num_classes] logits against [batch] class ids, float32."""
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+def regression_loss(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Squared loss of [batch] or [batch, 1] predictions against [batch] targets, float32."""
+    return F.mse_loss(pred.float().reshape(-1), targets.float().reshape(-1))

@@ -1,0 +1,51 @@
+"""Scalars to TensorBoard and evaluation results to JSON lines.
+
+Must not import the trainer or the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Optional
+
+
+class MetricLogger:
+    """TensorBoard scalars under ``log_dir`` (None writes nothing: non-zero ranks)."""
+
+    def __init__(self, log_dir: Optional[str]):
+        self.writer = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=log_dir)
+
+    def log_dict(self, scalars: Mapping[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for tag, value in scalars.items():
+            if value is not None:
+                self.writer.add_scalar(tag, float(value), step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def append_json_line(path: str, record: Mapping) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def write_json(path: str, record) -> None:
+    """Write atomically, so a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)

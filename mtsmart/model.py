@@ -1,0 +1,122 @@
+"""The multi-task model: one shared Hugging Face encoder and one head per task.
+
+The forward pass always starts from word embeddings (``embed``) fed back through
+``inputs_embeds``, so SMART's perturbation and plain training take the same path and the
+encoder adds position / token-type embeddings and LayerNorm exactly once.
+Must not import data loading, the trainer or the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from mtsmart.tasks import TaskDef
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence load / save reports and their progress bars (e.g. the unused upper layers
+    of a truncated encoder): mtsmart prints its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
+
+
+class TaskHead(nn.Module):
+    """Dropout then a linear layer on the pooled first-token representation."""
+
+    def __init__(self, hidden_size: int, output_size: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden_size, output_size)
+        self.output_size = output_size
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """[batch, hidden] → [batch, output_size], or [batch] for a scalar head."""
+        out = self.linear(self.dropout(pooled))
+        return out.squeeze(-1) if self.output_size == 1 else out
+
+
+def head_spec(task: TaskDef) -> tuple[int, float]:
+    return task.task_type.output_size(task.labels), task.head_dropout
+
+
+class MultiTaskModel(nn.Module):
+    """Shared encoder + ``nn.ModuleDict`` of heads keyed by task name."""
+
+    def __init__(self, encoder: nn.Module, head_specs: dict[str, tuple[int, float]]):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict()
+        for name, (size, dropout) in head_specs.items():
+            self.add_head(name, size, dropout)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.config.hidden_size
+
+    def add_head(self, name: str, output_size: int, dropout: float) -> None:
+        self.heads[name] = TaskHead(self.hidden_size, output_size, dropout)
+        # New heads follow the encoder's own initialiser, as a *ForSequenceClassification
+        # head would, so that a fresh head starts at the scale the encoder expects.
+        init = getattr(self.encoder, "_init_weights", None)
+        if init is not None:
+            self.heads[name].apply(init)
+        device = next(self.encoder.parameters()).device
+        self.heads[name].to(device)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, tasks: Iterable[TaskDef],
+                        num_hidden_layers: Optional[int] = None,
+                        trust_remote_code: bool = False) -> "MultiTaskModel":
+        from transformers import AutoModel
+
+        kwargs = {"trust_remote_code": trust_remote_code}
+        if num_hidden_layers is not None:
+            kwargs["num_hidden_layers"] = num_hidden_layers
+        with quiet_transformers():
+            encoder = AutoModel.from_pretrained(name_or_path, **kwargs)
+        return cls(encoder, {t.name: head_spec(t) for t in tasks})
+
+    @classmethod
+    def from_config(cls, config, tasks: Iterable[TaskDef]) -> "MultiTaskModel":
+        from transformers import AutoModel
+
+        return cls(AutoModel.from_config(config), {t.name: head_spec(t) for t in tasks})
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Word embeddings only (no position / type embeddings, no LayerNorm):
+        [batch, seq] → [batch, seq, hidden]."""
+        return self.encoder.get_input_embeddings()(input_ids)
+
+    def forward(self, task: str, *, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Task ``task``'s outputs from word embeddings [batch, seq, hidden]:
+        logits [batch, num_labels] for classification, scores [batch] for regression."""
+        kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.encoder(**kwargs)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            pooled = out.last_hidden_state[:, 0]
+        return self.heads[task](pooled)
+
+    def forward_batch(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Convenience for evaluation: embed and forward a collated batch."""
+        return self(task, inputs_embeds=self.embed(batch["input_ids"]),
+                    attention_mask=batch["attention_mask"],
+                    token_type_ids=batch.get("token_type_ids"))

@@ -1,0 +1,134 @@
+"""The task-type registry: each task type supplies head size, target parsing, loss, SMART
+divergence ℓ_s, predictions and metrics together. Adding a task type is one class here.
+
+Must not import config, data, model or anything above them.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from mtsmart import losses, metrics
+
+
+class TaskType(ABC):
+    """Base class; subclasses register themselves with ``@register``."""
+
+    name: ClassVar[str]
+    metric_table: ClassVar[dict[str, metrics.MetricFn]]
+    default_metrics: ClassVar[tuple[str, ...]]
+    target_dtype: ClassVar[torch.dtype]
+
+    @abstractmethod
+    def output_size(self, labels: Sequence[str] | None) -> int:
+        ...
+
+    @abstractmethod
+    def parse_target(self, raw, labels: Sequence[str] | None) -> float | int:
+        """Turn a raw value read from a file or dataset into the training target.
+        Raises ValueError with a message saying what would be valid."""
+        ...
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        ...
+
+    @abstractmethod
+    def divergence(self, outputs_a: torch.Tensor, outputs_b: torch.Tensor) -> torch.Tensor:
+        """ℓ_s of SMART between two output tensors of this task's head."""
+        ...
+
+    @abstractmethod
+    def predict(self, outputs: torch.Tensor) -> np.ndarray:
+        ...
+
+    @abstractmethod
+    def format_prediction(self, value, labels: Sequence[str] | None) -> str:
+        ...
+
+    def compute_metrics(self, names: Sequence[str], preds: np.ndarray,
+                        targets: np.ndarray) -> dict[str, float]:
+        return metrics.compute_metrics(tuple(names), self.metric_table, preds, targets)
+
+
+TASK_TYPES: dict[str, TaskType] = {}
+
+
+def register(cls: type[TaskType]) -> type[TaskType]:
+    TASK_TYPES[cls.name] = cls()
+    return cls
+
+
+def get_task_type(name: str) -> TaskType:
+    return TASK_TYPES[name]
+
+
+@register
+class Classification(TaskType):
+    name = "classification"
+    metric_table = metrics.CLASSIFICATION_METRICS
+    default_metrics = ("accuracy",)
+    target_dtype = torch.long
+
+    def output_size(self, labels):
+        return len(labels)
+
+    def parse_target(self, raw, labels):
+        if isinstance(raw, str):
+            value = raw.strip()
+            if value in labels:
+                return labels.index(value)
+        elif isinstance(raw, (int, np.integer)) and not isinstance(raw, bool):
+            # Hub datasets store ClassLabel ids: the label list gives their order.
+            if 0 <= int(raw) < len(labels):
+                return int(raw)
+        raise ValueError(f"label {raw!r} is not in the label list (valid: {', '.join(labels)})")
+
+    def loss(self, outputs, targets):
+        return losses.classification_loss(outputs, targets)
+
+    def divergence(self, outputs_a, outputs_b):
+        return losses.symmetric_kl(outputs_a, outputs_b)
+
+    def predict(self, outputs):
+        return outputs.argmax(dim=-1).cpu().numpy()
+
+    def format_prediction(self, value, labels):
+        return labels[int(value)]
+
+
+@register
+class Regression(TaskType):
+    name = "regression"
+    metric_table = metrics.REGRESSION_METRICS
+    default_metrics = ("pearson", "spearman")
+    target_dtype = torch.float32
+
+    def output_size(self, labels):
+        return 1
+
+    def parse_target(self, raw, labels):
+        try:
+            value = float(raw.strip() if isinstance(raw, str) else raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"target {raw!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"target {raw!r} is not a finite number")
+        return value
+
+    def loss(self, outputs, targets):
+        return losses.regression_loss(outputs, targets)
+
+    def divergence(self, outputs_a, outputs_b):
+        return losses.squared_error(outputs_a, outputs_b)
+
+    def predict(self, outputs):
+        return outputs.float().reshape(-1).cpu().numpy()
+
+    def format_prediction(self, value, labels):
+        return f"{float(value):.6f}"

@@ -1,0 +1,446 @@
+"""The trainer: setup → train → evaluate → cleanup, for multi-task training and for
+fine-tuning from a checkpoint (the same loop; only where the weights come from differs).
+
+One step: sample a task, take its next batch, compute the objective (task loss + SMART
+terms, ``objective.py``), backward, and every ``grad_accum_steps`` micro-steps clip, step
+the optimizer and scheduler, and update the shared EMA teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mtsmart import smart
+from mtsmart.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
+from mtsmart.config import TrainConfig
+from mtsmart.data import TaskStream, default_cache_dir, load_tokenized, num_batches
+from mtsmart.ema import MeanTeacher
+from mtsmart.errors import ConfigError
+from mtsmart.evaluation import format_table, predict_split, score_split, selection_score
+from mtsmart.metric_logging import MetricLogger, append_json_line, write_json
+from mtsmart.model import MultiTaskModel, head_spec, quiet_transformers
+from mtsmart.objective import batch_objective
+from mtsmart.sampling import TaskSampler
+from mtsmart.tasks import TaskDef
+
+BEST_DIR = "best"
+LAST_DIR = "last"
+RESULTS_FILE = "results.json"
+EVAL_LOG_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def linear_warmup_decay(update: int, warmup_updates: int, total_updates: int) -> float:
+    """LR multiplier: linear warm-up from 0 to 1, then linear decay to 0."""
+    if update < warmup_updates:
+        return (update + 1) / max(1, warmup_updates)
+    return max(0.0, (total_updates - update) / max(1, total_updates - warmup_updates))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Quantities derived once from the config and the data, never written back."""
+
+    micro_steps_per_epoch: int
+    total_updates: int
+    warmup_updates: int
+    eval_every: int  # updates
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW with no weight decay on biases and LayerNorm weights; fused where torch has
+    a fused kernel for the device."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = dict(lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
+    if cfg.optim.fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass  # no fused kernel for this device / dtype: the foreach path is next best
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+class Trainer:
+    """Trains ``tasks`` with ``cfg``, writing checkpoints and logs under ``output_dir``.
+
+    Args:
+        init_from: a checkpoint directory whose encoder (and the heads of tasks it has)
+            start the run; the others get fresh heads. None starts from ``cfg.encoder``.
+        resume: continue the run in ``output_dir`` from its ``last`` checkpoint.
+    Raises:
+        ConfigError: ``select_metric`` names an unknown task or metric.
+    """
+
+    def __init__(self, tasks: dict[str, TaskDef], cfg: TrainConfig, data_dir: str,
+                 output_dir: str, init_from: Optional[str] = None, resume: bool = False,
+                 cache_dir: Optional[str] = None, show_progress: bool = True):
+        self.tasks = tasks
+        self.cfg = cfg
+        self.data_dir = data_dir
+        self.output_dir = output_dir
+        self.init_from = init_from
+        self.resume = resume
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+        self.show_progress = show_progress
+        self._check_select_metric()
+
+    def _check_select_metric(self) -> None:
+        metric = self.cfg.select_metric
+        if metric == "average":
+            return
+        task, _, name = metric.partition("/")
+        if task not in self.tasks or name not in self.tasks[task].metrics:
+            valid = ["average"] + [f"{t}/{m}" for t, d in self.tasks.items() for m in d.metrics]
+            raise ConfigError(f"training.select_metric: {metric!r} is not valid "
+                              f"(valid: {', '.join(valid)})")
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Build everything in dependency order: seed, tokenizer, data, model, teacher,
+        optimizer, schedule, sampler, logger; then restore state when resuming."""
+        cfg = self.cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        self.device = pick_device()
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        if cfg.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("training.precision: fp16 needs a CUDA device; use bf16 on CPU")
+        self._setup_model_and_tokenizer()
+        self._setup_data()
+        self._setup_plan()
+        # Fine-tuning from a checkpoint: the teacher starts as a copy of the loaded weights
+        # (the proximal anchor is the starting point); a resumed run restores its own.
+        self.teacher = MeanTeacher(self.model) if cfg.smart.use_bregman else None
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda update: linear_warmup_decay(update, self.plan.warmup_updates,
+                                               self.plan.total_updates))
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        names = [n for n in self.tasks]
+        self.sampler = TaskSampler(
+            names, [len(self.streams[n]) for n in names],
+            [self.tasks[n].sampling_weight for n in names], cfg.sampler, cfg.seed,
+            total_draws=self.plan.total_updates * cfg.grad_accum_steps)
+        self.global_step = 0
+        self.micro_step = 0
+        self.best_score = -math.inf
+        self.best_step = None
+        self.counters = defaultdict(int)
+        self.perturbation_scales = self._perturbation_scales()
+        if self.resume:
+            self._restore()
+        self.logger = MetricLogger(os.path.join(self.output_dir, TENSORBOARD_DIR))
+
+    def _setup_model_and_tokenizer(self) -> None:
+        from transformers import AutoTokenizer
+
+        cfg = self.cfg
+        self._init_teacher_state = None
+        source = self.init_from
+        if self.resume:
+            source = os.path.join(self.output_dir, LAST_DIR)
+        if source is not None:
+            loaded = load_checkpoint(source, trust_remote_code=cfg.trust_remote_code)
+            self.model, self.tokenizer = loaded.model, loaded.tokenizer
+            for name, task in self.tasks.items():
+                if name not in self.model.heads:
+                    self.model.add_head(name, *head_spec(task))
+                elif self.model.heads[name].output_size != head_spec(task)[0]:
+                    raise ConfigError(
+                        f"{task.where('labels')}: the checkpoint's head {name!r} has "
+                        f"{self.model.heads[name].output_size} outputs, the task needs "
+                        f"{head_spec(task)[0]}")
+            self._init_teacher_state = loaded.teacher_state
+        else:
+            with quiet_transformers():
+                self.tokenizer = AutoTokenizer.from_pretrained(
+                    cfg.encoder, trust_remote_code=cfg.trust_remote_code)
+            self.model = MultiTaskModel.from_pretrained(
+                cfg.encoder, self.tasks.values(), num_hidden_layers=cfg.num_hidden_layers,
+                trust_remote_code=cfg.trust_remote_code)
+        self.model.to(self.device)
+        self.model.train()
+        self.pad_token_id = self.tokenizer.pad_token_id or 0
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.train_splits, self.eval_splits, self.streams = {}, {}, {}
+        for stream_id, (name, task) in enumerate(self.tasks.items()):
+            self.train_splits[name] = load_tokenized(task, task.train_split, self.tokenizer,
+                                                     self.data_dir, self.cache_dir)
+            self.eval_splits[name] = load_tokenized(task, task.eval_split, self.tokenizer,
+                                                    self.data_dir, self.cache_dir)
+            self.streams[name] = TaskStream(self.train_splits[name], cfg.batch_size, cfg.seed,
+                                            self.pad_token_id, cfg.length_grouped, stream_id)
+
+    def _setup_plan(self) -> None:
+        cfg = self.cfg
+        per_epoch = sum(len(self.streams[n]) for n in self.tasks
+                        if self.tasks[n].sampling_weight > 0)
+        if cfg.max_steps is not None:
+            total = cfg.max_steps
+        else:
+            total = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum_steps))
+        updates_per_epoch = max(1, per_epoch // cfg.grad_accum_steps)
+        self.plan = RunPlan(
+            micro_steps_per_epoch=per_epoch,
+            total_updates=total,
+            warmup_updates=int(cfg.optim.warmup_fraction * total),
+            eval_every=cfg.eval_every or updates_per_epoch,
+        )
+
+    def _perturbation_scales(self) -> dict[str, float]:
+        scales = {}
+        weight = self.model.encoder.get_input_embeddings().weight
+        for name, task in self.tasks.items():
+            smart_cfg = task.smart_config(self.cfg.smart)
+            scales[name] = (smart.embedding_scale(weight, smart_cfg.norm)
+                            if smart_cfg.relative_to_embedding_norm else 1.0)
+        return scales
+
+    # ------------------------------------------------------------------ state
+    def trainer_state(self) -> dict:
+        return {
+            "tensors": {"optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        **({"scaler": self.scaler.state_dict()} if self.scaler else {})},
+            "json": {"global_step": self.global_step, "micro_step": self.micro_step,
+                     "best_score": self.best_score if self.best_score > -math.inf else None,
+                     "best_step": self.best_step,
+                     "sampler": self.sampler.state_dict(),
+                     "streams": {n: s.state_dict() for n, s in self.streams.items()},
+                     "counters": dict(self.counters),
+                     "numpy_rng": np.random.get_state()[1].tolist(),
+                     "python_rng": repr(random.getstate())},
+        }
+
+    def _restore(self) -> None:
+        path = os.path.join(self.output_dir, LAST_DIR)
+        state = load_trainer_state(path)
+        tensors, info = state["tensors"], state["json"]
+        self.optimizer.load_state_dict(tensors["optimizer"])
+        self.scheduler.load_state_dict(tensors["scheduler"])
+        torch.set_rng_state(tensors["torch_rng"])
+        if self.scaler is not None and "scaler" in tensors:
+            self.scaler.load_state_dict(tensors["scaler"])
+        self.global_step = info["global_step"]
+        self.micro_step = info["micro_step"]
+        self.best_score = info["best_score"] if info["best_score"] is not None else -math.inf
+        self.best_step = info["best_step"]
+        self.sampler.load_state_dict(info["sampler"])
+        for name, stream_state in info["streams"].items():
+            self.streams[name].load_state_dict(stream_state)
+        self.counters.update(info["counters"])
+        np.random.set_state(("MT19937", np.array(info["numpy_rng"], dtype=np.uint32), 624, 0, 0.0))
+        if self.teacher is not None and self._init_teacher_state is not None:
+            self.teacher.load_state_dict(self._init_teacher_state)
+            self.teacher.num_updates = self.global_step
+
+    # ------------------------------------------------------------------ training
+    def _weights_at(self, task_name: str, update: int) -> tuple[float, float]:
+        smart_cfg = self.task_smart[task_name]
+        adv = smart_cfg.adv_weight if smart_cfg.use_adversarial else 0.0
+        prox = 0.0
+        if smart_cfg.use_bregman and self.teacher is not None:
+            prox = smart.ramp_weight(update, self.plan.total_updates, smart_cfg.prox_weight,
+                                     smart_cfg.prox_warmup_fraction)
+        return adv, prox
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
+        accum = cfg.grad_accum_steps
+        window: dict[str, list[float]] = defaultdict(list)
+        progress = tqdm(total=self.plan.total_updates, initial=self.global_step, unit="step",
+                        desc="train", disable=not self.show_progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        while self.global_step < self.plan.total_updates:
+            for _ in range(accum):
+                task_name = self.sampler.next_task()
+                batch = {k: v.to(self.device) for k, v in self.streams[task_name].next_batch().items()}
+                self.counters[f"batches/{task_name}"] += 1
+                adv_w, prox_w = self._weights_at(task_name, self.global_step)
+                task = self.tasks[task_name]
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                    enabled=self.autocast_dtype is not None):
+                    losses = batch_objective(
+                        self.model, self.teacher, task_name, task.task_type, batch,
+                        self.task_smart[task_name], adv_weight=adv_w, prox_weight=prox_w,
+                        loss_weight=task.loss_weight,
+                        perturbation_scale=self.perturbation_scales[task_name])
+                self.micro_step += 1
+                if losses.regularizer_skipped:
+                    self.counters[f"regularizer_skipped/{task_name}"] += 1
+                if not torch.isfinite(losses.total):
+                    # Documented rule: a non-finite loss skips its batch (counted), so it
+                    # can never reach the weights or a checkpoint.
+                    self.counters["nonfinite_loss_skipped"] += 1
+                    continue
+                loss = losses.total / accum
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+                for key, value in (("loss", losses.task_loss), ("adv_loss", losses.adv_loss),
+                                   ("bregman_loss", losses.prox_loss),
+                                   ("teacher_divergence", losses.teacher_divergence),
+                                   ("perturbation_norm", losses.perturbation_norm)):
+                    if value is not None:
+                        window[f"train/{task_name}/{key}"].append(value)
+            grad_norm = self._optimizer_step()
+            self.global_step += 1
+            progress.update(1)
+            if self.global_step % cfg.log_every == 0 or self.global_step == self.plan.total_updates:
+                scalars = {tag: float(np.mean(v)) for tag, v in window.items()}
+                scalars["train/lr"] = self.scheduler.get_last_lr()[0]
+                scalars["train/grad_norm"] = grad_norm
+                scalars.update({f"train/{k}": v for k, v in self.counters.items()})
+                self.logger.log_dict(scalars, self.global_step)
+                losses_now = [np.mean(v) for k, v in window.items() if k.endswith("/loss")]
+                if losses_now:
+                    progress.set_postfix(loss=f"{np.mean(losses_now):.4f}")
+                window.clear()
+            if (self.global_step % self.plan.eval_every == 0
+                    or self.global_step == self.plan.total_updates):
+                self.evaluate_and_checkpoint()
+        progress.close()
+        elapsed = time.perf_counter() - start
+        return self._finish(elapsed)
+
+    def _optimizer_step(self) -> float:
+        cfg = self.cfg
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
+        grad_norm = float(grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            self.counters["nonfinite_grad_skipped"] += 1
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.teacher is not None:
+            smart_cfg = self.cfg.smart
+            beta = smart.teacher_momentum(self.global_step, self.plan.total_updates,
+                                          smart_cfg.teacher_beta, smart_cfg.teacher_beta_early,
+                                          smart_cfg.teacher_early_fraction)
+            self.teacher.update(self.model, beta)
+        return grad_norm
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, model: Optional[MultiTaskModel] = None) -> dict[str, dict[str, float]]:
+        model = model or self.model
+        results = {}
+        for name, task in self.tasks.items():
+            preds = predict_split(model, task, self.eval_splits[name], self.cfg.eval_batch_size,
+                                  self.pad_token_id, self.device, self.autocast_dtype)
+            results[name] = score_split(task, preds, self.eval_splits[name])
+        return results
+
+    def evaluate_and_checkpoint(self) -> dict:
+        results = self.evaluate()
+        score = selection_score(results, self.tasks, self.cfg.select_metric)
+        record = {"global_step": self.global_step, "split": "dev", "results": results,
+                  "selection_score": score, "select_metric": self.cfg.select_metric}
+        if self.teacher is not None:
+            teacher_results = self.evaluate(self.teacher.model)
+            record["teacher_results"] = teacher_results
+            self.logger.log_dict({f"teacher/{t}/{m}": v for t, r in teacher_results.items()
+                                  for m, v in r.items()}, self.global_step)
+        scalars = {f"dev/{t}/{m}": v for t, r in results.items() for m, v in r.items()}
+        scalars["dev/selection_score"] = score
+        self.logger.log_dict(scalars, self.global_step)
+        self.logger.flush()
+        metrics_dir = os.path.join(self.output_dir, "metrics")
+        os.makedirs(metrics_dir, exist_ok=True)
+        write_json(os.path.join(metrics_dir, f"step-{self.global_step:07d}.json"), record)
+        append_json_line(os.path.join(self.output_dir, EVAL_LOG_FILE), record)
+        if score > self.best_score:
+            self.best_score, self.best_step = score, self.global_step
+            self._save(os.path.join(self.output_dir, BEST_DIR), record, with_state=False)
+        self._save(os.path.join(self.output_dir, LAST_DIR), record, with_state=True)
+        if self.show_progress:
+            tqdm.write(f"step {self.global_step}: {self.cfg.select_metric}={100 * score:.2f}  "
+                       + "  ".join(f"{t}/{m}={100 * v:.2f}" for t, r in results.items()
+                                   for m, v in r.items()))
+        return record
+
+    def _save(self, path: str, record: dict, with_state: bool) -> None:
+        meta = {"global_step": self.global_step, "dev": record["results"],
+                "selection_score": record["selection_score"],
+                "select_metric": record["select_metric"]}
+        save_checkpoint(path, self.model, self.tokenizer, self.tasks, self.cfg, meta,
+                        teacher_state=self.teacher.state_dict() if self.teacher else None,
+                        trainer_state=self.trainer_state() if with_state else None)
+
+    def _finish(self, elapsed: float) -> dict:
+        last = os.path.join(self.output_dir, EVAL_LOG_FILE)
+        with open(last, encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+        best = max(records, key=lambda r: r["selection_score"])
+        summary = {
+            "best": {"global_step": best["global_step"], "results": best["results"],
+                     "selection_score": best["selection_score"]},
+            "last": {"global_step": records[-1]["global_step"], "results": records[-1]["results"]},
+            "select_metric": self.cfg.select_metric,
+            "train_seconds": elapsed,
+            "total_updates": self.plan.total_updates,
+            "counters": dict(self.counters),
+        }
+        if "teacher_results" in records[-1]:
+            summary["last"]["teacher_results"] = records[-1]["teacher_results"]
+        write_json(os.path.join(self.output_dir, RESULTS_FILE), summary)
+        return summary
+
+    def cleanup(self) -> None:
+        logger = getattr(self, "logger", None)
+        if logger is not None:
+            logger.close()
+
+
+def prepare_output_dir(path: str, overwrite: bool, resume: bool) -> None:
+    """Refuse to mix two runs in one directory unless told to overwrite or resume."""
+    if resume:
+        if not os.path.isdir(os.path.join(path, LAST_DIR)):
+            raise ConfigError(f"{path}: nothing to resume (no '{LAST_DIR}' checkpoint)")
+        return
+    if os.path.isdir(path) and os.listdir(path):
+        if not overwrite:
+            raise ConfigError(f"{path}: output directory is not empty "
+                              "(pass --overwrite to replace it, or --resume to continue it)")
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
