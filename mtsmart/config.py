@@ -253,7 +253,7 @@ def parse_smart(data: Any, where: str, base: SmartConfig | None = None) -> Smart
     data = dict(data)
     preset = data.pop("preset", None)
     if preset is not None:
-        if preset not in SMART_PRESETS:
+        if not isinstance(preset, str) or preset not in SMART_PRESETS:
             raise ConfigError(
                 f"{where}.preset: unknown preset {preset!r} (valid: {', '.join(SMART_PRESETS)})"
             )

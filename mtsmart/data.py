@@ -61,7 +61,9 @@ def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
     """Yield (line number, row) where a row is a list of fields or a JSON object."""
     fmt = src.resolved_format
     if fmt == "jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Split on "\n" only: str.splitlines also splits at U+2028, U+0085 etc., which
+        # JSON strings may hold raw.
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 yield number, line
         return
@@ -133,7 +135,12 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -
                 if key not in obj:
                     raise DataError(f"{path} line {line}: task {task.name!r}: field {name!r}: "
                                     f"no key {key!r} (keys: {', '.join(map(str, obj))})")
-                values[name] = obj[key]
+                value = obj[key]
+                if isinstance(value, int) and not isinstance(value, bool):
+                    # A file's label is its text, as in tsv / csv: {"label": 5} is label
+                    # "5", not index 5 (index semantics are for hub ClassLabel ids).
+                    value = str(value)
+                values[name] = value
         else:
             values = {}
             for name, index in index_of.items():
@@ -251,9 +258,9 @@ def tokenize_examples(examples: Examples, tokenizer, max_length: int, dtype,
     state and ``max_length``, so a changed file or tokenizer never reuses stale ids."""
     digest = hashlib.sha256()
     digest.update(f"{tokenizer_fingerprint(tokenizer)}|{max_length}|{np.dtype(dtype).str}".encode())
-    for text, target in zip(examples.texts, examples.targets):
+    for text, target, line in zip(examples.texts, examples.targets, examples.lines):
         digest.update("\x1f".join(text).encode())
-        digest.update(f"\x1e{target}\x1d".encode())
+        digest.update(f"\x1e{target}\x1c{line}\x1d".encode())  # lines are cached too
     key = digest.hexdigest()[:32]
     path = os.path.join(cache_dir, f"{key}.npz") if cache_dir else None
     if path and os.path.exists(path):

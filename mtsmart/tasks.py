@@ -155,7 +155,7 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
         if required not in raw:
             raise ConfigError(f"{where}: missing required key {required!r}")
     task_type_name = raw["type"]
-    if task_type_name not in TASK_TYPES:
+    if not isinstance(task_type_name, str) or task_type_name not in TASK_TYPES:
         raise ConfigError(
             f"{where}: field 'type': {task_type_name!r} is not a task type "
             f"(valid: {', '.join(TASK_TYPES)})"
@@ -209,7 +209,7 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
     if not isinstance(metrics, list) or not metrics:
         raise ConfigError(f"{where}: field 'metrics': expected a non-empty list")
     for metric in metrics:
-        if metric not in task_type.metric_table:
+        if not isinstance(metric, str) or metric not in task_type.metric_table:
             raise ConfigError(
                 f"{where}: field 'metrics': {metric!r} is not a {task_type_name} metric "
                 f"(valid: {', '.join(task_type.metric_table)})"
@@ -235,6 +235,13 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
     kwargs["smart"] = {k: coerce(v, smart_hints[k], f"{where}: smart.{k}") for k, v in smart.items()}
 
     task = TaskDef(**kwargs)
+    for split_name, src in splits.items():
+        for column_key in src.columns or {}:
+            if column_key not in task.fields_used:  # a typo would silently be ignored
+                raise ConfigError(
+                    f"{where}: split {split_name!r}: field 'columns': {column_key!r} is not a "
+                    f"field of the task (fields: {', '.join(task.fields_used)})"
+                )
     if task.max_length < 8:
         raise ConfigError(f"{where}: field 'max_length': must be at least 8")
     if task.sampling_weight < 0 or task.loss_weight < 0:

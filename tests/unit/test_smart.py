@@ -1,0 +1,275 @@
+"""SMART's pure functions, the mean teacher, and the objective's forward-pass accounting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtsmart import smart
+from mtsmart.config import SmartConfig
+from mtsmart.ema import MeanTeacher
+from mtsmart.losses import squared_error, symmetric_kl
+from mtsmart.model import MultiTaskModel
+from mtsmart.objective import batch_objective
+from mtsmart.task_types import get_task_type
+
+
+def tiny_model(num_labels: int = 3) -> MultiTaskModel:
+    from transformers import BertConfig
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = MultiTaskModel.from_config(config, [])
+    model.add_head("cls", num_labels, 0.1)
+    model.add_head("reg", 1, 0.1)
+    return model
+
+
+def tiny_batch(batch: int = 4, seq: int = 10, num_labels: int = 3) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 50, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[0, 6:] = 0  # one padded example
+    mask[1, 8:] = 0
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask,
+            "labels": torch.randint(0, num_labels, (batch,), generator=g)}
+
+
+# --------------------------------------------------------------------- divergences
+def test_symmetric_kl_matches_hand_computation_and_properties():
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 3), torch.randn(5, 3)
+    p, q = a.softmax(-1), b.softmax(-1)
+    hand = ((p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1)).mean()
+    assert torch.allclose(symmetric_kl(a, b), hand, atol=1e-6)
+    assert torch.allclose(symmetric_kl(a, b), symmetric_kl(b, a), atol=1e-7)
+    assert symmetric_kl(a, a).abs() < 1e-7
+    assert symmetric_kl(a, b) > 0
+    # KL via torch for one direction plus the other
+    torch_kl = F.kl_div(q.log(), p, reduction="batchmean") + F.kl_div(p.log(), q, reduction="batchmean")
+    assert torch.allclose(symmetric_kl(a, b), torch_kl, atol=1e-6)
+
+
+def test_symmetric_kl_stays_float32_under_bf16_inputs():
+    a = torch.randn(4, 2).bfloat16()
+    b = torch.randn(4, 2).bfloat16()
+    assert symmetric_kl(a, b).dtype == torch.float32
+    assert squared_error(a[:, 0], b[:, 0]).dtype == torch.float32
+
+
+def test_regression_divergence_is_squared_error():
+    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.5, 0.0, 3.0])
+    assert math.isclose(float(squared_error(a, b)), (0.25 + 4.0 + 0.0) / 3, rel_tol=1e-6)
+    assert get_task_type("regression").divergence(a, b) == squared_error(a, b)
+    assert get_task_type("classification").divergence(a[None], b[None]) == symmetric_kl(a[None], b[None])
+
+
+# --------------------------------------------------------------------- perturbation
+@pytest.mark.parametrize("norm", ["inf", "l2"])
+def test_projection_and_normalisation_per_token(norm):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8) * 3
+    projected = smart.project_per_token(x, 0.5, norm)
+    assert (smart.token_norms(projected, norm) <= 0.5 + 1e-6).all()
+    small = x * 1e-3
+    assert torch.allclose(smart.project_per_token(small, 0.5, norm), small)  # inside: unchanged
+    unit = smart.normalize_per_token(x, norm)
+    assert torch.allclose(smart.token_norms(unit, norm), torch.ones(2, 5, 1), atol=1e-5)
+
+
+def _recording_forward(model, task, mask):
+    inputs = []
+
+    def forward(embeds):
+        inputs.append(embeds.detach().clone())
+        return model(task, inputs_embeds=embeds, attention_mask=mask)
+
+    return forward, inputs
+
+
+@pytest.mark.parametrize("norm", ["inf", "l2"])
+def test_noise_within_epsilon_and_zero_at_padding(norm):
+    model = tiny_model()
+    batch = tiny_batch()
+    embeds = model.embed(batch["input_ids"])
+    forward, inputs = _recording_forward(model, "cls", batch["attention_mask"])
+    clean = forward(embeds)
+    eps = 0.05
+    result = smart.adversarial_loss(forward, embeds, clean, batch["attention_mask"], symmetric_kl,
+                                    epsilon=eps, noise_std=0.01, step_size=0.1, num_steps=2, norm=norm)
+    assert result.is_finite and result.loss > 0
+    noise = inputs[-1] - embeds.detach()
+    norms = smart.token_norms(noise, norm).squeeze(-1)
+    assert (norms <= eps * (1 + 1e-4)).all()
+    assert (noise[batch["attention_mask"] == 0] == 0).all()
+    assert (norms[batch["attention_mask"] == 1] > 0).all()
+    # clean + K ascent forwards + final forward
+    assert len(inputs) == 1 + 2 + 1
+
+
+def test_ascent_beats_random_noise_of_the_same_norm():
+    model = tiny_model()
+    model.eval()  # no dropout: the comparison is about the direction only
+    batch = tiny_batch(batch=8)
+    mask = batch["attention_mask"]
+    embeds = model.embed(batch["input_ids"]).detach()
+    forward, inputs = _recording_forward(model, "cls", mask)
+    clean = forward(embeds)
+    eps = 0.5
+    adv_divs, rand_divs = [], []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        res = smart.adversarial_loss(forward, embeds, clean, mask, symmetric_kl, epsilon=eps,
+                                     noise_std=1e-3, step_size=10.0, num_steps=1, norm="inf")
+        adv_divs.append(float(res.loss.detach()))
+        adv_noise = inputs[-1] - embeds
+        random = torch.randn_like(embeds)
+        random = random / smart.token_norms(random, "inf") * smart.token_norms(adv_noise, "inf")
+        random = random * mask.unsqueeze(-1)
+        rand_divs.append(float(symmetric_kl(forward(embeds + random), clean)))
+    assert sum(adv_divs) / 5 > 2 * sum(rand_divs) / 5
+
+
+def test_ascent_accumulates_no_parameter_gradient():
+    model = tiny_model()
+    batch = tiny_batch()
+    embeds = model.embed(batch["input_ids"])
+    forward, _ = _recording_forward(model, "cls", batch["attention_mask"])
+    clean = forward(embeds)
+    smart.adversarial_loss(forward, embeds, clean, batch["attention_mask"], symmetric_kl,
+                           epsilon=0.01, noise_std=0.01, step_size=0.1, num_steps=3)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_non_finite_values_skip_the_regulariser():
+    model = tiny_model()
+    batch = tiny_batch()
+    embeds = model.embed(batch["input_ids"])
+
+    def broken(e):
+        return model("cls", inputs_embeds=e, attention_mask=batch["attention_mask"]) * float("nan")
+
+    clean = model("cls", inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+    result = smart.adversarial_loss(broken, embeds, clean, batch["attention_mask"], symmetric_kl,
+                                    epsilon=0.01, noise_std=0.01, step_size=0.1)
+    assert not result.is_finite
+    assert float(result.loss) == 0.0 and not result.loss.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_flows_through_both_sides_of_the_final_term():
+    model = tiny_model()
+    batch = tiny_batch()
+    embeds = model.embed(batch["input_ids"])
+    forward, _ = _recording_forward(model, "cls", batch["attention_mask"])
+    clean = forward(embeds)
+    result = smart.adversarial_loss(forward, embeds, clean, batch["attention_mask"], symmetric_kl,
+                                    epsilon=0.05, noise_std=0.01, step_size=0.1)
+    result.loss.backward()
+    # the word-embedding table gets gradient (x keeps its graph) and so does the head
+    assert model.encoder.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert model.heads["cls"].linear.weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------- schedules
+def test_teacher_momentum_schedule_and_weight_ramp():
+    betas = [smart.teacher_momentum(u, 100, 0.999, 0.99, 0.1) for u in range(100)]
+    assert betas[:10] == [0.99] * 10 and betas[10:] == [0.999] * 90
+    assert smart.ramp_weight(0, 100, 2.0, 0.0) == 2.0
+    ramp = [smart.ramp_weight(u, 100, 2.0, 0.2) for u in range(100)]
+    assert ramp[0] == pytest.approx(0.1) and ramp[19] == pytest.approx(2.0) and ramp[50] == 2.0
+    assert all(b >= a for a, b in zip(ramp, ramp[1:]))
+
+
+# --------------------------------------------------------------------- teacher
+def test_mean_teacher_is_a_true_copy_and_follows_the_formula():
+    student = tiny_model()
+    teacher = MeanTeacher(student)
+    for (name, t), s in zip(teacher.model.named_parameters(), student.parameters()):
+        assert t.data_ptr() != s.data_ptr(), name
+        assert not t.requires_grad
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    teacher.update(student, beta=0.9)
+    student_state = student.state_dict()
+    for key, value in teacher.state_dict().items():
+        if value.is_floating_point():
+            expected = 0.9 * before[key] + 0.1 * student_state[key]
+            assert torch.allclose(value, expected, atol=1e-6), key
+        else:  # integer buffers (position ids) are copied, never averaged
+            assert torch.equal(value, student_state[key]), key
+    # changing the student again does not touch the teacher (no aliasing)
+    snapshot = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.mul_(2)
+    assert all(torch.equal(v, snapshot[k]) for k, v in teacher.state_dict().items())
+    assert not teacher.model.training
+
+
+def test_teacher_forward_has_no_graph_and_no_dropout():
+    student = tiny_model()
+    teacher = MeanTeacher(student)
+    batch = tiny_batch()
+    kwargs = dict(inputs_embeds=teacher.model.embed(batch["input_ids"]),
+                  attention_mask=batch["attention_mask"])
+    out1 = teacher.forward("cls", **kwargs)
+    out2 = teacher.forward("cls", **kwargs)
+    assert not out1.requires_grad
+    assert torch.equal(out1, out2)
+
+
+# --------------------------------------------------------------------- objective
+class ForwardCounter:
+    def __init__(self, module):
+        self.count = 0
+        module.register_forward_hook(self)
+
+    def __call__(self, *args):
+        self.count += 1
+
+
+@pytest.mark.parametrize("adv,prox,student_forwards,teacher_forwards", [
+    (0.0, 0.0, 1, 0),  # plain: one forward
+    (1.0, 0.0, 3, 0),  # clean + ascent + final perturbed
+    (0.0, 1.0, 1, 1),  # clean + graph-free teacher
+    (1.0, 1.0, 3, 1),
+])
+def test_zero_weights_skip_their_forward_passes(adv, prox, student_forwards, teacher_forwards):
+    model = tiny_model()
+    teacher = MeanTeacher(model)
+    student_calls = ForwardCounter(model.encoder)
+    teacher_calls = ForwardCounter(teacher.model.encoder)
+    cfg = SmartConfig(mode="full", epsilon=0.01, noise_std=0.01, step_size=0.1)
+    losses = batch_objective(model, teacher, "cls", get_task_type("classification"), tiny_batch(),
+                             cfg, adv_weight=adv, prox_weight=prox)
+    assert student_calls.count == student_forwards
+    assert teacher_calls.count == teacher_forwards
+    assert (losses.adv_loss is not None) == (adv > 0)
+    assert (losses.prox_loss is not None) == (prox > 0)
+    expected = losses.task_loss + adv * (losses.adv_loss or 0.0) + prox * (losses.teacher_divergence or 0.0)
+    assert float(losses.total) == pytest.approx(expected, rel=1e-5)
+
+
+def test_regression_objective_uses_squared_error():
+    model = tiny_model()
+    teacher = MeanTeacher(model)
+    batch = tiny_batch()
+    batch["labels"] = torch.rand(4) * 5
+    cfg = SmartConfig(mode="full", epsilon=0.01, noise_std=0.01, step_size=0.1)
+    losses = batch_objective(model, teacher, "reg", get_task_type("regression"), batch, cfg,
+                             adv_weight=1.0, prox_weight=1.0)
+    model.eval()
+    with torch.no_grad():
+        student = model.forward_batch("reg", batch)
+        teacher_out = teacher.model.forward_batch("reg", batch)
+    # with dropout off in both, an untouched teacher equals the student: D = 0
+    assert float(squared_error(student, teacher_out)) == pytest.approx(0.0, abs=1e-10)
+    assert losses.adv_loss is not None and losses.adv_loss >= 0
