@@ -69,26 +69,23 @@ def add_smart_flags(parser: argparse.ArgumentParser) -> None:
                        help="ramp μ from 0 over this fraction of the updates")
 
 
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task_file", help="task-definition YAML (e.g. task_defs/glue.yaml)")
+def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by train, finetune and adapt."""
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="override any setting, e.g. training.optim.weight_decay=0 or "
                              "tasks.rte.max_length=256 (bare keys mean training.KEY)")
     parser.add_argument("--config", metavar="FILE",
                         help="a YAML file of training settings (a 'training:' mapping), "
                              "applied over the task file's own")
-    parser.add_argument("--output", "-o", required=True, metavar="DIR",
-                        help="run directory: best/, last/, tensorboard/, metrics.jsonl, results.json")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where data paths are relative to (default: $MTSMART_DATA_DIR, the "
                              "file's data_dir, or the task file's directory)")
-    parser.add_argument("--tasks", metavar="A,B", help="train only these tasks (comma-separated)")
-    parser.add_argument("--encoder", help="Hugging Face model name or local directory")
     parser.add_argument("--num-hidden-layers", type=int, metavar="N",
-                        help="keep only the first N encoder layers (fast smoke runs)")
+                        help="keep only the first N encoder layers of a raw encoder (fast smoke runs)")
     parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer updates (wins over --epochs)")
     parser.add_argument("--epochs", type=float, metavar="N",
-                        help="passes over the training data (one pass = every task's batches once)")
+                        help="passes over the training data (one pass = every task's batches once); "
+                             "given alone, it clears an inherited max_steps")
     parser.add_argument("--batch-size", type=int, metavar="N")
     parser.add_argument("--grad-accum-steps", type=int, metavar="N")
     parser.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
@@ -101,10 +98,19 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--num-threads", type=int, metavar="N", help="torch CPU threads")
     parser.add_argument("--cache-dir", metavar="DIR", help="tokenized-data cache (default ~/.cache/mtsmart)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last/")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_smart_flags(parser)
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task_file", help="task-definition YAML (e.g. task_defs/glue.yaml)")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR",
+                        help="run directory: best/, last/, tensorboard/, metrics.jsonl, results.json")
+    parser.add_argument("--tasks", metavar="A,B", help="train only these tasks (comma-separated)")
+    parser.add_argument("--encoder", help="Hugging Face model name or local directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last/")
+    add_common_training_flags(parser)
 
 
 def build_parser() -> ArgumentParser:
@@ -136,6 +142,54 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--out", required=True, metavar="PATH",
                          help="a .tsv file (one task) or a directory (one TASK.tsv per task)")
     predict.add_argument("--batch-size", type=int, default=64, metavar="N")
+    finetune = sub.add_parser(
+        "finetune", help="fine-tune tasks starting from a multi-task checkpoint",
+        description="Start from a checkpoint's encoder (and the task's head where it has one; a "
+                    "fresh head otherwise) with a fresh optimizer. With SMART, the teacher starts "
+                    "as a copy of the loaded weights. Training settings: the checkpoint's, then "
+                    "--task-defs' training block, then --config, KEY=VALUE and flags.")
+    finetune.add_argument("checkpoint", help="a checkpoint directory (e.g. runs/glue-mt/best)")
+    finetune.add_argument("--task", required=True, metavar="NAME",
+                          help="task to fine-tune, comma-separated tasks, or 'all' (each in turn)")
+    finetune.add_argument("--task-defs", metavar="FILE",
+                          help="task-definition file for tasks the checkpoint lacks (a new domain)")
+    finetune.add_argument("--output", "-o", required=True, metavar="DIR",
+                          help="run directory (with several tasks: DIR/TASK for each)")
+    finetune.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    add_common_training_flags(finetune)
+
+    adapt = sub.add_parser(
+        "adapt", help="domain adaptation: fine-tune start points on fractions of a task's data",
+        description="For every start point, training size and seed: draw a deterministic, "
+                    "label-stratified subset of the task's training pool, fine-tune, evaluate on "
+                    "its eval split. Writes DIR/results.csv, DIR/table.md, DIR/plot.png and "
+                    "TensorBoard scalars under DIR/tensorboard.")
+    adapt.add_argument("starts", nargs="+", metavar="START",
+                       help="checkpoint directories or raw encoders (name or directory), "
+                            "optionally labelled LABEL=PATH")
+    adapt.add_argument("--task", required=True, metavar="NAME", help="the target task")
+    adapt.add_argument("--task-defs", metavar="FILE",
+                       help="task-definition file holding the task (and the training recipe)")
+    adapt.add_argument("--train-sizes", required=True, metavar="S,S",
+                       help="fractions of --reference-size (with a decimal point: 0.001,0.01,1.0) "
+                            "or absolute counts (24,236); capped at the pool size")
+    adapt.add_argument("--reference-size", type=int, metavar="N",
+                       help="the size fractions refer to (e.g. the original training set's; "
+                            "default: the pool)")
+    adapt.add_argument("--seeds", default="1,2,3", metavar="S,S", help="seeds (subset and training)")
+    adapt.add_argument("--min-steps", type=int, default=30, metavar="N",
+                       help="at least this many updates per run, so tiny subsets train too")
+    adapt.add_argument("--output", "-o", required=True, metavar="DIR")
+    add_common_training_flags(adapt)
+
+    export = sub.add_parser(
+        "export", help="export one task as a Hugging Face sequence-classification model",
+        description="Write a standard model directory (config with id2label / label2id, weights, "
+                    "tokenizer) that transformers.pipeline('text-classification', model=DIR) loads "
+                    "offline and that predicts what `mtsmart predict` predicts.")
+    export.add_argument("checkpoint", help="a checkpoint directory")
+    export.add_argument("--task", required=True, metavar="NAME")
+    export.add_argument("--out", required=True, metavar="DIR")
     return parser
 
 
@@ -160,6 +214,9 @@ def collect_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any, st
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append((path.split("."), value, f"--{flag.replace('_', '-')}"))
+    if args.epochs is not None and args.max_steps is None:
+        # --epochs alone means epochs: an inherited max_steps would otherwise win silently.
+        overrides.append((["training", "max_steps"], None, "--epochs"))
     return overrides
 
 
@@ -271,7 +328,104 @@ def command_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict}
+def _load_finetune_tasks(args: argparse.Namespace):
+    """Tasks and training settings for fine-tuning: the checkpoint's training settings,
+    then the task-definition file's training block, then --config / KEY=VALUE / flags."""
+    from mtsmart.checkpoint import TASKS_FILE, TRAINING_FILE, read_meta
+    from mtsmart.tasks import build_task_file
+
+    read_meta(args.checkpoint)
+    inherited = load_yaml(os.path.join(args.checkpoint, TRAINING_FILE))["training"]
+    source = args.task_defs or os.path.join(args.checkpoint, TASKS_FILE)
+    raw = load_yaml(source)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with 'tasks:' at the top level")
+    training = _flatten(["training"], inherited, f"{args.checkpoint}/{TRAINING_FILE}")
+    own = raw.pop("training", None) or {}
+    raw["training"] = {}
+    training += _flatten(["training"], own, source) if own else []
+    return build_task_file(raw, source, training + collect_overrides(args))
+
+
+def command_finetune(args: argparse.Namespace) -> int:
+    from mtsmart.checkpoint import load_checkpoint_tasks
+    from mtsmart.tasks import resolve_data_dir, select_tasks
+    from mtsmart.train import Trainer, prepare_output_dir
+
+    task_file = _load_finetune_tasks(args)
+    checkpoint_tasks = load_checkpoint_tasks(args.checkpoint)
+    names = ",".join(checkpoint_tasks) if args.task == "all" else args.task
+    tasks = select_tasks(task_file.tasks, names, "--task")
+    data_dir = resolve_data_dir(args.data_dir, task_file)
+    several = len(tasks) > 1
+    prepare_output_dir(args.output, overwrite=args.overwrite, resume=False)
+    summaries = {}
+    for name, task in tasks.items():
+        out = os.path.join(args.output, name) if several else args.output
+        os.makedirs(out, exist_ok=True)
+        trainer = Trainer({name: task}, task_file.training, data_dir, out, init_from=args.checkpoint,
+                          cache_dir=args.cache_dir, show_progress=not args.quiet)
+        try:
+            trainer.setup()
+            summaries[name] = trainer.train()
+        finally:
+            trainer.cleanup()
+    from mtsmart.evaluation import format_table
+
+    print(format_table({n: s["best"]["results"][n] for n, s in summaries.items()}, "dev"))
+    print(f"\nfine-tuned checkpoints in {args.output}" + ("/TASK/best" if several else "/best"))
+    return 0
+
+
+def command_adapt(args: argparse.Namespace) -> int:
+    from mtsmart.adaptation import parse_start, run_adaptation
+    from mtsmart.checkpoint import TASKS_FILE
+    from mtsmart.tasks import build_task_file, load_task_file, resolve_data_dir
+
+    starts = [parse_start(text) for text in args.starts]
+    overrides = collect_overrides(args)
+    if args.task_defs:
+        task_file = load_task_file(args.task_defs, overrides)
+    else:
+        holder = next((s for s in starts if s.is_checkpoint), None)
+        if holder is None:
+            raise ConfigError("--task-defs is needed: no START is a checkpoint to take the task from")
+        source = os.path.join(holder.path, TASKS_FILE)
+        raw = load_yaml(source)
+        raw.pop("training", None)
+        task_file = build_task_file(raw, source, overrides)
+    if args.task not in task_file.tasks:
+        raise ConfigError(f"--task: no task {args.task!r} in {task_file.path} "
+                          f"(tasks: {', '.join(task_file.tasks)})")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    for start in starts:
+        if not start.is_checkpoint and not os.path.isdir(start.path) and os.sep in start.path:
+            raise ConfigError(f"{start.path}: neither a checkpoint nor an encoder directory")
+    os.makedirs(args.output, exist_ok=True)
+    rows = run_adaptation(starts, task_file.tasks[args.task], task_file.training,
+                          resolve_data_dir(args.data_dir, task_file), args.train_sizes.split(","),
+                          seeds, args.output, reference_size=args.reference_size,
+                          min_steps=args.min_steps, show_progress=not args.quiet)
+    with open(os.path.join(args.output, "table.md"), encoding="utf-8") as handle:
+        print("\n" + handle.read())
+    print(f"{len(rows)} runs: {args.output}/results.csv, table.md, plot.png")
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from mtsmart.export import export_task
+
+    out = export_task(args.checkpoint, args.task, args.out)
+    print(f"exported {args.task} to {out}: transformers.pipeline('text-classification', "
+          f"model='{out}', truncation=True)")
+    return 0
+
+
+COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict,
+            "finetune": command_finetune, "adapt": command_adapt, "export": command_export}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

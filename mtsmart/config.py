@@ -134,7 +134,8 @@ class TrainConfig:
     length_grouped: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_threads: Optional[int] = None
-    keep_last: int = 1
+    eval_teacher: bool = True  # also score the SMART teacher at each evaluation
+    save_checkpoints: bool = True  # false: metrics only (data-fraction grids)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     smart: SmartConfig = field(default_factory=SmartConfig)
@@ -289,7 +290,7 @@ def parse_train_config(data: Any, where: str) -> TrainConfig:
 
 
 def validate_train(cfg: TrainConfig, where: str) -> None:
-    positive = ("batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "keep_last")
+    positive = ("batch_size", "eval_batch_size", "grad_accum_steps", "log_every")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(cfg, name)}")

@@ -431,3 +431,30 @@ def load_tokenized(task: TaskDef, split: str, tokenizer, data_dir: str,
     examples = read_split(task, split, data_dir)
     dtype = np.int64 if task.task_type.target_dtype == torch.long else np.float32
     return tokenize_examples(examples, tokenizer, task.max_length, dtype, cache_dir)
+
+
+def stratified_subset(targets: np.ndarray, size: int, seed: int, stratify: bool = True) -> np.ndarray:
+    """``size`` example indices drawn without replacement, deterministic in ``seed``.
+
+    With ``stratify`` (classification) every label keeps its share of the pool (largest
+    remainders get the leftover places, and every label present gets at least one place
+    when ``size`` allows). Returned sorted, so the subset does not depend on draw order."""
+    n = len(targets)
+    size = min(int(size), n)
+    rng = np.random.default_rng([seed, 104729])
+    if not stratify:
+        return np.sort(rng.choice(n, size=size, replace=False))
+    classes, counts = np.unique(targets, return_counts=True)
+    quota = counts / n * size
+    places = np.floor(quota).astype(np.int64)
+    if size >= len(classes):
+        places = np.maximum(places, 1)
+    while places.sum() > size:  # the minimum of one place can overshoot: take from the largest
+        places[np.argmax(places)] -= 1
+    leftover = size - places.sum()
+    order = np.argsort(-(quota - places), kind="stable")
+    for i in order[:leftover]:
+        places[i] += 1
+    chosen = [rng.choice(np.flatnonzero(targets == c), size=min(k, cnt), replace=False)
+              for c, k, cnt in zip(classes, places, counts)]
+    return np.sort(np.concatenate(chosen))

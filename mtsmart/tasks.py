@@ -275,6 +275,11 @@ def load_task_file(path: str, overrides: list[tuple[list[str], Any, str]] = ()) 
     raw = load_yaml(path)
     if raw is None:
         raise ConfigError(f"{path}: the file is empty (expected a 'tasks:' mapping)")
+    return build_task_file(raw, path, overrides)
+
+
+def build_task_file(raw: Any, path: str, overrides: list[tuple[list[str], Any, str]] = ()) -> TaskFile:
+    """Validate an already-read task-definition mapping; ``path`` names it in errors."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with 'tasks:' at the top level")
     for key_path, value, text in overrides:

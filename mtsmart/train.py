@@ -95,14 +95,18 @@ class Trainer:
         init_from: a checkpoint directory whose encoder (and the heads of tasks it has)
             start the run; the others get fresh heads. None starts from ``cfg.encoder``.
         resume: continue the run in ``output_dir`` from its ``last`` checkpoint.
+        train_indices: per task, the examples of its train split to use (data-fraction
+            experiments); all of them when absent.
     Raises:
         ConfigError: ``select_metric`` names an unknown task or metric.
     """
 
     def __init__(self, tasks: dict[str, TaskDef], cfg: TrainConfig, data_dir: str,
                  output_dir: str, init_from: Optional[str] = None, resume: bool = False,
-                 cache_dir: Optional[str] = None, show_progress: bool = True):
+                 cache_dir: Optional[str] = None, show_progress: bool = True,
+                 train_indices: Optional[dict[str, np.ndarray]] = None):
         self.tasks = tasks
+        self.train_indices = train_indices or {}
         self.cfg = cfg
         self.data_dir = data_dir
         self.output_dir = output_dir
@@ -196,8 +200,11 @@ class Trainer:
         cfg = self.cfg
         self.train_splits, self.eval_splits, self.streams = {}, {}, {}
         for stream_id, (name, task) in enumerate(self.tasks.items()):
-            self.train_splits[name] = load_tokenized(task, task.train_split, self.tokenizer,
-                                                     self.data_dir, self.cache_dir)
+            train = load_tokenized(task, task.train_split, self.tokenizer, self.data_dir,
+                                   self.cache_dir)
+            if name in self.train_indices:
+                train = train.subset(self.train_indices[name])
+            self.train_splits[name] = train
             self.eval_splits[name] = load_tokenized(task, task.eval_split, self.tokenizer,
                                                     self.data_dir, self.cache_dir)
             self.streams[name] = TaskStream(self.train_splits[name], cfg.batch_size, cfg.seed,
@@ -376,7 +383,7 @@ class Trainer:
         score = selection_score(results, self.tasks, self.cfg.select_metric)
         record = {"global_step": self.global_step, "split": "dev", "results": results,
                   "selection_score": score, "select_metric": self.cfg.select_metric}
-        if self.teacher is not None:
+        if self.teacher is not None and self.cfg.eval_teacher:
             teacher_results = self.evaluate(self.teacher.model)
             record["teacher_results"] = teacher_results
             self.logger.log_dict({f"teacher/{t}/{m}": v for t, r in teacher_results.items()
@@ -391,8 +398,10 @@ class Trainer:
         append_json_line(os.path.join(self.output_dir, EVAL_LOG_FILE), record)
         if score > self.best_score:
             self.best_score, self.best_step = score, self.global_step
-            self._save(os.path.join(self.output_dir, BEST_DIR), record, with_state=False)
-        self._save(os.path.join(self.output_dir, LAST_DIR), record, with_state=True)
+            if self.cfg.save_checkpoints:
+                self._save(os.path.join(self.output_dir, BEST_DIR), record, with_state=False)
+        if self.cfg.save_checkpoints:
+            self._save(os.path.join(self.output_dir, LAST_DIR), record, with_state=True)
         if self.show_progress:
             tqdm.write(f"step {self.global_step}: {self.cfg.select_metric}={100 * score:.2f}  "
                        + "  ".join(f"{t}/{m}={100 * v:.2f}" for t, r in results.items()

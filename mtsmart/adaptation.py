@@ -1,0 +1,197 @@
+"""Domain adaptation with data fractions: fine-tune every start point (a checkpoint or a
+raw encoder) on deterministic, label-stratified subsets of a task's training pool, several
+seeds each, and report results.csv, table.md and plot.png.
+
+Must not import cli.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import statistics
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import numpy as np
+
+from mtsmart.checkpoint import META_FILE
+from mtsmart.config import TrainConfig
+from mtsmart.data import load_tokenized, default_cache_dir, stratified_subset
+from mtsmart.errors import ConfigError
+from mtsmart.metric_logging import MetricLogger
+from mtsmart.tasks import TaskDef
+
+RESULTS_CSV = "results.csv"
+TABLE_MD = "table.md"
+PLOT_PNG = "plot.png"
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    label: str
+    path: str
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return os.path.isfile(os.path.join(self.path, META_FILE))
+
+
+def parse_start(text: str) -> StartPoint:
+    """``LABEL=PATH`` or ``PATH`` (labelled by its folder names)."""
+    if "=" in text:
+        label, path = text.split("=", 1)
+    else:
+        path = text
+        parts = [p for p in os.path.normpath(path).split(os.sep) if p not in ("", ".", "..")]
+        label = "-".join(parts[-2:]) if parts and parts[-1] in ("best", "last") else (parts[-1] if parts else path)
+    return StartPoint(label=label, path=path)
+
+
+def resolve_sizes(specs: list[str], reference_size: Optional[int], pool_size: int) -> list[tuple[str, int]]:
+    """A spec with a decimal point (``0.001``, ``1.0``) is a fraction of ``reference_size``
+    (default: the pool), an integer is a count; both are capped at the pool size."""
+    reference = reference_size or pool_size
+    sizes = []
+    for spec in specs:
+        spec = spec.strip()
+        try:
+            if any(c in spec for c in ".eE"):
+                fraction = float(spec)
+                if not 0 < fraction <= 1:
+                    raise ValueError
+                n = max(1, round(fraction * reference))
+            else:
+                n = int(spec)
+                if n < 1:
+                    raise ValueError
+        except ValueError:
+            raise ConfigError(f"--train-sizes: {spec!r} is neither a fraction in (0, 1] nor a "
+                              "positive count") from None
+        sizes.append((spec, min(n, pool_size)))
+    return sizes
+
+
+def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, data_dir: str,
+                   size_specs: list[str], seeds: list[int], output_dir: str,
+                   reference_size: Optional[int] = None, min_steps: int = 0,
+                   show_progress: bool = True) -> list[dict]:
+    """Fine-tune each start on each subset with each seed; write the report files."""
+    from transformers import AutoTokenizer
+
+    from mtsmart.model import quiet_transformers
+    from mtsmart.train import Trainer
+
+    os.makedirs(output_dir, exist_ok=True)
+    # The pool is tokenized with the first start's tokenizer only to learn its size and
+    # labels; every run tokenizes with its own start's tokenizer.
+    first = starts[0]
+    tokenizer_dir = os.path.join(first.path, "encoder") if first.is_checkpoint else first.path
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    pool = load_tokenized(task, task.train_split, tokenizer, data_dir, default_cache_dir())
+    sizes = resolve_sizes(size_specs, reference_size, len(pool))
+    is_classification = task.type == "classification"
+    rows: list[dict] = []
+    summary_logger = MetricLogger(os.path.join(output_dir, "tensorboard"))
+    csv_path = os.path.join(output_dir, RESULTS_CSV)
+    for start in starts:
+        for spec, n in sizes:
+            for seed in seeds:
+                indices = stratified_subset(pool.targets, n, seed, stratify=is_classification)
+                batches_per_epoch = -(-n // cfg.batch_size)
+                steps = max(min_steps, int(np.ceil(cfg.epochs * batches_per_epoch)))
+                run_cfg = replace(cfg, seed=seed, max_steps=steps, eval_every=steps,
+                                  eval_teacher=False, save_checkpoints=False,
+                                  encoder=cfg.encoder if start.is_checkpoint else start.path)
+                run_dir = os.path.join(output_dir, "runs", start.label, f"n{n}", f"seed{seed}")
+                os.makedirs(run_dir, exist_ok=True)
+                trainer = Trainer({task.name: task}, run_cfg, data_dir, run_dir,
+                                  init_from=start.path if start.is_checkpoint else None,
+                                  show_progress=show_progress,
+                                  train_indices={task.name: indices})
+                try:
+                    trainer.setup()
+                    summary = trainer.train()
+                finally:
+                    trainer.cleanup()
+                metrics = summary["last"]["results"][task.name]
+                row = {"start": start.label, "start_path": start.path, "task": task.name,
+                       "size": spec, "n_train": n, "seed": seed, "steps": steps,
+                       **{m: round(v, 6) for m, v in metrics.items()},
+                       "train_seconds": round(summary["train_seconds"], 1)}
+                rows.append(row)
+                _write_csv(csv_path, rows)
+                print(f"adapt {task.name}: start={start.label} n={n} seed={seed} "
+                      + " ".join(f"{m}={100 * v:.2f}" for m, v in metrics.items()), flush=True)
+        for spec, n in sizes:
+            values = [r[task.selection_metric] for r in rows
+                      if r["start"] == start.label and r["n_train"] == n]
+            summary_logger.log_dict({f"adapt/{task.name}/{start.label}/{task.selection_metric}":
+                                     float(np.mean(values))}, n)
+    summary_logger.close()
+    write_table(os.path.join(output_dir, TABLE_MD), rows, task)
+    write_plot(os.path.join(output_dir, PLOT_PNG), rows, task)
+    return rows
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _grouped(rows: list[dict], metric: str):
+    starts = list(dict.fromkeys(r["start"] for r in rows))
+    sizes = sorted({r["n_train"] for r in rows})
+    cells = {(s, n): [r[metric] for r in rows if r["start"] == s and r["n_train"] == n]
+             for s in starts for n in sizes}
+    return starts, sizes, cells
+
+
+def write_table(path: str, rows: list[dict], task: TaskDef) -> None:
+    """Mean ± std (percent) over seeds per start point and training size."""
+    metric = task.selection_metric
+    starts, sizes, cells = _grouped(rows, metric)
+    lines = [f"{task.name} ({metric}, %, mean ± std over seeds; n = training examples)", "",
+             "| start | " + " | ".join(f"n={n}" for n in sizes) + " |",
+             "|" + "---|" * (1 + len(sizes))]
+    for start in starts:
+        out = []
+        for n in sizes:
+            values = cells[(start, n)]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            out.append(f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}" if values else "–")
+        lines.append(f"| {start} | " + " | ".join(out) + " |")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def write_plot(path: str, rows: list[dict], task: TaskDef) -> None:
+    """Metric vs training size (log x), one line per start point, std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = task.selection_metric
+    starts, sizes, cells = _grouped(rows, metric)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for start in starts:
+        xs = [n for n in sizes if cells[(start, n)]]
+        means = [100 * statistics.mean(cells[(start, n)]) for n in xs]
+        stds = [100 * (statistics.stdev(cells[(start, n)]) if len(cells[(start, n)]) > 1 else 0.0)
+                for n in xs]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=start)
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples (log scale)")
+    ax.set_ylabel(f"{task.name} {metric} (%)")
+    ax.set_title(f"Domain adaptation: {task.name}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,89 @@
+"""Export one task of a checkpoint as a standard Hugging Face sequence-classification model
+directory, loadable by ``transformers.pipeline("text-classification", model=DIR)`` and any
+tool of the ecosystem without mtsmart.
+
+The head maps exactly onto the standard heads: for BERT-style models the encoder's pooler
+plus ``classifier`` (what *ForSequenceClassification computes); for RoBERTa-style models
+the pooler's dense layer becomes ``classifier.dense`` and the head ``classifier.out_proj``
+(dropout is inactive at inference, so the outputs are identical).
+Must not import train or cli.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import torch
+
+from mtsmart.checkpoint import load_checkpoint
+from mtsmart.errors import CheckpointError
+from mtsmart.model import quiet_transformers
+
+
+def _classifier_state(model, task: str, kind: str) -> dict[str, torch.Tensor]:
+    head = model.heads[task].linear
+    if kind == "pooler":
+        return {"classifier.weight": head.weight, "classifier.bias": head.bias}
+    pooler = model.encoder.pooler.dense
+    return {"classifier.dense.weight": pooler.weight, "classifier.dense.bias": pooler.bias,
+            "classifier.out_proj.weight": head.weight, "classifier.out_proj.bias": head.bias}
+
+
+def export_task(checkpoint: str, task_name: str, out_dir: str) -> str:
+    """Write ``out_dir`` atomically; returns it. Raises CheckpointError for a task the
+    checkpoint lacks or an encoder family whose classification head does not match."""
+    from transformers import AutoModelForSequenceClassification
+
+    loaded = load_checkpoint(checkpoint)
+    if task_name not in loaded.model.heads:
+        raise CheckpointError(f"{checkpoint}: no head for task {task_name!r} "
+                              f"(heads: {', '.join(loaded.model.heads)})")
+    task = loaded.tasks[task_name]
+    encoder = loaded.model.encoder
+    if getattr(encoder, "pooler", None) is None:
+        raise CheckpointError(f"{checkpoint}: the encoder has no pooler; export needs a BERT- or "
+                              "RoBERTa-style encoder")
+    config = encoder.config.__class__.from_dict(encoder.config.to_dict())
+    is_regression = task.type == "regression"
+    config.num_labels = 1 if is_regression else len(task.labels)
+    config.problem_type = "regression" if is_regression else "single_label_classification"
+    labels = ["score"] if is_regression else list(task.labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.classifier_dropout = loaded.model.heads[task_name].dropout.p
+    config.architectures = None
+    with quiet_transformers():
+        hf_model = AutoModelForSequenceClassification.from_config(config)
+    prefix = hf_model.base_model_prefix
+    classifier_keys = {k for k in hf_model.state_dict() if k.startswith("classifier.")}
+    kind = "pooler" if classifier_keys == {"classifier.weight", "classifier.bias"} else "roberta"
+    if kind == "roberta" and not {"classifier.dense.weight", "classifier.out_proj.weight"} <= classifier_keys:
+        raise CheckpointError(f"{checkpoint}: cannot map the head onto {type(hf_model).__name__}'s "
+                              "classifier; export supports BERT- and RoBERTa-style encoders")
+    state = {f"{prefix}.{k}": v for k, v in encoder.state_dict().items()}
+    if kind == "roberta":  # RoBERTa's classification model has no pooler: it is the head's dense
+        state = {k: v for k, v in state.items() if ".pooler." not in k}
+    state.update(_classifier_state(loaded.model, task_name, kind))
+    missing, unexpected = hf_model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if "position_ids" not in k]
+    if missing or unexpected:
+        raise CheckpointError(f"{checkpoint}: export of {task_name!r} left weights unmapped "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        # Truncate as mtsmart does, so pipeline(..., truncation=True) sees the same tokens.
+        loaded.tokenizer.model_max_length = task.max_length
+        with quiet_transformers():
+            hf_model.save_pretrained(tmp)
+            loaded.tokenizer.save_pretrained(tmp)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,172 @@
+"""Q1: does SMART beat plain fine-tuning? Single-task runs of plain, adversarial-only,
+Bregman-only and full SMART on GLUE dev sets, several seeds, one shared recipe.
+
+    python scripts/q1_grid.py run --tasks rte,mrpc,cola,stsb --seeds 1,2,3
+    python scripts/q1_grid.py run --quick                 # 2-layer encoder, RTE, 1 seed, minutes
+    python scripts/q1_grid.py summary                     # Markdown tables from the results file
+
+Each finished run appends one JSON line to the results file (default
+bench_results/q1.jsonl); ``run`` skips combinations already there, so a long grid can be
+completed across several sittings. Extra ``mtsmart train`` arguments go after ``--``:
+
+    python scripts/q1_grid.py run --tasks rte --variants full --tag eps0.1 -- --epsilon 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MTSMART_SHARED", REPO.parent / "shared"))
+DEFAULT_RESULTS = REPO / "bench_results" / "q1.jsonl"
+VARIANTS = ("plain", "adversarial", "bregman", "full")
+SMART_MODE = {"plain": "off", "adversarial": "adversarial", "bregman": "bregman", "full": "full"}
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_grid(args, extra: list[str]) -> None:
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["task"], r["variant"], r["seed"], r["tag"]) for r in load_results(results_path)}
+    tasks = args.tasks.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = args.variants.split(",")
+    for task in tasks:
+        for seed in seeds:
+            for variant in variants:
+                key = (task, variant, seed, args.tag)
+                if key in done:
+                    continue
+                out = REPO / "runs" / "q1" / args.tag / f"{task}-{variant}-s{seed}"
+                cmd = [sys.executable, "-m", "mtsmart", "train", str(REPO / "task_defs" / "glue.yaml"),
+                       "--tasks", task, "--encoder", args.encoder, "--data-dir", args.data_dir,
+                       "--output", str(out), "--overwrite", "--quiet", "--seed", str(seed),
+                       "--smart", SMART_MODE[variant], "--epochs", str(args.epochs),
+                       "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+                       "--num-threads", str(args.threads), *extra]
+                if args.num_hidden_layers:
+                    cmd += ["--num-hidden-layers", str(args.num_hidden_layers)]
+                if args.max_steps:
+                    cmd += ["--max-steps", str(args.max_steps)]
+                start = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                wall = time.perf_counter() - start
+                if proc.returncode != 0:
+                    print(proc.stderr[-2000:], file=sys.stderr)
+                    raise SystemExit(f"run failed: {' '.join(cmd)}")
+                summary = json.loads((out / "results.json").read_text())
+                record = {"task": task, "variant": variant, "seed": seed, "tag": args.tag,
+                          "final": summary["last"]["results"][task],
+                          "best": summary["best"]["results"][task],
+                          "teacher_final": summary["last"].get("teacher_results", {}).get(task),
+                          "train_seconds": summary["train_seconds"], "wall_seconds": wall,
+                          "updates": summary["total_updates"], "command": " ".join(cmd[1:]),
+                          "date": time.strftime("%Y-%m-%d")}
+                with open(results_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                print(f"{task} {variant} seed {seed}: {record['final']}  ({wall:.0f} s)", flush=True)
+
+
+def fmt(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def summarize(args) -> None:
+    records = [r for r in load_results(Path(args.results)) if r["tag"] == args.tag]
+    if not records:
+        raise SystemExit(f"no results with tag {args.tag!r} in {args.results}")
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in records)]
+    print(f"results: {args.results}, tag {args.tag!r}; final dev metric after the last epoch, "
+          "mean ± std over seeds (every seed in brackets); percent\n")
+    header = "| task | metric | " + " | ".join(variants) + " |"
+    print(header)
+    print("|" + "---|" * (2 + len(variants)))
+    main_means: dict[str, list[float]] = {v: [] for v in variants}
+    for task in tasks:
+        metrics = list(next(r for r in records if r["task"] == task)["final"])
+        for metric in metrics:
+            cells = []
+            for variant in variants:
+                runs = sorted((r for r in records if r["task"] == task and r["variant"] == variant),
+                              key=lambda r: r["seed"])
+                values = [r["final"][metric] for r in runs]
+                if not values:
+                    cells.append("–")
+                    continue
+                seeds = ", ".join(f"{100 * v:.1f}" for v in values)
+                cells.append(f"{fmt(values)} [{seeds}]")
+                if metric == metrics[0]:
+                    main_means[variant].append(statistics.mean(values))
+            print(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    print("\nbest of seeds (as the paper reports), first metric of each task:\n")
+    print("| task | " + " | ".join(variants) + " |")
+    print("|" + "---|" * (1 + len(variants)))
+    for task in tasks:
+        metric = list(next(r for r in records if r["task"] == task)["final"])[0]
+        cells = []
+        for variant in variants:
+            values = [r["final"][metric] for r in records if r["task"] == task and r["variant"] == variant]
+            cells.append(f"{100 * max(values):.2f}" if values else "–")
+        print(f"| {task} ({metric}) | " + " | ".join(cells) + " |")
+    complete = {v: m for v, m in main_means.items() if len(m) == len(tasks)}
+    if "plain" in complete:
+        print("\naverage over tasks of the first metric's mean, and gain over plain:\n")
+        for variant, means in complete.items():
+            avg = statistics.mean(means)
+            gain = avg - statistics.mean(complete["plain"])
+            print(f"- {variant}: {100 * avg:.2f} ({100 * gain:+.2f})")
+    walls = {v: statistics.median([r["train_seconds"] for r in records if r["variant"] == v])
+             for v in variants}
+    print("\nmedian training seconds per run: " + ", ".join(f"{v} {walls[v]:.0f}" for v in variants))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["run", "summary"])
+    parser.add_argument("--tasks", default="rte,mrpc,cola,stsb")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--tag", default="default", help="names a recipe; results group by it")
+    parser.add_argument("--results", default=str(DEFAULT_RESULTS))
+    parser.add_argument("--encoder", default=str(SHARED / "models" / "all-MiniLM-L6-v2"))
+    parser.add_argument("--data-dir", default=str(SHARED / "data"))
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--num-hidden-layers", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="2 layers, RTE, seed 1, 60 steps")
+    argv = sys.argv[1:]
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_hidden_layers, args.tasks, args.seeds, args.max_steps = 2, "rte", "1", 60
+        if args.tag == "default":
+            args.tag = "quick"
+    if args.action == "run":
+        run_grid(args, extra)
+    else:
+        summarize(args)
+
+
+if __name__ == "__main__":
+    main()
