@@ -107,7 +107,9 @@ class MultiTaskModel(nn.Module):
         """Task ``task``'s outputs from word embeddings [batch, seq, hidden]:
         logits [batch, num_labels] for classification, scores [batch] for regression."""
         kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
-        if token_type_ids is not None:
+        # Encoders with a single token type (RoBERTa) must not receive a tokenizer's
+        # sentence-B type ids: index 1 does not exist in their type-embedding table.
+        if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 2) > 1:
             kwargs["token_type_ids"] = token_type_ids
         out = self.encoder(**kwargs)
         pooled = getattr(out, "pooler_output", None)

@@ -57,7 +57,8 @@ class TaskSampler:
         self.cfg = cfg
         self.seed = seed
         self.total_draws = max(int(total_draws), 1)
-        self.draws_per_epoch = int(sum(sizes))
+        # Tasks with weight 0 are never drawn, so their batches do not lengthen an epoch.
+        self.draws_per_epoch = int(sum(n for n, w in zip(sizes, weights) if w > 0))
         self.draws = 0
         self._epoch_cache: tuple[int, np.ndarray] | None = None
         task_probabilities(sizes, weights, cfg)  # validates the weights early
@@ -98,5 +99,10 @@ class TaskSampler:
             raise ConfigError(
                 f"the checkpoint's sampler was built for tasks {state['names']}, "
                 f"this run has {self.names}"
+            )
+        if int(state["seed"]) != self.seed:
+            raise ConfigError(
+                f"the checkpoint's sampler was seeded with {state['seed']}, this run with "
+                f"{self.seed}: resume with the same --seed"
             )
         self.draws = int(state["draws"])

@@ -193,6 +193,9 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
         labels = raw["labels"]
         if not isinstance(labels, list) or len(labels) < 2:
             raise ConfigError(f"{where}: field 'labels': expected a list of at least two labels")
+        if any(isinstance(label, bool) for label in labels):
+            raise ConfigError(f"{where}: field 'labels': YAML reads yes/no/on/off/true/false as "
+                              "booleans; quote such labels, e.g. labels: ['yes', 'no']")
         labels = tuple(str(label) for label in labels)
         if len(set(labels)) != len(labels):
             raise ConfigError(f"{where}: field 'labels': labels must be distinct")
@@ -284,7 +287,7 @@ def build_task_file(raw: Any, path: str, overrides: list[tuple[list[str], Any, s
         raise ConfigError(f"{path}: expected a mapping with 'tasks:' at the top level")
     for key_path, value, text in overrides:
         if key_path[0] not in ("training", "tasks", "data_dir"):
-            # Bare keys are training settings: "lr=..." is short for "training.lr=...".
+            # Bare keys are training settings: "seed=3" is short for "training.seed=3".
             key_path = ["training", *key_path]
         apply_override(raw, key_path, value, text)
     allowed = ("tasks", "training", "data_dir")

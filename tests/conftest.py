@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import string
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ FIXTURES = REPO / "tests" / "fixtures"
 SHARED = Path(os.environ.get("MTSMART_SHARED", REPO.parent / "shared"))
 SHARED_MODEL = SHARED / "models" / "all-MiniLM-L6-v2"
 SHARED_DATA = SHARED / "data"
+
+# tests/ holds shared helpers (tiny_tasks.py) that test files import.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

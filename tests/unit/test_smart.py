@@ -131,7 +131,7 @@ def test_ascent_beats_random_noise_of_the_same_norm():
         random = torch.randn_like(embeds)
         random = random / smart.token_norms(random, "inf") * smart.token_norms(adv_noise, "inf")
         random = random * mask.unsqueeze(-1)
-        rand_divs.append(float(symmetric_kl(forward(embeds + random), clean)))
+        rand_divs.append(float(symmetric_kl(forward(embeds + random), clean).detach()))
     assert sum(adv_divs) / 5 > 2 * sum(rand_divs) / 5
 
 

@@ -1,0 +1,164 @@
+"""Multi-task checkpoint → fine-tuning, domain adaptation with data fractions, export."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mtsmart.cli import main
+from mtsmart.data import stratified_subset
+
+from tiny_tasks import write_tiny_tasks
+
+
+@pytest.fixture()
+def mt_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "mt"
+    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
+                 "--max-steps", "4", "--quiet"]) == 0
+    return task_file, out / "best"
+
+
+def write_new_domain(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    words = "the a cat dog man woman movie good bad is not".split()
+    with open(root / "data" / "domain.tsv", "w") as f:
+        f.write("p\th\tlabel\n")
+        for i in range(60):
+            f.write(f"{' '.join(rng.choice(words, 4))}\t{' '.join(rng.choice(words, 3))}\t"
+                    f"{['ent', 'neu'][i % 3 == 0]}\n")
+    path = root / "domain.yaml"
+    path.write_text("""
+data_dir: data
+tasks:
+  domain:
+    type: classification
+    text_fields: [p, h]
+    label_field: label
+    labels: [ent, neu]
+    splits: {train: domain.tsv, test: domain.tsv}
+    eval_split: test
+    max_length: 24
+training:
+  batch_size: 8
+  epochs: 1
+  optim: {lr: 1.0e-3}
+""")
+    return path
+
+
+def test_finetune_restores_encoder_bit_for_bit_and_adds_only_new_heads(mt_checkpoint, tmp_path):
+    from mtsmart.checkpoint import load_checkpoint
+    from mtsmart.train import Trainer
+    from mtsmart.tasks import load_task_file
+
+    task_file, ckpt = mt_checkpoint
+    loaded = load_checkpoint(str(ckpt))
+    new_task_file = write_new_domain(tmp_path)
+    tasks = {**load_task_file(str(task_file)).tasks, **load_task_file(str(new_task_file)).tasks}
+    trainer = Trainer({"pairs": tasks["pairs"], "domain": tasks["domain"]},
+                      loaded.training, str(tmp_path / "data"), str(tmp_path / "ft-inspect"),
+                      init_from=str(ckpt), show_progress=False)
+    trainer.setup()
+    encoder_before = loaded.model.encoder.state_dict()
+    for key, value in trainer.model.encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[key]), key
+    # the known task keeps its trained head, the new one is fresh, nothing else is added
+    assert torch.equal(trainer.model.heads["pairs"].linear.weight, loaded.model.heads["pairs"].linear.weight)
+    assert set(trainer.model.heads) == {"pairs", "score", "domain"}
+    assert trainer.optimizer.state == {}  # a fresh optimizer
+    trainer.cleanup()
+
+
+def test_finetune_command_with_smart_teacher_from_loaded_weights(mt_checkpoint, tmp_path):
+    task_file, ckpt = mt_checkpoint
+    out = tmp_path / "ft"
+    new_task_file = write_new_domain(tmp_path)
+    assert main(["finetune", str(ckpt), "--task", "domain", "--task-defs", str(new_task_file),
+                 "--output", str(out), "--max-steps", "3", "--smart", "full", "--epsilon", "1e-3",
+                 "--quiet"]) == 0
+    heads = load_file(str(out / "best" / "heads.safetensors"))
+    assert {k.split(".")[0] for k in heads} == {"pairs", "score", "domain"}
+    assert (out / "best" / "teacher.safetensors").exists()
+    # --task all fine-tunes every task of the checkpoint in turn, each in its own folder
+    out_all = tmp_path / "ft-all"
+    assert main(["finetune", str(ckpt), "--task", "all", "--output", str(out_all), "--max-steps", "2",
+                 "--data-dir", str(tmp_path / "data"), "--quiet"]) == 0
+    assert (out_all / "pairs" / "best" / "meta.json").exists()
+    assert (out_all / "score" / "best" / "meta.json").exists()
+
+
+def test_stratified_subsets_are_deterministic_and_keep_label_shares():
+    targets = np.array([0] * 700 + [1] * 200 + [2] * 100)
+    a = stratified_subset(targets, 100, seed=1)
+    b = stratified_subset(targets, 100, seed=1)
+    c = stratified_subset(targets, 100, seed=2)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len(a) == 100 and len(set(a.tolist())) == 100
+    assert np.bincount(targets[a]).tolist() == [70, 20, 10]
+    tiny = stratified_subset(targets, 3, seed=1)
+    assert sorted(targets[tiny].tolist()) == [0, 1, 2]  # every label keeps a place
+    assert len(stratified_subset(targets, 5000, seed=1)) == 1000  # capped at the pool
+
+
+def test_adapt_writes_checked_results_table_and_plot(mt_checkpoint, tmp_path, tiny_model_dir):
+    _, ckpt = mt_checkpoint
+    new_task_file = write_new_domain(tmp_path)
+    out = tmp_path / "adapt"
+    assert main(["adapt", f"mt={ckpt}", f"raw={tiny_model_dir}", "--task", "domain",
+                 "--task-defs", str(new_task_file), "--train-sizes", "0.1,12",
+                 "--reference-size", "60", "--seeds", "1,2", "--min-steps", "2", "--output", str(out),
+                 "--quiet"]) == 0
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 2 * 2
+    assert {r["start"] for r in rows} == {"mt", "raw"}
+    assert {int(r["n_train"]) for r in rows} == {6, 12}
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    table = (out / "table.md").read_text().splitlines()
+    assert table[2].startswith("| start | n=6 | n=12 |")
+    assert sum(line.startswith("| mt |") or line.startswith("| raw |") for line in table) == 2
+    import matplotlib.image
+
+    image = matplotlib.image.imread(out / "plot.png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert image.std() > 0  # not a blank canvas
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+
+
+def test_export_round_trip_matches_predict(mt_checkpoint, tmp_path):
+    from transformers import pipeline
+
+    task_file, ckpt = mt_checkpoint
+    data = tmp_path / "data"
+    preds_path = tmp_path / "pairs.tsv"
+    assert main(["predict", str(ckpt), "--task", "pairs", "--split", "dev", "--data-dir", str(data),
+                 "--out", str(preds_path)]) == 0
+    export_dir = tmp_path / "hf"
+    assert main(["export", str(ckpt), "--task", "pairs", "--out", str(export_dir)]) == 0
+    classifier = pipeline("text-classification", model=str(export_dir), truncation=True)
+    with open(data / "pairs_dev.tsv") as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle][1:]
+    outputs = classifier([{"text": a, "text_pair": b} for a, b, _ in rows])
+    expected = [line.split("\t")[1] for line in preds_path.read_text().splitlines()[1:]]
+    assert [o["label"] for o in outputs] == expected
+    # regression heads export too: the score equals mtsmart's
+    assert main(["export", str(ckpt), "--task", "score", "--out", str(tmp_path / "hf-score")]) == 0
+    scorer = pipeline("text-classification", model=str(tmp_path / "hf-score"), truncation=True)
+    score_preds = tmp_path / "score.tsv"
+    assert main(["predict", str(ckpt), "--task", "score", "--split", "dev", "--data-dir", str(data),
+                 "--out", str(score_preds)]) == 0
+    with open(data / "score_dev.tsv") as handle:
+        texts = [line.split("\t")[0] for line in handle][1:]
+    scores = [o["score"] for o in scorer(texts)]
+    ours = [float(line.split("\t")[1]) for line in score_preds.read_text().splitlines()[1:]]
+    assert np.allclose(scores, ours, atol=1e-4)

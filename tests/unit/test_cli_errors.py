@@ -1,0 +1,181 @@
+"""Bad user input ends as exit code 2 and exactly one line on stderr, never a traceback.
+
+Most cases call ``mtsmart.cli.main`` in-process (fast); one runs ``python -m mtsmart`` as
+a real subprocess to check the process exit code and everything it writes to stderr."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtsmart.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD_TRAIN = "sentence\tlabel\nthe cat is good\t1\nthe dog is bad\t0\na movie\t1\n"
+
+
+def task_yaml(**task_changes):
+    task = {
+        "type": "classification",
+        "text_fields": ["sentence"],
+        "label_field": "label",
+        "labels": ["0", "1"],
+        "splits": {"train": {"path": "train.tsv", "quoting": "none"},
+                   "dev": {"path": "dev.tsv", "quoting": "none"}},
+    }
+    task.update(task_changes)
+    return {"tasks": {"tiny": task}, "training": {"batch_size": 2, "max_steps": 1}}
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "train.tsv").write_text(GOOD_TRAIN, encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text(GOOD_TRAIN, encoding="utf-8")
+    return tmp_path
+
+
+def write(workdir, data, name="tasks.yaml"):
+    path = workdir / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def argv(workdir, task_file, tiny_model_dir, *extra, overrides=()):
+    return ["train", str(task_file), *overrides, "--output", str(workdir / "out"), "--encoder", str(tiny_model_dir),
+            "--data-dir", str(workdir), "--cache-dir", str(workdir / "cache"), "--quiet", *extra]
+
+
+def run_main(args, capsys) -> tuple[int, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def assert_one_line(code, err, *parts):
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mtsmart: error: ")
+    for part in parts:
+        assert part in lines[0], f"{part!r} not in {lines[0]!r}"
+
+
+def test_unknown_yaml_key(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml(lables=["0", "1"]))
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir), capsys)
+    assert_one_line(code, err, str(task_file), "'tiny'", "'lables'")
+    assert not (workdir / "out").exists()  # nothing was started
+
+
+def test_unknown_training_key(workdir, tiny_model_dir, capsys):
+    data = task_yaml()
+    data["training"]["batchsize"] = 4
+    task_file = write(workdir, data)
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir), capsys)
+    assert_one_line(code, err, str(task_file), "'batchsize'", "batch_size")
+
+
+def test_bad_override(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, overrides=["training.optim.lr"]), capsys)
+    assert_one_line(code, err, "'training.optim.lr'", "KEY=VALUE")
+
+
+def test_missing_task_file(workdir, tiny_model_dir, capsys):
+    code, err = run_main(argv(workdir, workdir / "none.yaml", tiny_model_dir), capsys)
+    assert_one_line(code, err, "none.yaml", "not found")
+
+
+def test_missing_data_file(workdir, tiny_model_dir, capsys):
+    data = task_yaml()
+    data["tasks"]["tiny"]["splits"]["dev"] = {"path": "missing.tsv"}
+    task_file = write(workdir, data)
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir), capsys)
+    assert_one_line(code, err, str(workdir / "missing.tsv"), "'tiny'", "'dev'")
+
+
+def test_label_outside_the_list(workdir, tiny_model_dir, capsys):
+    (workdir / "train.tsv").write_text(GOOD_TRAIN + "the man\t7\n", encoding="utf-8")
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir), capsys)
+    assert_one_line(code, err, f"{workdir / 'train.tsv'} line 5", "'7'", "'tiny'")
+
+
+def test_empty_split(workdir, tiny_model_dir, capsys):
+    (workdir / "dev.tsv").write_text("sentence\tlabel\n", encoding="utf-8")
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir), capsys)
+    assert_one_line(code, err, str(workdir / "dev.tsv"), "'dev'", "no rows")
+
+
+def test_non_numeric_regression_target(workdir, tiny_model_dir, capsys):
+    (workdir / "sts.tsv").write_text("sentence\tscore\nthe cat\t1.0\nthe dog\tabout two\n", encoding="utf-8")
+    data = {"tasks": {"sts": {"type": "regression", "text_fields": ["sentence"], "target_field": "score",
+                              "splits": {"train": "sts.tsv", "dev": "sts.tsv"}}},
+            "training": {"batch_size": 2, "max_steps": 1}}
+    task_file = write(workdir, data)
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir), capsys)
+    assert_one_line(code, err, f"{workdir / 'sts.tsv'} line 3", "'about two'", "'sts'", "'score'")
+
+
+def test_override_with_bad_value(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir,
+                              overrides=["tasks.tiny.max_length=long"]), capsys)
+    assert_one_line(code, err, str(task_file), "'tiny'", "'max_length'")
+
+
+def test_unknown_tasks_name(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--tasks", "tiny,rte"), capsys)
+    assert_one_line(code, err, "--tasks", "'rte'", "tiny")
+
+
+def test_non_empty_output_dir_without_overwrite(workdir, tiny_model_dir, capsys):
+    (workdir / "out").mkdir()
+    (workdir / "out" / "keep.txt").write_text("earlier run", encoding="utf-8")
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir), capsys)
+    assert_one_line(code, err, str(workdir / "out"), "--overwrite")
+    assert (workdir / "out" / "keep.txt").read_text(encoding="utf-8") == "earlier run"
+
+
+def test_resume_without_checkpoint(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--resume"), capsys)
+    assert_one_line(code, err, str(workdir / "out"), "resume")
+
+
+def test_select_metric_of_unknown_task(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--select-metric", "rte/accuracy"), capsys)
+    assert_one_line(code, err, "select_metric", "'rte/accuracy'", "tiny/accuracy")
+
+
+def test_argparse_errors_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "x.yaml", "--sampler", "random"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--sampler" in err and "Traceback" not in err
+
+
+def test_subprocess_label_error(workdir, tiny_model_dir):
+    """The real process: exit status 2 and one stderr line, model loading included."""
+    (workdir / "train.tsv").write_text(GOOD_TRAIN + "the man\tmaybe\n", encoding="utf-8")
+    task_file = write(workdir, task_yaml())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "mtsmart", *argv(workdir, task_file, tiny_model_dir)],
+                          capture_output=True, text=True, env=env, cwd=str(workdir), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.endswith("\n"), proc.stderr
+    assert f"{workdir / 'train.tsv'} line 5" in proc.stderr and "'maybe'" in proc.stderr

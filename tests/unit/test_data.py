@@ -1,0 +1,565 @@
+"""data.py: reading every real file format, one-line errors with file and line, the
+tokenization cache, dynamic padding, epoch batching and resumable task streams."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtsmart import data
+from mtsmart.data import (
+    Examples,
+    TaskStream,
+    TokenizedSplit,
+    collate,
+    epoch_batches,
+    eval_batches,
+    padding_stats,
+    read_file_split,
+    read_split,
+    tokenize_examples,
+)
+from mtsmart.errors import DataError
+from mtsmart.tasks import parse_task
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "unit"
+DATA_DIR = str(FIX)
+
+
+def cls_task(source: dict, text_fields=("sentence1", "sentence2"), labels=("0", "1"),
+             label_field="label", name="t"):
+    return parse_task(name, {"type": "classification", "text_fields": list(text_fields),
+                             "label_field": label_field, "labels": list(labels),
+                             "splits": {"train": source}}, "defs.yaml")
+
+
+def reg_task(source: dict, text_fields=("sentence1", "sentence2"), target_field="score", name="r"):
+    return parse_task(name, {"type": "regression", "text_fields": list(text_fields),
+                             "target_field": target_field, "splits": {"train": source}}, "defs.yaml")
+
+
+def read(task, split="train", data_dir=DATA_DIR):
+    return read_split(task, split, data_dir)
+
+
+# ----------------------------------------------------------------------------- good files
+
+
+def test_rte_like_quoting_none_and_negative_index():
+    task = cls_task({"path": "rte_like.tsv", "quoting": "none",
+                     "columns": {"sentence1": 1, "sentence2": 2, "label": -1}},
+                    labels=("entailment", "not_entailment"))
+    ex = read(task)
+    assert ex.source == os.path.join(DATA_DIR, "rte_like.tsv")
+    assert ex.lines == [2, 3, 4, 5]
+    # The unbalanced quote stays in the text and does not swallow the next lines.
+    assert ex.texts[1] == ('"The dog ran fast, said the man.', "The dog is slow.")
+    # Line 4 has 5 fields (an empty one before the label): -1 is its last field.
+    assert ex.texts[2] == ("A man walks to work.", "A man walks.")
+    assert ex.targets == [0, 1, 0, 1]
+
+
+def test_rte_like_label_by_header_name_reads_the_empty_field():
+    # Why glue.yaml takes RTE's label from the last field: by header position, line 4's
+    # label is the empty extra field.
+    task = cls_task({"path": "rte_like.tsv", "quoting": "none"}, labels=("entailment", "not_entailment"))
+    with pytest.raises(DataError) as err:
+        read(task)
+    assert "rte_like.tsv line 4" in str(err.value) and "''" in str(err.value)
+
+
+def test_minimal_quoting_swallows_lines_after_an_unbalanced_quote():
+    # Why the GLUE files need quoting: none. With CSV quoting the quote opened on line 3
+    # runs to the end of the file, so the last row is short of fields.
+    task = cls_task({"path": "rte_like.tsv", "quoting": "minimal",
+                     "columns": {"sentence1": 1, "sentence2": 2, "label": -1}},
+                    labels=("entailment", "not_entailment"))
+    with pytest.raises(DataError) as err:
+        read(task)
+    assert "rte_like.tsv line 5" in str(err.value)
+
+
+def test_mrpc_like_bom_header_and_named_columns():
+    source = {"path": "mrpc_like.tsv", "quoting": "none",
+              "columns": {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}}
+    ex = read(cls_task(source))
+    assert ex.targets == [1, 0, 1]
+    assert ex.texts[0] == ('He called "the witness, a man.', 'He said "the witness" lied.')
+    assert ex.texts[2] == ("A movie.", 'A "movie.')
+    assert ex.lines == [2, 3, 4]
+
+
+def test_bom_is_not_part_of_the_first_value_without_header(tmp_path):
+    (tmp_path / "bom.tsv").write_bytes("\ufeff1\tthe cat\n0\tthe dog\n".encode("utf-8"))
+    task = cls_task({"path": "bom.tsv", "header": False, "columns": {"label": 0, "sentence": 1}},
+                    text_fields=("sentence",))
+    ex = read(task, data_dir=str(tmp_path))
+    assert ex.targets == [1, 0] and ex.texts[0] == ("the cat",)
+
+
+def test_cola_like_no_header_with_index_columns():
+    task = cls_task({"path": "cola_like.tsv", "header": False, "quoting": "none",
+                     "columns": {"sentence": 3, "label": 1}}, text_fields=("sentence",))
+    ex = read(task)
+    assert ex.targets == [1, 0, 1]
+    assert ex.lines == [1, 2, 3]  # no header: the first line is data
+    assert ex.texts[0] == ("Our friends won't buy this analysis.",)
+    assert ex.texts[2] == ('One more "pseudo generalization and I give up.',)  # no final newline
+
+
+def test_no_header_with_named_column_is_an_error():
+    task = cls_task({"path": "cola_like.tsv", "header": False, "quoting": "none",
+                     "columns": {"sentence": 3}}, text_fields=("sentence",))
+    with pytest.raises(DataError) as err:
+        read(task)
+    assert "cola_like.tsv" in str(err.value) and "'label'" in str(err.value) and "no header" in str(err.value)
+
+
+def test_stsb_like_regression():
+    ex = read(reg_task({"path": "stsb_like.tsv", "quoting": "none"}))
+    assert ex.targets == [5.0, 3.8, 0.25]
+    assert ex.texts[0] == ("A plane is taking off.", "An air plane is taking off.")
+
+
+def test_sst2_like_crlf_blank_line_and_trailing_space():
+    ex = read(cls_task({"path": "sst2_like.tsv", "quoting": "none"}, text_fields=("sentence",)))
+    assert ex.targets == [1, 0]
+    assert ex.lines == [2, 4]  # the blank line 3 is skipped but still counted
+    assert ex.texts[0] == ("it 's a charming and often affecting journey . ",)
+
+
+def test_csv_with_quoted_commas_and_multiline_field():
+    task = cls_task({"path": "pairs.csv"}, text_fields=("premise", "hypothesis"),
+                    labels=("entailment", "neutral", "contradiction"))
+    ex = read(task)
+    assert task.splits["train"].resolved_format == "csv"
+    assert ex.texts == [("A man, a plan.", "A plan."), ('He said "hi".', "He spoke."),
+                        ("Two\nlines.", "One line.")]
+    assert ex.targets == [0, 0, 2]
+
+
+def test_jsonl():
+    task = cls_task({"path": "pairs.jsonl"}, text_fields=("premise", "hypothesis"),
+                    labels=("entailment", "neutral", "contradiction"))
+    ex = read(task)
+    assert ex.texts[1] == ('The cat "sat".', "The cat ran.")
+    assert ex.targets == [0, 2, 1]
+    assert ex.lines == [1, 3, 4]
+
+
+def test_jsonl_with_renamed_keys():
+    task = cls_task({"path": "pairs.jsonl", "columns": {"a": "premise", "label": "label"}},
+                    text_fields=("a",), labels=("entailment", "neutral", "contradiction"))
+    assert read(task).texts[0] == ("A man walks.",)
+
+
+def test_jsonl_numeric_labels_are_label_text():
+    # {"stars": 5} with labels "1".."5" is label "5", as the same value in a tsv would be.
+    task = cls_task({"path": "stars.jsonl"}, text_fields=("text",), label_field="stars",
+                    labels=("1", "2", "3", "4", "5"))
+    ex = read(task)
+    assert [task.labels[t] for t in ex.targets] == ["1", "5", "3"]
+
+
+def test_jsonl_numeric_labels_in_custom_order():
+    task = cls_task({"path": "stars.jsonl"}, text_fields=("text",), label_field="stars",
+                    labels=("5", "4", "3", "2", "1"))
+    ex = read(task)
+    assert [task.labels[t] for t in ex.targets] == ["1", "5", "3"]
+
+
+def test_jsonl_numeric_regression_target():
+    ex = read(reg_task({"path": "stars.jsonl"}, text_fields=("text",), target_field="stars"))
+    assert ex.targets == [1.0, 5.0, 3.0]
+
+
+def test_jsonl_unicode_line_separator_inside_a_string():
+    task = cls_task({"path": "line_separator.jsonl"}, text_fields=("text",), label_field="stars",
+                    labels=("1", "2", "3", "4", "5"))
+    ex = read(task)
+    assert ex.texts == [("first\u2028part",), ("second",)]
+    assert ex.lines == [1, 2]
+
+
+def test_absolute_path_ignores_data_dir():
+    task = cls_task({"path": str(FIX / "sst2_like.tsv"), "quoting": "none"}, text_fields=("sentence",))
+    assert read(task, data_dir="/nonexistent").targets == [1, 0]
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def single(path, **kw):
+    return cls_task({"path": path, "quoting": "none", **kw}, text_fields=("sentence",))
+
+
+def error_of(task, data_dir=DATA_DIR) -> str:
+    with pytest.raises(DataError) as err:
+        read(task, data_dir=data_dir)
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+def assert_file_line(msg, name, line):
+    assert re.search(rf"{re.escape(name)} line {line}\b", msg), msg
+
+
+def test_label_outside_the_label_list():
+    msg = error_of(single("bad_label.tsv"))
+    assert_file_line(msg, "bad_label.tsv", 3)
+    assert "'7'" in msg and "0, 1" in msg and "'t'" in msg and "'label'" in msg
+
+
+def test_non_numeric_regression_target():
+    msg = error_of(reg_task({"path": "bad_target_text.tsv"}))
+    assert_file_line(msg, "bad_target_text.tsv", 3)
+    assert "'high'" in msg and "'score'" in msg
+
+
+@pytest.mark.parametrize("name, line", [("bad_target_nan.tsv", 2), ("bad_target_inf.tsv", 4)])
+def test_non_finite_regression_target(name, line):
+    msg = error_of(reg_task({"path": name}))
+    assert_file_line(msg, name, line)
+    assert "finite" in msg
+
+
+def test_missing_column_in_header():
+    msg = error_of(single("missing_column.tsv"))
+    assert "missing_column.tsv" in msg and "'label'" in msg and "sentence, gold" in msg
+
+
+def test_line_with_too_few_fields():
+    msg = error_of(single("too_few_fields.tsv"))
+    assert_file_line(msg, "too_few_fields.tsv", 3)
+    assert "1 fields" in msg and "'label'" in msg
+
+
+def test_index_beyond_the_last_field():
+    msg = error_of(single("bad_label.tsv", columns={"label": 5}))
+    assert_file_line(msg, "bad_label.tsv", 2)
+    msg = error_of(single("bad_label.tsv", columns={"label": -3}))
+    assert_file_line(msg, "bad_label.tsv", 2)
+
+
+def test_non_utf8_bytes():
+    msg = error_of(single("latin1.tsv"))
+    assert_file_line(msg, "latin1.tsv", 3)
+    assert "encoding" in msg
+
+
+def test_declared_encoding_reads_latin1():
+    ex = read(single("latin1.tsv", encoding="latin-1"))
+    assert ex.texts[1] == ("café au lait",)
+
+
+def test_unknown_encoding():
+    msg = error_of(single("latin1.tsv", encoding="klingon-8"))
+    assert "'klingon-8'" in msg and "'t'" in msg
+
+
+@pytest.mark.parametrize("name", ["empty.tsv", "header_only.tsv"])
+def test_empty_split(name):
+    msg = error_of(single(name))
+    assert name in msg and "'train'" in msg and ("empty" in msg or "no rows" in msg)
+
+
+def test_empty_jsonl(tmp_path):
+    (tmp_path / "e.jsonl").write_text("\n\n", encoding="utf-8")
+    msg = error_of(single("e.jsonl"), data_dir=str(tmp_path))
+    assert "e.jsonl" in msg and "no rows" in msg
+
+
+def test_file_not_found():
+    msg = error_of(single("nope.tsv"))
+    assert os.path.join(DATA_DIR, "nope.tsv") in msg and "'t'" in msg and "'train'" in msg
+
+
+def test_unknown_split():
+    with pytest.raises(DataError) as err:
+        read(single("bad_label.tsv"), split="test")
+    assert "'test'" in str(err.value) and "train" in str(err.value)
+
+
+def test_bad_jsonl_lines(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"sentence": "x", "label": "0"}\n{"sentence": "y"\n', encoding="utf-8")
+    assert_file_line(error_of(single("a.jsonl"), str(tmp_path)), "a.jsonl", 2)
+    (tmp_path / "b.jsonl").write_text('{"sentence": "x", "label": "0"}\n["y", "1"]\n', encoding="utf-8")
+    assert_file_line(error_of(single("b.jsonl"), str(tmp_path)), "b.jsonl", 2)
+    (tmp_path / "c.jsonl").write_text('{"sentence": "x", "label": "0"}\n\n{"text": "y", "label": "1"}\n',
+                                      encoding="utf-8")
+    msg = error_of(single("c.jsonl"), str(tmp_path))
+    assert_file_line(msg, "c.jsonl", 3)
+    assert "'sentence'" in msg
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+def make_examples(n=12, seed=0, pair=True):
+    rng = np.random.default_rng(seed)
+    words = ["the", "cat", "dog", "is", "good", "bad", "a", "man", "movie"]
+    texts = []
+    for _ in range(n):
+        first = " ".join(rng.choice(words, rng.integers(1, 12)))
+        second = " ".join(rng.choice(words, rng.integers(1, 6)))
+        texts.append((first, second) if pair else (first,))
+    return Examples(texts=texts, targets=[int(x) for x in rng.integers(0, 2, n)],
+                    lines=list(range(2, n + 2)), source="x.tsv")
+
+
+def test_tokenize_matches_the_tokenizer(tokenizer):
+    ex = make_examples()
+    split = tokenize_examples(ex, tokenizer, 16, np.int64)
+    assert len(split) == len(ex.texts)
+    for i, (a, b) in enumerate(ex.texts):
+        expected = tokenizer(a, b, truncation=True, max_length=16)
+        start, end = split.offsets[i], split.offsets[i + 1]
+        assert split.input_ids[start:end].tolist() == expected["input_ids"]
+        assert split.token_type_ids[start:end].tolist() == expected["token_type_ids"]
+    assert split.lengths.max() <= 16
+    assert split.targets.tolist() == ex.targets and split.targets.dtype == np.int64
+    assert split.lines.tolist() == ex.lines
+
+
+def test_tokenize_cache_hit_gives_identical_result(tokenizer, tmp_path, monkeypatch):
+    ex = make_examples()
+    first = tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 1 and files[0].endswith(".npz")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the tokenizer ran although the cache holds the result")
+
+    monkeypatch.setattr(type(tokenizer), "__call__", fail)
+    second = tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
+    for name in ("input_ids", "token_type_ids", "offsets", "targets", "lines"):
+        a, b = getattr(first, name), getattr(second, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert sorted(os.listdir(tmp_path)) == files
+
+
+def test_tokenize_cache_key_changes(tokenizer, tmp_path):
+    ex = make_examples()
+    tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
+    short = tokenize_examples(ex, tokenizer, 8, np.int64, cache_dir=str(tmp_path))
+    assert len(os.listdir(tmp_path)) == 2
+    assert short.lengths.max() <= 8
+    changed = Examples(texts=[("the man", "a dog")] + ex.texts[1:], targets=ex.targets,
+                       lines=ex.lines, source=ex.source)
+    tokenize_examples(changed, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
+    relabelled = Examples(texts=ex.texts, targets=[1 - t for t in ex.targets], lines=ex.lines,
+                          source=ex.source)
+    assert tokenize_examples(relabelled, tokenizer, 16, np.int64,
+                             cache_dir=str(tmp_path)).targets.tolist() == relabelled.targets
+    assert len(os.listdir(tmp_path)) == 4
+
+
+def test_tokenize_cache_keeps_line_numbers(tokenizer, tmp_path):
+    ex = make_examples()
+    tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
+    moved = Examples(texts=ex.texts, targets=ex.targets, lines=[n + 1 for n in ex.lines],
+                     source=ex.source)  # e.g. a blank line inserted at the top
+    again = tokenize_examples(moved, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
+    assert again.lines.tolist() == moved.lines
+
+
+def test_damaged_cache_entry_is_rebuilt(tokenizer, tmp_path):
+    ex = make_examples()
+    first = tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
+    (entry,) = os.listdir(tmp_path)
+    (tmp_path / entry).write_bytes(b"not a zip file")
+    again = tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
+    assert np.array_equal(first.input_ids, again.input_ids)
+
+
+def test_load_tokenized_from_file(tokenizer, tmp_path):
+    task = reg_task({"path": "stsb_like.tsv", "quoting": "none"})
+    split = data.load_tokenized(task, "train", tokenizer, DATA_DIR, str(tmp_path))
+    assert split.targets.dtype == np.float32
+    assert split.targets.tolist() == pytest.approx([5.0, 3.8, 0.25])
+    assert split.lines.tolist() == [2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- collate
+
+
+def test_collate_pads_to_the_longest(tokenizer):
+    split = tokenize_examples(make_examples(20), tokenizer, 32, np.int64)
+    indices = [3, 0, 7, 11]
+    batch = collate(split, indices, pad_token_id=0)
+    lengths = split.lengths[indices]
+    width = int(lengths.max())
+    assert batch["input_ids"].shape == (4, width)
+    assert batch["attention_mask"].shape == (4, width)
+    assert batch["input_ids"].dtype == torch.long
+    for row, (i, n) in enumerate(zip(indices, lengths)):
+        start = split.offsets[i]
+        assert batch["input_ids"][row, :n].tolist() == split.input_ids[start:start + n].tolist()
+        assert batch["attention_mask"][row, :n].eq(1).all()
+        assert batch["attention_mask"][row, n:].eq(0).all()
+        assert batch["input_ids"][row, n:].eq(0).all()
+    assert batch["attention_mask"].sum().item() == int(lengths.sum())
+    assert batch["index"].tolist() == indices
+    assert batch["labels"].tolist() == split.targets[indices].tolist()
+    assert batch["labels"].dtype == torch.long
+
+
+def test_collate_token_types_for_pairs(tokenizer):
+    split = tokenize_examples(make_examples(6), tokenizer, 32, np.int64)
+    batch = collate(split, [0, 1, 2], pad_token_id=0)
+    types = batch["token_type_ids"]
+    assert types.shape == batch["input_ids"].shape
+    for row in range(3):
+        real = types[row][batch["attention_mask"][row].bool()]
+        assert real[0] == 0 and real[-1] == 1  # [CLS] first ... second [SEP]
+        assert (types[row][~batch["attention_mask"][row].bool()] == 0).all()
+
+
+def test_collate_regression_labels_and_pad_multiple():
+    split = TokenizedSplit(input_ids=np.arange(1, 11, dtype=np.int32), token_type_ids=None,
+                           offsets=np.array([0, 3, 10]), targets=np.array([0.5, 1.5], np.float32),
+                           lines=np.array([2, 3]))
+    batch = collate(split, [0, 1], pad_token_id=99, pad_to_multiple_of=8)
+    assert "token_type_ids" not in batch
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["input_ids"][0].tolist() == [1, 2, 3] + [99] * 5
+    assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == [0.5, 1.5]
+
+
+def test_subset_keeps_rows():
+    split = TokenizedSplit(input_ids=np.arange(10, dtype=np.int32), token_type_ids=np.zeros(10, np.int8),
+                           offsets=np.array([0, 3, 4, 10]), targets=np.array([0, 1, 0]),
+                           lines=np.array([2, 3, 4]))
+    sub = split.subset([2, 0])
+    assert sub.input_ids.tolist() == [4, 5, 6, 7, 8, 9, 0, 1, 2]
+    assert sub.offsets.tolist() == [0, 6, 9] and sub.lines.tolist() == [4, 2]
+
+
+def test_eval_batches_cover_every_example_once(tokenizer):
+    split = tokenize_examples(make_examples(23), tokenizer, 32, np.int64)
+    seen = []
+    for batch in eval_batches(split, 5, 0):
+        seen.extend(batch["index"].tolist())
+        assert batch["input_ids"].shape[1] == split.lengths[batch["index"].numpy()].max()
+    assert sorted(seen) == list(range(23))
+
+
+# ----------------------------------------------------------------------------- epoch batches
+
+
+def skewed_lengths(n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 15, n)
+    long = rng.random(n) < 0.1
+    lengths[long] = rng.integers(100, 128, long.sum())
+    return lengths
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("n, batch_size", [(2000, 16), (37, 8), (5, 8)])
+def test_every_index_once_per_epoch(grouped, n, batch_size):
+    lengths = skewed_lengths(n)
+    batches = epoch_batches(lengths, batch_size, seed=3, epoch=0, length_grouped=grouped)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(n))
+    assert len(batches) == data.num_batches(n, batch_size)
+    assert all(1 <= len(b) <= batch_size for b in batches)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_epoch_batches_are_deterministic_and_vary(grouped):
+    lengths = skewed_lengths(500)
+
+    def run(seed, epoch):
+        return [b.tolist() for b in epoch_batches(lengths, 16, seed, epoch, grouped)]
+
+    assert run(1, 0) == run(1, 0)
+    assert run(1, 0) != run(1, 1)
+    assert run(1, 0) != run(2, 0)
+
+
+def test_length_grouping_reduces_padding():
+    lengths = skewed_lengths(3000)
+    real_g, padded_g = padding_stats(lengths, epoch_batches(lengths, 32, 1, 0, True))
+    real_r, padded_r = padding_stats(lengths, epoch_batches(lengths, 32, 1, 0, False))
+    assert real_g == real_r == int(lengths.sum())
+    assert padded_g >= real_g
+    assert padded_g < 0.5 * padded_r
+
+
+def test_length_grouped_batches_are_not_sorted_globally():
+    lengths = skewed_lengths(3000)
+    maxima = [int(lengths[b].max()) for b in epoch_batches(lengths, 32, 1, 0, True)]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+
+
+def test_padding_stats_by_hand():
+    lengths = np.array([3, 5, 2, 2])
+    assert padding_stats(lengths, [np.array([0, 1]), np.array([2, 3])]) == (12, 14)
+
+
+# ----------------------------------------------------------------------------- task stream
+
+
+def stream_split(n=45):
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(2, 9, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return TokenizedSplit(input_ids=rng.integers(5, 50, offsets[-1]).astype(np.int32), token_type_ids=None,
+                          offsets=offsets, targets=np.arange(n), lines=np.arange(n) + 2)
+
+
+def test_stream_epochs_cover_the_split():
+    stream = TaskStream(stream_split(), batch_size=8, seed=1, pad_token_id=0)
+    assert len(stream) == 6
+    seen = [stream.next_batch()["index"].tolist() for _ in range(len(stream))]
+    assert sorted(i for b in seen for i in b) == list(range(45))
+    assert stream.state_dict() == {"epoch": 0, "position": 6}
+    second = [stream.next_batch()["index"].tolist() for _ in range(len(stream))]
+    assert stream.state_dict() == {"epoch": 1, "position": 6}
+    assert sorted(i for b in second for i in b) == list(range(45))
+    assert second != seen  # a new epoch is a new order
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("skip", [0, 4, 6, 13])
+def test_stream_resumes_the_identical_batch_sequence(grouped, skip):
+    split = stream_split()
+    original = TaskStream(split, 8, seed=7, pad_token_id=0, length_grouped=grouped, stream_id=2)
+    for _ in range(skip):
+        original.next_batch()
+    state = original.state_dict()
+    expected = [original.next_batch() for _ in range(10)]  # crosses an epoch boundary
+
+    resumed = TaskStream(split, 8, seed=7, pad_token_id=0, length_grouped=grouped, stream_id=2)
+    resumed.next_batch()  # a stale position and cached epoch must not leak into the resume
+    resumed.load_state_dict(state)
+    for a, b in zip(expected, (resumed.next_batch() for _ in range(10))):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_streams_differ_by_stream_id_and_seed():
+    split = stream_split()
+
+    def order(seed, stream_id):
+        s = TaskStream(split, 8, seed=seed, pad_token_id=0, stream_id=stream_id)
+        return [s.next_batch()["index"].tolist() for _ in range(6)]
+
+    assert order(1, 0) == order(1, 0)
+    assert order(1, 0) != order(1, 1)
+    assert order(1, 0) != order(2, 0)

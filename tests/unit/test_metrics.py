@@ -1,0 +1,111 @@
+"""metrics.py: every metric equals scikit-learn / scipy; degenerate inputs give numbers."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from mtsmart import metrics
+
+
+@pytest.fixture(params=[0, 1, 2])
+def rng(request):
+    return np.random.default_rng(request.param)
+
+
+def binary(rng, n=200):
+    targets = rng.integers(0, 2, n)
+    preds = np.where(rng.random(n) < 0.7, targets, 1 - targets)
+    return preds, targets
+
+
+def test_accuracy(rng):
+    preds, targets = binary(rng)
+    assert metrics.accuracy(preds, targets) == pytest.approx(accuracy_score(targets, preds))
+    assert metrics.accuracy(targets, targets) == 1.0
+
+
+def test_binary_f1_is_f1_of_class_one(rng):
+    preds, targets = binary(rng)
+    expected = f1_score(targets, preds, average="binary", pos_label=1)
+    assert metrics.f1(preds, targets) == pytest.approx(expected)
+    # the F1 of class 1: not of class 0 (2/3), not macro (11/15)
+    assert metrics.f1(np.array([1, 0, 1, 0]), np.array([1, 1, 1, 0])) == pytest.approx(0.8)
+
+
+def test_multiclass_f1_is_macro(rng):
+    targets = rng.integers(0, 3, 150)
+    preds = np.where(rng.random(150) < 0.6, targets, rng.integers(0, 3, 150))
+    assert metrics.f1(preds, targets) == pytest.approx(f1_score(targets, preds, average="macro"))
+
+
+def test_mcc(rng):
+    preds, targets = binary(rng)
+    assert metrics.mcc(preds, targets) == pytest.approx(matthews_corrcoef(targets, preds))
+
+
+def test_acc_and_f1(rng):
+    preds, targets = binary(rng)
+    expected = (accuracy_score(targets, preds) + f1_score(targets, preds)) / 2
+    assert metrics.acc_and_f1(preds, targets) == pytest.approx(expected)
+
+
+def regression(rng, n=120):
+    targets = rng.uniform(0, 5, n)
+    preds = targets + rng.normal(0, 1.5, n)
+    return preds, targets
+
+
+def test_pearson(rng):
+    preds, targets = regression(rng)
+    assert metrics.pearson(preds, targets) == pytest.approx(pearsonr(preds, targets)[0])
+
+
+def test_spearman(rng):
+    preds, targets = regression(rng)
+    preds = np.round(preds)  # ties
+    assert metrics.spearman(preds, targets) == pytest.approx(spearmanr(preds, targets)[0])
+
+
+def test_pearson_and_spearman(rng):
+    preds, targets = regression(rng)
+    expected = (pearsonr(preds, targets)[0] + spearmanr(preds, targets)[0]) / 2
+    assert metrics.pearson_and_spearman(preds, targets) == pytest.approx(expected)
+
+
+def test_float32_inputs():
+    rng = np.random.default_rng(0)
+    preds, targets = regression(rng)
+    value = metrics.pearson(preds.astype(np.float32), targets.astype(np.float32))
+    assert value == pytest.approx(pearsonr(preds, targets)[0], abs=1e-5)
+    assert type(value) is float
+
+
+@pytest.mark.parametrize("fn", [metrics.pearson, metrics.spearman, metrics.pearson_and_spearman])
+def test_constant_predictions_give_zero_not_nan(fn):
+    targets = np.linspace(0, 5, 50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ConstantInputWarning either
+        assert fn(np.full(50, 2.5), targets) == 0.0
+        assert fn(targets, np.full(50, 1.0)) == 0.0
+
+
+def test_constant_classification_predictions():
+    targets = np.array([0, 1, 1, 0, 1])
+    preds = np.zeros(5, dtype=int)
+    assert metrics.mcc(preds, targets) == 0.0
+    assert metrics.f1(preds, targets) == 0.0
+    assert not math.isnan(metrics.acc_and_f1(preds, targets))
+
+
+def test_compute_metrics_and_tables():
+    preds, targets = np.array([0, 1, 1]), np.array([0, 1, 0])
+    out = metrics.compute_metrics(("accuracy", "f1"), metrics.CLASSIFICATION_METRICS, preds, targets)
+    assert out == {"accuracy": pytest.approx(2 / 3), "f1": pytest.approx(2 / 3)}
+    assert set(metrics.CLASSIFICATION_METRICS) == {"accuracy", "f1", "mcc", "acc_and_f1"}
+    assert set(metrics.REGRESSION_METRICS) == {"pearson", "spearman", "pearson_and_spearman"}

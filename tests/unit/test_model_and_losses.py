@@ -1,0 +1,252 @@
+"""model.py, losses.py and task_types.py on tiny random encoders (BERT and RoBERTa)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtsmart import losses
+from mtsmart.model import MultiTaskModel, TaskHead, head_spec
+from mtsmart.task_types import TASK_TYPES, TaskType, get_task_type
+from mtsmart.tasks import parse_task
+
+SPLITS = {"train": "train.tsv"}
+TASKS = [
+    parse_task("nli", {"type": "classification", "text_fields": ["a", "b"], "label_field": "label",
+                       "labels": ["entailment", "neutral", "contradiction"], "splits": SPLITS}, "t.yaml"),
+    parse_task("sts", {"type": "regression", "text_fields": ["a", "b"], "target_field": "score",
+                       "splits": SPLITS}, "t.yaml"),
+    parse_task("bin", {"type": "classification", "text_fields": ["a"], "label_field": "label",
+                       "labels": ["0", "1"], "splits": SPLITS, "head_dropout": 0.0}, "t.yaml"),
+]
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def encoder_kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model(encoder_kind, request):
+    directory = request.getfixturevalue("tiny_model_dir" if encoder_kind == "bert" else "tiny_roberta_dir")
+    torch.manual_seed(0)
+    m = MultiTaskModel.from_pretrained(str(directory), TASKS)
+    m.eval()
+    return m
+
+
+def make_batch(model, batch=4, seq=11, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.encoder.config.vocab_size
+    input_ids = torch.randint(5, vocab, (batch, seq), generator=gen)
+    lengths = torch.tensor([seq, seq - 3, 4, seq - 1][:batch])
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    input_ids = input_ids * mask  # pad id 0 after each example
+    out = {"input_ids": input_ids, "attention_mask": mask}
+    if model.encoder.config.type_vocab_size > 1:
+        types = torch.zeros_like(input_ids)
+        types[:, seq // 2:] = 1
+        out["token_type_ids"] = types * mask
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def test_heads_have_the_right_output_shapes(model):
+    batch = make_batch(model)
+    with torch.no_grad():
+        embeds = model.embed(batch["input_ids"])
+        assert embeds.shape == (4, 11, model.hidden_size)
+        kwargs = dict(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                      token_type_ids=batch.get("token_type_ids"))
+        assert model("nli", **kwargs).shape == (4, 3)
+        assert model("bin", **kwargs).shape == (4, 2)
+        assert model("sts", **kwargs).shape == (4,)
+        assert model.forward_batch("sts", batch).shape == (4,)
+    assert set(model.heads) == {"nli", "sts", "bin"}
+    assert head_spec(TASKS[0]) == (3, 0.1) and head_spec(TASKS[1]) == (1, 0.1)
+
+
+def test_embed_is_word_embeddings_only(model):
+    ids = make_batch(model)["input_ids"]
+    with torch.no_grad():
+        words = model.encoder.embeddings.word_embeddings(ids)
+        assert torch.equal(model.embed(ids), words)
+        full = model.encoder.embeddings(input_ids=ids)
+    assert not torch.allclose(model.embed(ids), full)  # no position / type / LayerNorm
+
+
+def test_inputs_embeds_path_equals_input_ids_path(model):
+    batch = make_batch(model)
+    mask = batch["attention_mask"]
+    extra = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
+    with torch.no_grad():
+        by_ids = model.encoder(input_ids=batch["input_ids"], attention_mask=mask, **extra)
+        by_embeds = model.encoder(inputs_embeds=model.embed(batch["input_ids"]), attention_mask=mask, **extra)
+        real = mask.bool()
+        torch.testing.assert_close(by_embeds.last_hidden_state[real], by_ids.last_hidden_state[real],
+                                   rtol=1e-5, atol=1e-5)
+        pooled = by_ids.pooler_output if by_ids.pooler_output is not None else by_ids.last_hidden_state[:, 0]
+        for task in ("nli", "sts"):
+            expected = model.heads[task](pooled)
+            got = model(task, inputs_embeds=model.embed(batch["input_ids"]), attention_mask=mask,
+                        token_type_ids=batch.get("token_type_ids"))
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        # Positions applied twice (full embeddings fed back in) would change the output.
+        twice = model.encoder(inputs_embeds=model.encoder.embeddings(input_ids=batch["input_ids"], **extra),
+                              attention_mask=mask, **extra)
+        assert not torch.allclose(twice.last_hidden_state[real], by_ids.last_hidden_state[real], atol=1e-3)
+
+
+def test_eval_mode_is_deterministic_and_train_mode_uses_dropout(model):
+    batch = make_batch(model)
+    with torch.no_grad():
+        a = model.forward_batch("nli", batch)
+        b = model.forward_batch("nli", batch)
+        assert torch.equal(a, b)
+        model.train()
+        try:
+            torch.manual_seed(1)
+            c = model.forward_batch("nli", batch)
+        finally:
+            model.eval()
+    assert not torch.allclose(a, c)
+
+
+def test_gradients_reach_the_embedding_table(model):
+    batch = make_batch(model)
+    model.zero_grad(set_to_none=True)
+    out = model.forward_batch("nli", batch)
+    losses.classification_loss(out, torch.tensor([0, 1, 2, 0])).backward()
+    grad = model.encoder.get_input_embeddings().weight.grad
+    assert grad is not None and grad[batch["input_ids"].unique()].abs().sum() > 0
+    assert model.heads["sts"].linear.weight.grad is None  # other heads untouched
+    model.zero_grad(set_to_none=True)
+
+
+def test_add_head_and_task_head():
+    head = TaskHead(8, 1, 0.0)
+    assert head(torch.randn(5, 8)).shape == (5,)
+    head3 = TaskHead(8, 3, 0.0)
+    assert head3(torch.randn(5, 8)).shape == (5, 3)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_classification_loss_is_cross_entropy():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=gen)
+    labels = torch.tensor([0, 3, 1, 2, 2, 0])
+    expected = -torch.log_softmax(logits.double(), -1)[torch.arange(6), labels].mean()
+    assert losses.classification_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(losses.classification_loss(logits, labels), F.cross_entropy(logits, labels))
+
+
+def test_regression_loss_is_mse():
+    pred = torch.tensor([0.5, 2.0, -1.0])
+    targets = torch.tensor([1.0, 2.0, 1.0])
+    assert losses.regression_loss(pred, targets).item() == pytest.approx((0.25 + 0 + 4) / 3)
+    assert losses.regression_loss(pred[:, None], targets).item() == pytest.approx((0.25 + 4) / 3)
+
+
+def hand_symmetric_kl(a: np.ndarray, b: np.ndarray) -> float:
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    p, q = softmax(a.astype(np.float64)), softmax(b.astype(np.float64))
+    kl_pq = (p * np.log(p / q)).sum(-1)
+    kl_qp = (q * np.log(q / p)).sum(-1)
+    return float((kl_pq + kl_qp).mean())
+
+
+def test_symmetric_kl_by_hand():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 3, generator=gen) * 2, torch.randn(5, 3, generator=gen)
+    value = losses.symmetric_kl(a, b)
+    assert value.dtype == torch.float32 and value.dim() == 0
+    assert value.item() == pytest.approx(hand_symmetric_kl(a.numpy(), b.numpy()), rel=1e-5)
+    assert losses.symmetric_kl(b, a).item() == pytest.approx(value.item(), rel=1e-6)
+    assert losses.symmetric_kl(a, a).item() == 0.0
+    assert losses.symmetric_kl(a, a + 3.0).item() == pytest.approx(0.0, abs=1e-6)  # shift-invariant
+
+
+def test_symmetric_kl_matches_torch_kl_div():
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(7, 4, generator=gen), torch.randn(7, 4, generator=gen)
+    lp, lq = F.log_softmax(a, -1), F.log_softmax(b, -1)
+    expected = (F.kl_div(lq, lp, log_target=True, reduction="batchmean")
+                + F.kl_div(lp, lq, log_target=True, reduction="batchmean"))
+    assert losses.symmetric_kl(a, b).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_symmetric_kl_stays_finite_in_bf16_with_extreme_logits():
+    a = torch.tensor([[80.0, -80.0, 0.0]], dtype=torch.bfloat16)
+    b = torch.tensor([[-80.0, 80.0, 0.0]], dtype=torch.bfloat16)
+    value = losses.symmetric_kl(a, b)
+    assert value.dtype == torch.float32 and torch.isfinite(value) and value.item() > 100
+
+
+def test_squared_error():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    b = torch.tensor([1.5, 2.0, 1.0, 4.0])
+    assert losses.squared_error(a, b).item() == pytest.approx((0.25 + 0 + 4 + 0) / 4)
+    assert losses.squared_error(a[:, None], b[:, None]).item() == pytest.approx(4.25 / 4)
+    assert losses.squared_error(a.bfloat16(), b.bfloat16()).dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- task types
+
+
+def test_registry_has_both_types_with_every_method():
+    assert {"classification", "regression"} <= set(TASK_TYPES)
+    for name, tt in TASK_TYPES.items():
+        assert isinstance(tt, TaskType) and tt.name == name and get_task_type(name) is tt
+        for method in ("output_size", "parse_target", "loss", "divergence", "predict", "format_prediction"):
+            assert callable(getattr(tt, method))
+        assert set(tt.default_metrics) <= set(tt.metric_table)
+
+
+def test_classification_type():
+    tt = TASK_TYPES["classification"]
+    labels = ("neg", "pos", "mixed")
+    assert tt.output_size(labels) == 3
+    assert tt.parse_target(" pos\n", labels) == 1
+    assert tt.parse_target(2, labels) == 2 and tt.parse_target(np.int64(0), labels) == 0
+    for bad in ("positive", 3, -1, True, None, 1.0):
+        with pytest.raises(ValueError, match="label list"):
+            tt.parse_target(bad, labels)
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
+    assert tt.predict(logits).tolist() == [1, 0]
+    assert tt.format_prediction(np.int64(2), labels) == "mixed"
+    targets = torch.tensor([1, 2])
+    assert torch.equal(tt.loss(logits, targets), losses.classification_loss(logits, targets))
+    assert torch.equal(tt.divergence(logits, logits.flip(0)), losses.symmetric_kl(logits, logits.flip(0)))
+    assert tt.target_dtype == torch.long
+
+
+def test_regression_type():
+    tt = TASK_TYPES["regression"]
+    assert tt.output_size(None) == 1
+    assert tt.parse_target(" 3.25 ", None) == 3.25 and tt.parse_target(2, None) == 2.0
+    for bad in ("high", "nan", "inf", "-inf", None, ""):
+        with pytest.raises(ValueError):
+            tt.parse_target(bad, None)
+    out = torch.tensor([0.5, 1.25])
+    assert tt.predict(out).tolist() == [0.5, 1.25]
+    assert tt.predict(out[:, None].bfloat16()).dtype == np.float32
+    assert tt.format_prediction(np.float32(1.5), None) == "1.500000"
+    targets = torch.tensor([1.0, 1.0])
+    assert torch.equal(tt.loss(out, targets), losses.regression_loss(out, targets))
+    assert torch.equal(tt.divergence(out, targets), losses.squared_error(out, targets))
+    assert tt.target_dtype == torch.float32
+
+
+def test_compute_metrics_through_the_type():
+    tt = TASK_TYPES["classification"]
+    out = tt.compute_metrics(["accuracy", "mcc"], np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]))
+    assert out["accuracy"] == 0.75 and set(out) == {"accuracy", "mcc"}

@@ -1,0 +1,303 @@
+"""tasks.py: task definitions are validated with one-line errors that name the file, the
+task and the field."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import yaml
+
+from mtsmart.config import SmartConfig
+from mtsmart.errors import ConfigError
+from mtsmart.tasks import (
+    FileSource,
+    HubSource,
+    load_task_file,
+    parse_task,
+    resolve_data_dir,
+    select_tasks,
+    task_to_plain,
+)
+
+FILE = "defs/tasks.yaml"
+
+CLS = {
+    "type": "classification",
+    "text_fields": ["sentence1", "sentence2"],
+    "label_field": "label",
+    "labels": ["entailment", "not_entailment"],
+    "splits": {"train": "train.tsv", "dev": {"path": "dev.tsv", "quoting": "none"}},
+}
+REG = {
+    "type": "regression",
+    "text_fields": ["sentence1", "sentence2"],
+    "target_field": "score",
+    "splits": {"train": "train.tsv", "dev": "dev.tsv"},
+}
+
+
+def spec(base: dict, **changes) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if value is DELETE:
+            out.pop(key)
+        else:
+            out[key] = value
+    return out
+
+
+DELETE = object()
+
+
+def write_yaml(tmp_path, data, name="tasks.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data, encoding="utf-8")
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- valid tasks
+
+
+def test_classification_task_defaults():
+    task = parse_task("rte", CLS, FILE)
+    assert task.name == "rte" and task.type == "classification"
+    assert task.text_fields == ("sentence1", "sentence2")
+    assert task.labels == ("entailment", "not_entailment")
+    assert task.metrics == ("accuracy",) and task.selection_metric == "accuracy"
+    assert task.target_column == "label"
+    assert task.fields_used == ("sentence1", "sentence2", "label")
+    assert task.train_split == "train" and task.eval_split == "dev"
+    assert task.defined_in == FILE
+    assert task.task_type.output_size(task.labels) == 2
+    assert task.splits["train"] == FileSource(path="train.tsv")
+    assert task.splits["dev"].quoting == "none"
+
+
+def test_regression_task_defaults():
+    task = parse_task("stsb", REG, FILE)
+    assert task.labels is None and task.target_column == "score"
+    assert task.metrics == ("pearson", "spearman")
+    assert task.task_type.output_size(task.labels) == 1
+
+
+def test_single_text_field_as_string_and_numeric_labels():
+    task = parse_task("sst2", spec(CLS, text_fields="sentence", labels=[0, 1]), FILE)
+    assert task.text_fields == ("sentence",)
+    assert task.labels == ("0", "1")
+
+
+def test_main_metric_and_per_task_smart():
+    task = parse_task("mrpc", spec(CLS, metrics=["accuracy", "f1"], main_metric="f1",
+                                   smart={"adv_weight": 0, "epsilon": "1e-4"}), FILE)
+    assert task.selection_metric == "f1"
+    cfg = task.smart_config(SmartConfig(mode="full", adv_weight=1.0, teacher_beta=0.9))
+    assert cfg.adv_weight == 0.0 and cfg.epsilon == pytest.approx(1e-4)
+    assert cfg.teacher_beta == 0.9 and cfg.mode == "full"
+
+
+def test_hub_source_and_format_from_extension():
+    task = parse_task("x", spec(CLS, splits={"train": {"hub": "nyu-mll/glue", "name": "rte", "split": "train"},
+                                             "dev": "d/dev.jsonl", "test": "t.CSV", "other": "o.txt"}), FILE)
+    assert isinstance(task.splits["train"], HubSource)
+    assert task.splits["dev"].resolved_format == "jsonl"
+    assert task.splits["test"].resolved_format == "csv"
+    assert task.splits["other"].resolved_format == "tsv"
+
+
+def test_task_to_plain_round_trips():
+    task = parse_task("mrpc", spec(CLS, metrics=["accuracy", "f1"], smart={"num_steps": 2},
+                                   splits={"train": {"path": "t.tsv", "columns": {"label": -1}}}), FILE)
+    again = parse_task("mrpc", yaml.safe_load(yaml.safe_dump(task_to_plain(task))), FILE)
+    assert again == task
+
+
+# ----------------------------------------------------------------------------- bad tasks
+
+
+def assert_names(err, *parts):
+    msg = str(err.value)
+    assert "\n" not in msg
+    for part in parts:
+        assert part in msg, f"{part!r} not in {msg!r}"
+
+
+@pytest.mark.parametrize("raw, field", [
+    (spec(CLS, lables=["a", "b"]), "'lables'"),
+    (spec(CLS, type=DELETE), "'type'"),
+    (spec(CLS, text_fields=DELETE), "'text_fields'"),
+    (spec(CLS, splits=DELETE), "'splits'"),
+    (spec(CLS, type="classifcation"), "'type'"),
+    (spec(CLS, type=["classification"]), "'type'"),
+    (spec(CLS, labels=DELETE), "'labels'"),
+    (spec(CLS, label_field=DELETE), "'label_field'"),
+    (spec(CLS, labels=["only"]), "'labels'"),
+    (spec(CLS, labels=["a", "a"]), "'labels'"),
+    (spec(CLS, target_field="score"), "'target_field'"),
+    (spec(REG, labels=["a", "b"]), "'labels'"),
+    (spec(REG, label_field="label"), "'label_field'"),
+    (spec(REG, target_field=DELETE), "'target_field'"),
+    (spec(CLS, metrics=["accuracy", "pearson"]), "'metrics'"),
+    (spec(REG, metrics=["accuracy"]), "'metrics'"),
+    (spec(CLS, metrics=[{"name": "accuracy"}]), "'metrics'"),
+    (spec(CLS, metrics=[]), "'metrics'"),
+    (spec(CLS, metrics=["accuracy"], main_metric="f1"), "'main_metric'"),
+    (spec(CLS, smart={"teacher_beta": 0.9}), "'teacher_beta'"),
+    (spec(CLS, smart={"mode": "full"}), "'mode'"),
+    (spec(CLS, smart={"num_steps": 0}), "num_steps"),
+    (spec(CLS, smart={"norm": "l1"}), "norm"),
+    (spec(CLS, smart="full"), "'smart'"),
+    (spec(CLS, text_fields=["a", "b", "c"]), "'text_fields'"),
+    (spec(CLS, text_fields=[]), "'text_fields'"),
+    (spec(CLS, splits={}), "'splits'"),
+    (spec(CLS, splits={"train": {"file": "x.tsv"}}), "'train'"),
+    (spec(CLS, splits={"train": {"path": "x.tsv", "quoting": "all"}}), "'train'"),
+    (spec(CLS, splits={"train": {"path": "x.tsv", "colums": {}}}), "'colums'"),
+    (spec(CLS, splits={"train": {"path": "x.tsv", "columns": {"lable": 3}}}), "'lable'"),
+    (spec(CLS, max_length=4), "'max_length'"),
+    (spec(CLS, max_length="long"), "'max_length'"),
+    (spec(CLS, head_dropout=1.0), "'head_dropout'"),
+    (spec(CLS, sampling_weight=-1), "sampling_weight"),
+])
+def test_bad_task_names_file_task_and_field(raw, field):
+    with pytest.raises(ConfigError) as err:
+        parse_task("rte", raw, FILE)
+    assert_names(err, FILE, "'rte'", field)
+
+
+def test_unknown_task_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_task("rte", spec(CLS, lables=["a", "b"]), FILE)
+    for key in ("label_field", "labels", "metrics", "splits", "max_length", "smart"):
+        assert key in str(err.value)
+    assert "defined_in" not in str(err.value)
+
+
+def test_bad_task_name():
+    with pytest.raises(ConfigError) as err:
+        parse_task("RTE task", CLS, FILE)
+    assert_names(err, FILE, "'RTE task'")
+
+
+# ----------------------------------------------------------------------------- whole files
+
+
+GOOD = {"tasks": {"rte": CLS, "stsb": REG}, "training": {"batch_size": 4}}
+
+
+def test_load_task_file(tmp_path):
+    path = write_yaml(tmp_path, {**GOOD, "data_dir": "data"})
+    tf = load_task_file(path)
+    assert list(tf.tasks) == ["rte", "stsb"]
+    assert tf.training.batch_size == 4
+    assert tf.tasks["rte"].defined_in == path
+    assert tf.data_dir == str(tmp_path / "data")
+
+
+def test_load_task_file_applies_overrides(tmp_path):
+    path = write_yaml(tmp_path, GOOD)
+    tf = load_task_file(path, [
+        (["tasks", "rte", "max_length"], 64, "tasks.rte.max_length=64"),
+        (["batch_size"], 16, "batch_size=16"),  # bare keys are training keys
+        (["training", "smart", "mode"], False, "training.smart.mode=off"),
+    ])
+    assert tf.tasks["rte"].max_length == 64 and tf.training.batch_size == 16
+    assert tf.training.smart.mode == "off"
+
+
+def test_override_to_unknown_task_key_names_it(tmp_path):
+    path = write_yaml(tmp_path, GOOD)
+    with pytest.raises(ConfigError) as err:
+        load_task_file(path, [(["tasks", "rte", "max_len"], 64, "tasks.rte.max_len=64")])
+    assert_names(err, path, "'rte'", "'max_len'")
+
+
+def test_unknown_top_level_key(tmp_path):
+    path = write_yaml(tmp_path, {**GOOD, "trainig": {}})
+    with pytest.raises(ConfigError) as err:
+        load_task_file(path)
+    assert_names(err, path, "'trainig'", "tasks", "training", "data_dir")
+
+
+def test_unknown_task_key_in_file(tmp_path):
+    path = write_yaml(tmp_path, {"tasks": {"rte": spec(CLS, lables=["a", "b"])}})
+    with pytest.raises(ConfigError) as err:
+        load_task_file(path)
+    assert_names(err, path, "'rte'", "'lables'")
+
+
+def test_training_error_names_the_file(tmp_path):
+    path = write_yaml(tmp_path, {**GOOD, "training": {"optim": {"lr": "fast"}}})
+    with pytest.raises(ConfigError) as err:
+        load_task_file(path)
+    assert_names(err, path, "training.optim.lr")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", "empty"),
+    ("# only a comment\n", "empty"),
+    ("- a\n- b\n", "mapping"),
+    ("tasks: {}\n", "'tasks'"),
+    ("tasks: [rte]\n", "'tasks'"),
+    ("training: {}\n", "'tasks'"),
+])
+def test_empty_or_shapeless_files(tmp_path, text, expected):
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_task_file(path)
+    assert_names(err, path, expected)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    text = "tasks:\n  rte:\n    type: classification\n    labels: [a, b\n    metrics: [accuracy]\n"
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_task_file(path)
+    msg = str(err.value)
+    assert path in msg and "invalid YAML" in msg and "\n" not in msg
+    line = int(re.search(r"line (\d+)", msg).group(1))
+    assert 4 <= line <= 6
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_task_file(str(tmp_path / "none.yaml"))
+
+
+def test_data_dir_must_be_a_path(tmp_path):
+    path = write_yaml(tmp_path, {**GOOD, "data_dir": 3})
+    with pytest.raises(ConfigError, match="data_dir"):
+        load_task_file(path)
+
+
+def test_resolve_data_dir_order(tmp_path, monkeypatch):
+    path = write_yaml(tmp_path, GOOD)
+    tf = load_task_file(path)
+    monkeypatch.delenv("MTSMART_DATA_DIR", raising=False)
+    assert resolve_data_dir(None, tf) == str(tmp_path)
+    monkeypatch.setenv("MTSMART_DATA_DIR", "/env")
+    assert resolve_data_dir(None, tf) == "/env"
+    assert resolve_data_dir("/cli", tf) == "/cli"
+
+
+# ----------------------------------------------------------------------------- select_tasks
+
+
+def test_select_tasks():
+    tasks = {"rte": parse_task("rte", CLS, FILE), "stsb": parse_task("stsb", REG, FILE)}
+    assert list(select_tasks(tasks, None, "--tasks")) == ["rte", "stsb"]
+    assert list(select_tasks(tasks, "stsb, rte", "--tasks")) == ["stsb", "rte"]
+    with pytest.raises(ConfigError) as err:
+        select_tasks(tasks, "rte,qnli", "--tasks")
+    assert_names(err, "--tasks", "'qnli'", "rte", "stsb")
+
+
+def test_boolean_looking_labels_must_be_quoted(tmp_path):
+    from mtsmart.tasks import load_task_file
+
+    path = tmp_path / "t.yaml"
+    path.write_text("tasks:\n  q:\n    type: classification\n    text_fields: [a]\n"
+                    "    label_field: l\n    labels: [yes, no]\n    splits: {train: x.tsv}\n")
+    with pytest.raises(ConfigError, match=r"t.yaml: task 'q': field 'labels': .*quote"):
+        load_task_file(str(path))
