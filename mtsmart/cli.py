@@ -41,6 +41,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "teacher_beta": ("training.smart.teacher_beta", float),
     "teacher_beta_early": ("training.smart.teacher_beta_early", float),
     "prox_warmup_fraction": ("training.smart.prox_warmup_fraction", float),
+    "teacher_horizon_fraction": ("training.smart.teacher_horizon_fraction", float),
+    "relative_epsilon": ("training.smart.relative_to_embedding_norm", bool),
 }
 
 
@@ -67,6 +69,10 @@ def add_smart_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--teacher-beta-early", type=float, metavar="β0", help="teacher momentum early on")
     group.add_argument("--prox-warmup-fraction", type=float, metavar="F",
                        help="ramp μ from 0 over this fraction of the updates")
+    group.add_argument("--teacher-horizon-fraction", type=float, metavar="H",
+                       help="cap β at 1 - 1/(H x total updates): the teacher averages over ~H of the run")
+    group.add_argument("--relative-epsilon", action=argparse.BooleanOptionalAction, default=None,
+                       help="measure ε, σ and η in units of the mean per-token word-embedding norm")
 
 
 def add_common_training_flags(parser: argparse.ArgumentParser) -> None:

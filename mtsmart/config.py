@@ -47,6 +47,8 @@ class SmartConfig:
     teacher_beta: float = 0.999
     teacher_beta_early: float = 0.99
     teacher_early_fraction: float = 0.1
+    # Caps β at 1 − 1/(fraction·total updates) (see smart.teacher_momentum); None: fixed β.
+    teacher_horizon_fraction: Optional[float] = None
     # The Bregman weight ramps linearly from 0 to prox_weight over this fraction of the
     # updates: a teacher that is still the random head is no anchor worth pulling to.
     prox_warmup_fraction: float = 0.0
@@ -87,6 +89,7 @@ SMART_PRESETS: dict[str, dict[str, Any]] = {
         teacher_beta=0.999,
         teacher_beta_early=0.99,
         teacher_early_fraction=0.1,
+        teacher_horizon_fraction=None,
         prox_warmup_fraction=0.0,
     ),
 }
@@ -279,6 +282,8 @@ def validate_smart(cfg: SmartConfig, where: str) -> None:
     for name in ("teacher_beta", "teacher_beta_early", "teacher_early_fraction"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ConfigError(f"{where}.{name}: must be in [0, 1], got {getattr(cfg, name)}")
+    if cfg.teacher_horizon_fraction is not None and not 0 < cfg.teacher_horizon_fraction <= 1:
+        raise ConfigError(f"{where}.teacher_horizon_fraction: must be in (0, 1] or null")
 
 
 def parse_train_config(data: Any, where: str) -> TrainConfig:

@@ -109,9 +109,17 @@ def bregman_proximal(student_outputs: torch.Tensor, teacher_outputs: torch.Tenso
 
 
 def teacher_momentum(update: int, total_updates: int, beta: float, beta_early: float,
-                     early_fraction: float) -> float:
+                     early_fraction: float, horizon_fraction: Optional[float] = None) -> float:
     """β for the teacher update after optimizer update number ``update`` (0-based):
-    ``beta_early`` during the first ``early_fraction`` of the updates, then ``beta``."""
+    ``beta_early`` during the first ``early_fraction`` of the updates, then ``beta``.
+
+    With ``horizon_fraction`` h, both are capped at 1 − 1/(h·total_updates): the teacher
+    then averages over about h of the run whatever its length. In a run of a few hundred
+    updates a fixed β = 0.999 would keep the teacher at the starting weights (a random
+    head), an anchor that pulls toward uniform predictions; long runs keep β."""
+    if horizon_fraction is not None:
+        cap = 1.0 - 1.0 / max(1.0, horizon_fraction * total_updates)
+        beta, beta_early = min(beta, cap), min(beta_early, cap)
     return beta_early if update < early_fraction * total_updates else beta
 
 

@@ -364,7 +364,8 @@ class Trainer:
             smart_cfg = self.cfg.smart
             beta = smart.teacher_momentum(self.global_step, self.plan.total_updates,
                                           smart_cfg.teacher_beta, smart_cfg.teacher_beta_early,
-                                          smart_cfg.teacher_early_fraction)
+                                          smart_cfg.teacher_early_fraction,
+                                          smart_cfg.teacher_horizon_fraction)
             self.teacher.update(self.model, beta)
         return grad_norm
 

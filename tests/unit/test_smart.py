@@ -273,3 +273,10 @@ def test_regression_objective_uses_squared_error():
     # with dropout off in both, an untouched teacher equals the student: D = 0
     assert float(squared_error(student, teacher_out)) == pytest.approx(0.0, abs=1e-10)
     assert losses.adv_loss is not None and losses.adv_loss >= 0
+
+
+def test_teacher_horizon_caps_momentum_to_the_run_length():
+    short = [smart.teacher_momentum(u, 200, 0.999, 0.99, 0.1, horizon_fraction=0.1) for u in range(200)]
+    assert short[0] == pytest.approx(0.95) and short[150] == pytest.approx(0.95)  # 1 - 1/20
+    long = [smart.teacher_momentum(u, 100_000, 0.999, 0.99, 0.1, horizon_fraction=0.1) for u in (0, 50_000)]
+    assert long == [0.99, 0.999]  # long runs keep the configured schedule

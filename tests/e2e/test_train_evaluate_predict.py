@@ -1,0 +1,377 @@
+"""End to end through the command line, in process: ``train`` → ``evaluate`` → ``predict``
+on a tiny random encoder and the tiny two-task file in tests/fixtures/e2e (one
+sentence-pair classification task with string labels, one single-sentence regression task).
+
+One BERT run is shared by the read-only checks (module fixture); the runs that need other
+flags (RoBERTa, SMART, determinism) train on their own. Every run gets its own tokenized-
+data cache (MTSMART_CACHE inside its temporary directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import FIXTURES
+from mtsmart.cli import main
+
+E2E = FIXTURES / "e2e"
+TASK_FILE = E2E / "tasks.yaml"
+TASKS = ("pairs", "scores")
+CLS_TASK, REG_TASK = "pairs", "scores"
+METRICS = {"pairs": {"accuracy", "f1"}, "scores": {"pearson", "spearman"}}
+LABELS = ("same", "different")
+CHECKPOINT_FILES = ("meta.json", "encoder/config.json", "encoder/tokenizer_config.json",
+                    "encoder/tokenizer.json", "heads.safetensors", "tasks.yaml", "training.yaml")
+SMART_TAGS = ("adv_loss", "bregman_loss", "teacher_divergence", "perturbation_norm")
+
+
+# ------------------------------------------------------------------------------ helpers
+def train_argv(encoder, output, *extra) -> list[str]:
+    return ["train", str(TASK_FILE), "--encoder", str(encoder), "--data-dir", str(E2E),
+            "--output", str(output), "--max-steps", "6", "--eval-every", "3",
+            "--batch-size", "8", "--quiet", *extra]
+
+
+def run_cli(argv, cache_dir) -> tuple[int, str, str]:
+    """main(argv) with MTSMART_CACHE=cache_dir; returns (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MTSMART_CACHE", str(cache_dir))
+        mp.delenv("MTSMART_DATA_DIR", raising=False)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as exc:  # argparse errors
+                code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def read_tsv(path) -> tuple[list[str], list[list[str]]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return rows[0], rows[1:]
+
+
+def gold(task: str, split: str = "dev") -> list[str]:
+    header, rows = read_tsv(E2E / task / f"{split}.tsv")
+    column = header.index("label" if task == CLS_TASK else "score")
+    return [row[column] for row in rows]
+
+
+def eval_records(run: Path) -> list[dict]:
+    with open(run / "metrics.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_json(path) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the run's TensorBoard logs: tag → [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def reference_predictions(checkpoint: Path, task: str, cache_dir: Path) -> np.ndarray:
+    """Predictions computed in process from the checkpoint, to check the CLI's files."""
+    from mtsmart.checkpoint import load_checkpoint
+    from mtsmart.data import load_tokenized
+    from mtsmart.evaluation import predict_split
+
+    loaded = load_checkpoint(str(checkpoint))
+    split = load_tokenized(loaded.tasks[task], "dev", loaded.tokenizer, str(E2E), str(cache_dir))
+    return predict_split(loaded.model, loaded.tasks[task], split, 64,
+                         loaded.tokenizer.pad_token_id or 0)
+
+
+@pytest.fixture(scope="module")
+def bert_run(tiny_model_dir, tmp_path_factory):
+    """One train run with the tiny BERT encoder (6 updates, evaluation at 3 and 6)."""
+    base = tmp_path_factory.mktemp("bert-run")
+    output = base / "run"
+    code, out, err = run_cli(train_argv(tiny_model_dir, output), base / "cache")
+    return {"code": code, "stdout": out, "stderr": err, "output": output,
+            "argv": train_argv(tiny_model_dir, output)}
+
+
+@pytest.fixture
+def run_dir(bert_run) -> Path:
+    assert bert_run["code"] == 0, f"train failed:\n{bert_run['stderr'][-3000:]}"
+    return bert_run["output"]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("MTSMART_CACHE", str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------ train
+def test_train_exits_0_and_prints_best_table(bert_run):
+    assert bert_run["code"] == 0, bert_run["stderr"][-3000:]
+    out = bert_run["stdout"]
+    assert "best checkpoint (step" in out
+    for task in TASKS:
+        assert any(line.split()[:2] == [task, "dev"] for line in out.splitlines()), out
+
+
+@pytest.mark.parametrize("which", ["best", "last"])
+def test_checkpoint_is_complete(run_dir, tiny_model_dir, which):
+    from safetensors.torch import load_file
+
+    from mtsmart.checkpoint import load_checkpoint_tasks
+
+    ckpt = run_dir / which
+    for name in CHECKPOINT_FILES:
+        assert (ckpt / name).is_file(), f"{which}/{name} missing"
+    meta = read_json(ckpt / "meta.json")
+    assert meta["format_version"] == 1
+    assert meta["heads"] == {"pairs": [2, 0.1], "scores": [1, 0.1]}
+    assert set(meta["dev"]) == set(TASKS)
+    assert json.loads((ckpt / "encoder" / "config.json").read_text())["model_type"] == "bert"
+
+    heads = load_file(str(ckpt / "heads.safetensors"))
+    for task, size in (("pairs", 2), ("scores", 1)):
+        keys = [k for k in heads if k.startswith(f"{task}.")]
+        assert keys, f"no head weights for {task}: {sorted(heads)}"
+        assert tuple(heads[f"{task}.linear.weight"].shape) == (size, 32)
+
+    tasks = load_checkpoint_tasks(str(ckpt))
+    assert list(tasks) == list(TASKS)
+    assert tasks["pairs"].labels == LABELS and tasks["pairs"].text_fields == ("first", "second")
+    assert tasks["scores"].type == "regression" and tasks["scores"].target_field == "score"
+
+    training = yaml.safe_load((ckpt / "training.yaml").read_text())["training"]
+    assert training["max_steps"] == 6 and training["batch_size"] == 8
+    assert training["eval_every"] == 3 and training["encoder"] == str(tiny_model_dir)
+    assert not (ckpt / "teacher.safetensors").exists(), "a teacher without SMART"
+
+    if which == "last":
+        assert meta["global_step"] == 6
+        assert (ckpt / "trainer_state" / "tensors.pt").is_file()
+        state = read_json(ckpt / "trainer_state" / "state.json")
+        assert state["global_step"] == 6
+        assert sum(state["counters"][f"batches/{t}"] for t in TASKS) == 6
+    # Atomic writes leave no temporary siblings behind.
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_metrics_jsonl_has_one_record_per_evaluation(run_dir):
+    records = eval_records(run_dir)
+    assert [r["global_step"] for r in records] == [3, 6]
+    for record in records:
+        assert record["split"] == "dev"
+        assert set(record["results"]) == set(TASKS)
+        for task in TASKS:
+            values = record["results"][task]
+            assert set(values) == METRICS[task]
+            assert all(math.isfinite(v) and -1.0 <= v <= 1.0 for v in values.values())
+        step_file = run_dir / "metrics" / f"step-{record['global_step']:07d}.json"
+        assert read_json(step_file)["results"] == record["results"]
+        # average of each task's first metric
+        expected = np.mean([record["results"]["pairs"]["accuracy"],
+                            record["results"]["scores"]["pearson"]])
+        assert record["selection_score"] == pytest.approx(expected, abs=1e-12)
+
+    best = max(records, key=lambda r: r["selection_score"])
+    meta = read_json(run_dir / "best" / "meta.json")
+    assert meta["global_step"] == best["global_step"]
+    assert meta["dev"] == best["results"]
+    assert read_json(run_dir / "last" / "meta.json")["dev"] == records[-1]["results"]
+
+    results = read_json(run_dir / "results.json")
+    assert results["best"]["global_step"] == best["global_step"]
+    assert results["best"]["results"] == best["results"]
+    assert results["last"]["global_step"] == 6
+    assert results["total_updates"] == 6
+
+
+def test_tensorboard_scalars(run_dir):
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    logged = scalars(run_dir)
+    expected = {"train/lr", "train/grad_norm"}
+    for task in TASKS:
+        expected |= {f"train/{task}/loss", f"train/batches/{task}"}
+        expected |= {f"dev/{task}/{metric}" for metric in METRICS[task]}
+    missing = expected - set(logged)
+    assert not missing, f"missing tags {sorted(missing)}; logged: {sorted(logged)}"
+
+    records = {r["global_step"]: r["results"] for r in eval_records(run_dir)}
+    for task in TASKS:
+        for metric in METRICS[task]:
+            points = logged[f"dev/{task}/{metric}"]
+            assert [s for s, _ in points] == [3, 6]
+            for step, value in points:
+                assert value == pytest.approx(records[step][task][metric], abs=1e-6)
+    # The batch counters are cumulative: at the last update they add up to 6 batches.
+    final = {task: dict(logged[f"train/batches/{task}"])[6] for task in TASKS}
+    assert sum(final.values()) == 6
+    assert all(math.isfinite(v) and v > 0 for _, v in logged["train/grad_norm"])
+    assert all(math.isfinite(v) and v >= 0 for task in TASKS for _, v in logged[f"train/{task}/loss"])
+
+
+# ------------------------------------------------------------------------------ evaluate
+def test_evaluate_reproduces_best_dev_metrics(run_dir, tmp_path, cache, capsys):
+    out_file = tmp_path / "eval.json"
+    code = main(["evaluate", str(run_dir / "best"), "--data-dir", str(E2E), "--out", str(out_file)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    report = read_json(out_file)
+    meta = read_json(run_dir / "best" / "meta.json")
+    assert report["splits"] == {"pairs": "dev", "scores": "dev"}
+    assert set(report["results"]) == set(meta["dev"]) == set(TASKS)
+    for task, values in meta["dev"].items():
+        assert set(report["results"][task]) == set(values)
+        for metric, value in values.items():
+            assert report["results"][task][metric] == pytest.approx(value, abs=1e-6), (task, metric)
+    # The printed table: one row per task with each metric in percent.
+    for task, values in report["results"].items():
+        row = next(line for line in stdout.splitlines() if line.split()[:1] == [task])
+        for metric, value in values.items():
+            assert f"{metric}={100 * value:.2f}" in row
+
+
+# ------------------------------------------------------------------------------ predict
+def test_predict_one_task_to_a_file(run_dir, tmp_path, cache):
+    out_file = tmp_path / "preds.tsv"
+    code = main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--split", "dev",
+                 "--data-dir", str(E2E), "--out", str(out_file)])
+    assert code == 0
+    header, rows = read_tsv(out_file)
+    labels = gold(CLS_TASK)
+    assert header == ["index", "prediction"]
+    assert [int(r[0]) for r in rows] == list(range(len(labels)))
+    predicted = [r[1] for r in rows]
+    assert set(predicted) <= set(LABELS)
+    reference = reference_predictions(run_dir / "best", CLS_TASK, tmp_path / "ref-cache")
+    assert predicted == [LABELS[i] for i in reference]
+    accuracy = np.mean([p == g for p, g in zip(predicted, labels)])
+    meta = read_json(run_dir / "best" / "meta.json")
+    assert accuracy == pytest.approx(meta["dev"][CLS_TASK]["accuracy"], abs=1e-9)
+
+
+def test_predict_all_tasks_to_a_directory(run_dir, tmp_path, cache):
+    out_dir = tmp_path / "preds"
+    code = main(["predict", str(run_dir / "best"), "--task", "all", "--data-dir", str(E2E),
+                 "--out", str(out_dir)])
+    assert code == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["pairs.tsv", "scores.tsv"]
+    for task in TASKS:
+        header, rows = read_tsv(out_dir / f"{task}.tsv")
+        assert header == ["index", "prediction"]
+        assert [int(r[0]) for r in rows] == list(range(len(gold(task))))
+    _, rows = read_tsv(out_dir / "pairs.tsv")
+    assert {r[1] for r in rows} <= set(LABELS)
+    _, rows = read_tsv(out_dir / "scores.tsv")
+    scores = [float(r[1]) for r in rows]  # raises if not a number
+    assert all(math.isfinite(s) for s in scores)
+    reference = reference_predictions(run_dir / "best", REG_TASK, tmp_path / "ref-cache")
+    np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ other runs
+def test_train_with_tiny_roberta(tiny_roberta_dir, tmp_path):
+    """RoBERTa has one token type: the pair task must not feed it sentence-B type ids."""
+    output = tmp_path / "run"
+    code, _, err = run_cli(train_argv(tiny_roberta_dir, output), tmp_path / "cache")
+    assert code == 0, err[-3000:]
+    assert read_json(output / "best" / "encoder" / "config.json")["model_type"] == "roberta"
+    records = eval_records(output)
+    assert [r["global_step"] for r in records] == [3, 6]
+    assert all(set(r["results"]) == set(TASKS) for r in records)
+    for which in ("best", "last"):
+        for name in CHECKPOINT_FILES:
+            assert (output / which / name).is_file(), f"{which}/{name} missing"
+
+
+def test_smart_full_writes_teacher_and_logs_smart_scalars(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    output = tmp_path / "run"
+    argv = train_argv(tiny_model_dir, output, "--smart", "full", "--eval-every", "2")
+    argv[argv.index("--max-steps") + 1] = "4"
+    code, _, err = run_cli(argv, tmp_path / "cache")
+    assert code == 0, err[-3000:]
+    for which in ("best", "last"):
+        assert (output / which / "teacher.safetensors").is_file(), f"{which}: no teacher"
+    teacher = load_file(str(output / "last" / "teacher.safetensors"))
+    heads = load_file(str(output / "last" / "heads.safetensors"))
+    for task in TASKS:
+        key = f"{task}.linear.weight"
+        assert f"heads.{key}" in teacher, sorted(teacher)[:5]
+        assert teacher[f"heads.{key}"].shape == heads[key].shape
+        # An EMA of the student, not a copy of it: after 4 updates they differ.
+        assert not np.array_equal(teacher[f"heads.{key}"].numpy(), heads[key].numpy())
+    assert any(k.startswith("encoder.") for k in teacher)
+
+    logged = scalars(output)
+    expected = {f"train/{task}/{tag}" for task in TASKS for tag in SMART_TAGS}
+    missing = expected - set(logged)
+    assert not missing, f"missing {sorted(missing)}; logged {sorted(logged)}"
+    # Each token's perturbation lies in the ε-ball (ε = 1e-5, inf norm) and is not zero.
+    for task in TASKS:
+        for _, value in logged[f"train/{task}/perturbation_norm"]:
+            assert 0 < value <= 1e-5 * (1 + 1e-4)
+    records = eval_records(output)
+    assert [r["global_step"] for r in records] == [2, 4]
+    assert all(set(r["teacher_results"]) == set(TASKS) for r in records)
+
+
+def test_second_run_into_non_empty_output_exits_2(bert_run, run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+
+    def snapshot():
+        return {str(p.relative_to(copy)): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in copy.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    argv = list(bert_run["argv"])
+    argv[argv.index("--output") + 1] = str(copy)
+    code, _, err = run_cli(argv, tmp_path / "cache")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mtsmart: error:") and "--overwrite" in lines[0]
+    assert snapshot() == before, "the refused run touched the existing output"
+
+
+def test_same_seed_gives_identical_results(bert_run, run_dir, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    again = tmp_path / "again"
+    code, _, err = run_cli(train_argv(tiny_model_dir, again), tmp_path / "cache")
+    assert code == 0, err[-3000:]
+    first, second = eval_records(run_dir), eval_records(again)
+    assert [r["results"] for r in second] == [r["results"] for r in first]
+    heads_a = load_file(str(run_dir / "last" / "heads.safetensors"))
+    heads_b = load_file(str(again / "last" / "heads.safetensors"))
+    assert heads_a.keys() == heads_b.keys()
+    for key in heads_a:
+        assert np.array_equal(heads_a[key].numpy(), heads_b[key].numpy()), key
+
+    # The seed matters: another seed initialises the heads differently.
+    other = tmp_path / "other-seed"
+    code, _, err = run_cli(train_argv(tiny_model_dir, other, "--seed", "11"), tmp_path / "cache2")
+    assert code == 0, err[-3000:]
+    heads_c = load_file(str(other / "last" / "heads.safetensors"))
+    assert not np.array_equal(heads_a["pairs.linear.weight"].numpy(),
+                              heads_c["pairs.linear.weight"].numpy())
