@@ -85,7 +85,8 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
             save_trainer_state(os.path.join(tmp, TRAINER_STATE_DIR), trainer_state)
         heads = {name: [head.output_size, head.dropout.p] for name, head in model.heads.items()}
         with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as handle:
-            json.dump({"format_version": FORMAT_VERSION, "heads": heads, **meta}, handle,
+            json.dump({"format_version": FORMAT_VERSION, "heads": heads,
+                       "pooling": model.pooling, **meta}, handle,
                       indent=2, sort_keys=True)
         if os.path.exists(path):
             old = f"{tmp}.old"
@@ -154,7 +155,7 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
         encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
     heads = {name: (int(size), float(dropout)) for name, (size, dropout) in meta["heads"].items()}
-    model = MultiTaskModel(encoder, heads)
+    model = MultiTaskModel(encoder, heads, pooling=meta["pooling"])
     head_state = load_file(os.path.join(path, HEADS_FILE))
     for name, head in model.heads.items():
         prefix = f"{name}."

@@ -6,6 +6,7 @@ Every user error ends as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any, Optional, Sequence
@@ -19,6 +20,7 @@ EXIT_USAGE = 2
 TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "encoder": ("training.encoder", str),
     "num_hidden_layers": ("training.num_hidden_layers", int),
+    "pooling": ("training.pooling", str),
     "max_steps": ("training.max_steps", int),
     "epochs": ("training.epochs", float),
     "batch_size": ("training.batch_size", int),
@@ -88,6 +90,9 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
                              "file's data_dir, or the task file's directory)")
     parser.add_argument("--num-hidden-layers", type=int, metavar="N",
                         help="keep only the first N encoder layers of a raw encoder (fast smoke runs)")
+    parser.add_argument("--pooling", choices=("cls", "mean", "pooler"),
+                        help="one vector per example from the encoder: first token, mean of "
+                             "tokens, or the encoder's pooler (needed by export)")
     parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer updates (wins over --epochs)")
     parser.add_argument("--epochs", type=float, metavar="N",
                         help="passes over the training data (one pass = every task's batches once); "
@@ -436,6 +441,7 @@ COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": com
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(format="mtsmart: note: %(message)s", level=logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

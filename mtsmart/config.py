@@ -52,6 +52,10 @@ class SmartConfig:
     # The Bregman weight ramps linearly from 0 to prox_weight over this fraction of the
     # updates: a teacher that is still the random head is no anchor worth pulling to.
     prox_warmup_fraction: float = 0.0
+    # Back-propagate the clean and the perturbed graph one after the other, so that they are
+    # never in memory together: peak memory near plain training's, for one extra graph-free
+    # forward pass. The gradients are the same (dropout masks are replayed).
+    memory_efficient: bool = False
 
     @property
     def use_adversarial(self) -> bool:
@@ -126,6 +130,9 @@ class TrainConfig:
     encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
     num_hidden_layers: Optional[int] = None  # truncate the encoder (fast smoke runs)
     trust_remote_code: bool = False
+    # How the encoder output becomes one vector per example: "cls" (first token), "mean"
+    # (mean over real tokens) or "pooler" (the encoder's own pooler; what export needs).
+    pooling: Literal["cls", "mean", "pooler"] = "cls"
     batch_size: int = 32
     eval_batch_size: int = 64
     epochs: float = 3.0

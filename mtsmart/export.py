@@ -42,6 +42,11 @@ def export_task(checkpoint: str, task_name: str, out_dir: str) -> str:
                               f"(heads: {', '.join(loaded.model.heads)})")
     task = loaded.tasks[task_name]
     encoder = loaded.model.encoder
+    if loaded.model.pooling != "pooler":
+        raise CheckpointError(
+            f"{checkpoint}: trained with pooling {loaded.model.pooling!r}; a standard "
+            "*ForSequenceClassification head uses the encoder's pooler, so only checkpoints "
+            "trained with training.pooling=pooler can be exported")
     if getattr(encoder, "pooler", None) is None:
         raise CheckpointError(f"{checkpoint}: the encoder has no pooler; export needs a BERT- or "
                               "RoBERTa-style encoder")

@@ -54,11 +54,25 @@ def head_spec(task: TaskDef) -> tuple[int, float]:
     return task.task_type.output_size(task.labels), task.head_dropout
 
 
-class MultiTaskModel(nn.Module):
-    """Shared encoder + ``nn.ModuleDict`` of heads keyed by task name."""
+POOLINGS = ("cls", "mean", "pooler")
 
-    def __init__(self, encoder: nn.Module, head_specs: dict[str, tuple[int, float]]):
+
+class MultiTaskModel(nn.Module):
+    """Shared encoder + ``nn.ModuleDict`` of heads keyed by task name.
+
+    ``pooling`` turns the encoder's output into one vector per example: ``cls`` the
+    first token's final hidden state, ``mean`` the mean over real tokens, ``pooler`` the
+    encoder's own pooler (BERT's dense + tanh on the first token, which is what
+    *ForSequenceClassification uses, and what `mtsmart export` maps onto)."""
+
+    def __init__(self, encoder: nn.Module, head_specs: dict[str, tuple[int, float]],
+                 pooling: str = "cls"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+            raise ValueError("pooling 'pooler' needs an encoder with a pooler; use 'cls' or 'mean'")
+        self.pooling = pooling
         self.encoder = encoder
         self.heads = nn.ModuleDict()
         for name, (size, dropout) in head_specs.items():
@@ -81,7 +95,7 @@ class MultiTaskModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str, tasks: Iterable[TaskDef],
                         num_hidden_layers: Optional[int] = None,
-                        trust_remote_code: bool = False) -> "MultiTaskModel":
+                        trust_remote_code: bool = False, pooling: str = "cls") -> "MultiTaskModel":
         from transformers import AutoModel
 
         kwargs = {"trust_remote_code": trust_remote_code}
@@ -89,13 +103,13 @@ class MultiTaskModel(nn.Module):
             kwargs["num_hidden_layers"] = num_hidden_layers
         with quiet_transformers():
             encoder = AutoModel.from_pretrained(name_or_path, **kwargs)
-        return cls(encoder, {t.name: head_spec(t) for t in tasks})
+        return cls(encoder, {t.name: head_spec(t) for t in tasks}, pooling)
 
     @classmethod
-    def from_config(cls, config, tasks: Iterable[TaskDef]) -> "MultiTaskModel":
+    def from_config(cls, config, tasks: Iterable[TaskDef], pooling: str = "cls") -> "MultiTaskModel":
         from transformers import AutoModel
 
-        return cls(AutoModel.from_config(config), {t.name: head_spec(t) for t in tasks})
+        return cls(AutoModel.from_config(config), {t.name: head_spec(t) for t in tasks}, pooling)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Word embeddings only (no position / type embeddings, no LayerNorm):
@@ -112,8 +126,12 @@ class MultiTaskModel(nn.Module):
         if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 2) > 1:
             kwargs["token_type_ids"] = token_type_ids
         out = self.encoder(**kwargs)
-        pooled = getattr(out, "pooler_output", None)
-        if pooled is None:
+        if self.pooling == "pooler":
+            pooled = out.pooler_output
+        elif self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+            pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        else:
             pooled = out.last_hidden_state[:, 0]
         return self.heads[task](pooled)
 

@@ -8,7 +8,7 @@ Must not import train or cli.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -30,17 +30,27 @@ class BatchLosses:
     teacher_divergence: Optional[float] = None  # D itself
     perturbation_norm: Optional[float] = None
     regularizer_skipped: bool = False
+    backward_done: bool = False  # the memory-efficient path has already back-propagated
 
 
 def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task: str,
                     task_type: TaskType, batch: dict[str, torch.Tensor], cfg: SmartConfig, *,
                     adv_weight: float, prox_weight: float, loss_weight: float = 1.0,
-                    perturbation_scale: float = 1.0) -> BatchLosses:
-    """Forward passes and losses of one batch (no backward).
+                    perturbation_scale: float = 1.0,
+                    backward: Optional[Callable[[torch.Tensor], None]] = None) -> BatchLosses:
+    """Forward passes and losses of one batch.
 
     ``adv_weight`` / ``prox_weight`` are the weights in force at this step (0 skips the
     forward passes of that term entirely); ``perturbation_scale`` multiplies ε, σ and η
-    (the embedding scale when ``cfg.relative_to_embedding_norm`` is set)."""
+    (the embedding scale when ``cfg.relative_to_embedding_norm`` is set).
+
+    Without ``backward`` nothing is back-propagated: ``total`` carries the graph. With
+    ``backward`` and ``cfg.memory_efficient`` (and an adversarial term), the objective
+    calls ``backward`` on its parts itself and sets ``backward_done``."""
+    if backward is not None and cfg.memory_efficient and adv_weight > 0:
+        return _memory_efficient_objective(model, teacher, task, task_type, batch, cfg,
+                                           adv_weight, prox_weight, loss_weight,
+                                           perturbation_scale, backward)
     attention_mask = batch["attention_mask"]
     token_type_ids = batch.get("token_type_ids")
     embeds = model.embed(batch["input_ids"])
@@ -82,4 +92,80 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
             result.regularizer_skipped = True
 
     result.total = total
+    return result
+
+
+def _teacher_outputs(teacher: MeanTeacher, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return teacher.forward(task, inputs_embeds=teacher.model.embed(batch["input_ids"]),
+                           attention_mask=batch["attention_mask"],
+                           token_type_ids=batch.get("token_type_ids"))
+
+
+def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv_weight,
+                                prox_weight, loss_weight, perturbation_scale, backward):
+    """The same gradients as the default path, with the clean and perturbed graphs never
+    alive together.
+
+    R_s = ℓ_s(f(x+ν), f(x)) has gradient through both arguments. Its part through the clean
+    output z is the vector-Jacobian product of g_z = ∂ℓ_s/∂z with z's graph, so: compute
+    f(x+ν) once without a graph (with the dropout masks recorded), take g_z on the tiny
+    [batch, classes] outputs, back-propagate the clean graph with λ·⟨g_z, z⟩ added (freeing
+    it), then replay f(x+ν) with a graph and the same dropout masks and back-propagate
+    λ·ℓ_s(f(x+ν), stopgrad z)."""
+    attention_mask = batch["attention_mask"]
+    token_type_ids = batch.get("token_type_ids")
+
+    def forward(inputs_embeds: torch.Tensor) -> torch.Tensor:
+        return model(task, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                     token_type_ids=token_type_ids)
+
+    embeds = model.embed(batch["input_ids"])
+    outputs = forward(embeds)
+    task_loss = task_type.loss(outputs, batch["labels"]) * loss_weight
+    result = BatchLosses(total=task_loss.detach(), task_loss=float(task_loss.detach()))
+    clean_total = task_loss
+    if prox_weight > 0 and teacher is not None:
+        divergence = smart.bregman_proximal(outputs, _teacher_outputs(teacher, task, batch),
+                                            task_type.divergence)
+        if torch.isfinite(divergence):
+            clean_total = clean_total + prox_weight * divergence
+            result.teacher_divergence = float(divergence.detach())
+            result.prox_loss = prox_weight * result.teacher_divergence
+        else:
+            result.regularizer_skipped = True
+    noise = smart.adversarial_perturbation(
+        forward, embeds, outputs, attention_mask, task_type.divergence,
+        epsilon=cfg.epsilon * perturbation_scale, noise_std=cfg.noise_std * perturbation_scale,
+        step_size=cfg.step_size * perturbation_scale, num_steps=cfg.num_steps, norm=cfg.norm)
+    replay = None
+    if noise is not None:
+        result.perturbation_norm = smart.mean_token_norm(noise, attention_mask, cfg.norm)
+        cpu_state = torch.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state() if outputs.is_cuda else None
+        with torch.no_grad():
+            perturbed = forward(embeds.detach() + noise)
+        clean_leaf = outputs.detach().requires_grad_(True)
+        with torch.enable_grad():
+            adv_value = task_type.divergence(perturbed, clean_leaf)
+            (grad_clean,) = torch.autograd.grad(adv_value, [clean_leaf])
+        if torch.isfinite(adv_value) and torch.isfinite(grad_clean).all():
+            clean_total = clean_total + adv_weight * (grad_clean.detach() * outputs.float()).sum()
+            result.adv_loss = float(adv_value.detach())
+            replay = (cpu_state, cuda_state)
+        else:
+            result.regularizer_skipped = True
+    else:
+        result.regularizer_skipped = True
+    if not torch.isfinite(clean_total):
+        result.total = clean_total.detach()
+        return result
+    backward(clean_total)  # frees the clean graph before the perturbed one is built
+    result.total = task_loss.detach() + (result.prox_loss or 0.0) + adv_weight * (result.adv_loss or 0.0)
+    result.backward_done = True
+    if replay is not None:
+        torch.set_rng_state(replay[0])
+        if replay[1] is not None:
+            torch.cuda.set_rng_state(replay[1])
+        perturbed = forward(model.embed(batch["input_ids"]) + noise)
+        backward(adv_weight * task_type.divergence(perturbed, outputs.detach()))
     return result

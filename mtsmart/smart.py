@@ -77,6 +77,27 @@ def adversarial_loss(forward_fn: ForwardFn, embeds: torch.Tensor, clean_outputs:
     Returns:
         AdversarialResult with R_s = ℓ_s(f(x + ν), f(x)).
     """
+    noise = adversarial_perturbation(
+        forward_fn, embeds, clean_outputs, attention_mask, divergence, epsilon=epsilon,
+        noise_std=noise_std, step_size=step_size, num_steps=num_steps, norm=norm,
+        generator=generator)
+    if noise is None:
+        return AdversarialResult(embeds.new_zeros((), dtype=torch.float32), 0.0, False)
+    loss = divergence(forward_fn(embeds + noise), clean_outputs)
+    pert = mean_token_norm(noise, attention_mask, norm)
+    if not torch.isfinite(loss):
+        return AdversarialResult(embeds.new_zeros((), dtype=torch.float32), pert, False)
+    return AdversarialResult(loss, pert, True)
+
+
+def adversarial_perturbation(forward_fn: ForwardFn, embeds: torch.Tensor,
+                             clean_outputs: torch.Tensor, attention_mask: torch.Tensor,
+                             divergence: Divergence, *, epsilon: float, noise_std: float,
+                             step_size: float, num_steps: int = 1, norm: str = "inf",
+                             generator: Optional[torch.Generator] = None
+                             ) -> Optional[torch.Tensor]:
+    """The perturbation ν after K projected ascent steps (no graph), or None when a
+    non-finite divergence or gradient appeared. Arguments as ``adversarial_loss``."""
     mask = attention_mask.unsqueeze(-1).to(embeds.dtype)
     base = embeds.detach()
     target = clean_outputs.detach()
@@ -89,17 +110,17 @@ def adversarial_loss(forward_fn: ForwardFn, embeds: torch.Tensor, clean_outputs:
         # parameter gradients, so the ascent neither costs nor leaks them.
         (grad,) = torch.autograd.grad(ascent_div, [noise])
         if not (torch.isfinite(ascent_div) and torch.isfinite(grad).all()):
-            return AdversarialResult(embeds.new_zeros((), dtype=torch.float32), 0.0, False)
+            return None
         with torch.no_grad():
             noise = noise + step_size * normalize_per_token(grad, norm)
             noise = project_per_token(noise, epsilon, norm) * mask
-    noise = noise.detach()
-    loss = divergence(forward_fn(embeds + noise), clean_outputs)
-    real_tokens = mask.sum().clamp(min=1.0)
-    pert = float((token_norms(noise, norm) * mask).sum() / real_tokens)
-    if not torch.isfinite(loss):
-        return AdversarialResult(embeds.new_zeros((), dtype=torch.float32), pert, False)
-    return AdversarialResult(loss, pert, True)
+    return noise.detach()
+
+
+def mean_token_norm(noise: torch.Tensor, attention_mask: torch.Tensor, norm: str) -> float:
+    """Mean per-token norm of ν over real (unpadded) tokens."""
+    mask = attention_mask.unsqueeze(-1).to(noise.dtype)
+    return float((token_norms(noise, norm) * mask).sum() / mask.sum().clamp(min=1.0))
 
 
 def bregman_proximal(student_outputs: torch.Tensor, teacher_outputs: torch.Tensor,

@@ -9,6 +9,7 @@ the optimizer and scheduler, and update the shared EMA teacher.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -34,6 +35,8 @@ from mtsmart.model import MultiTaskModel, head_spec, quiet_transformers
 from mtsmart.objective import batch_objective
 from mtsmart.sampling import TaskSampler
 from mtsmart.tasks import TaskDef
+
+logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 LAST_DIR = "last"
@@ -176,6 +179,10 @@ class Trainer:
         if source is not None:
             loaded = load_checkpoint(source, trust_remote_code=cfg.trust_remote_code)
             self.model, self.tokenizer = loaded.model, loaded.tokenizer
+            if loaded.model.pooling != cfg.pooling:
+                # The checkpoint owns the architecture: its heads were trained on its pooling.
+                logger.warning("the checkpoint's pooling %r wins over training.pooling %r",
+                               loaded.model.pooling, cfg.pooling)
             for name, task in self.tasks.items():
                 if name not in self.model.heads:
                     self.model.add_head(name, *head_spec(task))
@@ -191,7 +198,7 @@ class Trainer:
                     cfg.encoder, trust_remote_code=cfg.trust_remote_code)
             self.model = MultiTaskModel.from_pretrained(
                 cfg.encoder, self.tasks.values(), num_hidden_layers=cfg.num_hidden_layers,
-                trust_remote_code=cfg.trust_remote_code)
+                trust_remote_code=cfg.trust_remote_code, pooling=cfg.pooling)
         self.model.to(self.device)
         self.model.train()
         self.pad_token_id = self.tokenizer.pad_token_id or 0
@@ -305,7 +312,8 @@ class Trainer:
                         self.model, self.teacher, task_name, task.task_type, batch,
                         self.task_smart[task_name], adv_weight=adv_w, prox_weight=prox_w,
                         loss_weight=task.loss_weight,
-                        perturbation_scale=self.perturbation_scales[task_name])
+                        perturbation_scale=self.perturbation_scales[task_name],
+                        backward=self._backward)
                 self.micro_step += 1
                 if losses.regularizer_skipped:
                     self.counters[f"regularizer_skipped/{task_name}"] += 1
@@ -314,11 +322,8 @@ class Trainer:
                     # can never reach the weights or a checkpoint.
                     self.counters["nonfinite_loss_skipped"] += 1
                     continue
-                loss = losses.total / accum
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
+                if not losses.backward_done:
+                    self._backward(losses.total)
                 for key, value in (("loss", losses.task_loss), ("adv_loss", losses.adv_loss),
                                    ("bregman_loss", losses.prox_loss),
                                    ("teacher_divergence", losses.teacher_divergence),
@@ -344,6 +349,12 @@ class Trainer:
         progress.close()
         elapsed = time.perf_counter() - start
         return self._finish(elapsed)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        loss = loss / self.cfg.grad_accum_steps
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward()
 
     def _optimizer_step(self) -> float:
         cfg = self.cfg

@@ -9,9 +9,10 @@ Prints a table (median seconds per step, ratio to plain, peak extra memory of a 
 as its LAST line ``full_smart/plain = X.XX`` for the 16x128 case.
 
 Peak memory: on CPU, the resident set size sampled every millisecond during a step, minus
-its value just before the step. The script re-executes itself with a fixed glibc mmap
-threshold so that large tensors return to the OS when freed and each step is measured on
-its own. On CUDA: torch.cuda.max_memory_allocated.
+its value just before the step, measured in a second process started with a fixed glibc
+mmap threshold, so that large tensors return to the OS when freed and each step is
+measured on its own (the fixed threshold slows allocation, so timing runs without it).
+On CUDA: torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-if "MALLOC_MMAP_THRESHOLD_" not in os.environ and sys.platform.startswith("linux"):
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import torch  # noqa: E402
 
@@ -47,14 +46,16 @@ DEFAULT_ENCODER = REPO.parent / "shared" / "models" / "all-MiniLM-L6-v2"
 TASK = "bench"
 CLASSIFICATION = get_task_type("classification")
 
-# variant → (adversarial weight, Bregman weight, naive?)
+# variant → (adversarial weight, Bregman weight, implementation)
 VARIANTS = {
-    "plain": (0.0, 0.0, False),
-    "adversarial": (1.0, 0.0, False),
-    "bregman": (0.0, 1.0, False),
-    "full_smart": (1.0, 1.0, False),
-    "naive_adversarial": (1.0, 0.0, True),
-    "naive_full": (1.0, 1.0, True),
+    "plain": (0.0, 0.0, "mtsmart"),
+    "adversarial": (1.0, 0.0, "mtsmart"),
+    "bregman": (0.0, 1.0, "mtsmart"),
+    "full_smart": (1.0, 1.0, "mtsmart"),
+    "adversarial_memory_efficient": (1.0, 0.0, "memory_efficient"),
+    "full_smart_memory_efficient": (1.0, 1.0, "memory_efficient"),
+    "naive_adversarial": (1.0, 0.0, "naive"),
+    "naive_full": (1.0, 1.0, "naive"),
 }
 
 
@@ -123,13 +124,16 @@ def make_batch(batch_size, seq_len, vocab_size, device, seed):
 
 
 def step(variant, model, teacher, naive_teacher, optimizer, batch, cfg):
-    adv_w, prox_w, naive = VARIANTS[variant]
-    if naive:
-        loss = naive_objective(model, naive_teacher, batch, cfg, adv_w, prox_w)
+    adv_w, prox_w, implementation = VARIANTS[variant]
+    if implementation == "naive":
+        naive_objective(model, naive_teacher, batch, cfg, adv_w, prox_w).backward()
     else:
-        loss = batch_objective(model, teacher, TASK, CLASSIFICATION, batch, cfg,
-                               adv_weight=adv_w, prox_weight=prox_w).total
-    loss.backward()
+        losses = batch_objective(model, teacher, TASK, CLASSIFICATION, batch,
+                                 replace(cfg, memory_efficient=implementation == "memory_efficient"),
+                                 adv_weight=adv_w, prox_weight=prox_w,
+                                 backward=lambda loss: loss.backward())
+        if not losses.backward_done:
+            losses.total.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -142,7 +146,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_shape(model, teacher, naive_teacher, optimizer, cfg, shape, args, device):
+def time_shape(model, teacher, naive_teacher, optimizer, cfg, shape, args, device):
     batch = make_batch(*shape, model.encoder.config.vocab_size, device, seed=shape[0])
     times = {v: [] for v in VARIANTS}
     names = list(VARIANTS)
@@ -155,8 +159,14 @@ def bench_shape(model, teacher, naive_teacher, optimizer, cfg, shape, args, devi
             sync(device)
             if round_index >= args.warmup:
                 times[variant].append(time.perf_counter() - start)
+    return {v: statistics.median(t) for v, t in times.items()}, times
+
+
+def memory_shape(model, teacher, naive_teacher, optimizer, cfg, shape, device):
+    batch = make_batch(*shape, model.encoder.config.vocab_size, device, seed=shape[0])
+    step("full_smart", model, teacher, naive_teacher, optimizer, batch, cfg)  # allocate optimizer state
     memory = {}
-    for variant in names:
+    for variant in VARIANTS:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
@@ -169,7 +179,20 @@ def bench_shape(model, teacher, naive_teacher, optimizer, cfg, shape, args, devi
                     step(variant, model, teacher, naive_teacher, optimizer, batch, cfg)
                 peaks.append(sampler.extra)
             memory[variant] = min(peaks)
-    return {v: statistics.median(t) for v, t in times.items()}, times, memory
+    return memory
+
+
+def measure_memory_in_subprocess(args) -> dict:
+    """Rerun this script with --memory-only under a fixed mmap threshold; read its JSON."""
+    import subprocess
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    cmd = [sys.executable, __file__, "--memory-only", "--encoder", args.encoder, "--shapes", args.shapes,
+           "--threads", str(args.threads)]
+    if args.num_hidden_layers:
+        cmd += ["--num-hidden-layers", str(args.num_hidden_layers)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -182,6 +205,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="16x128,32x64")
     parser.add_argument("--quick", action="store_true", help="2 layers, 16x128, 1+3 steps")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.num_hidden_layers, args.steps, args.warmup, args.shapes = 2, 3, 1, "16x128"
@@ -209,11 +233,19 @@ def main() -> None:
     cfg = SmartConfig(mode="full", epsilon=1e-3, noise_std=1e-3, step_size=1e-3)
 
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    if args.memory_only:
+        print(json.dumps({f"{b}x{s}": memory_shape(model, teacher, naive_teacher, optimizer, cfg, (b, s), device)
+                          for b, s in shapes}))
+        return
     print(f"device: {device}  threads: {torch.get_num_threads()}  torch {torch.__version__}  "
           f"layers: {model.encoder.config.num_hidden_layers}  steps: {args.steps} (+{args.warmup} warm-up)")
     report = {}
+    timings = {shape: time_shape(model, teacher, naive_teacher, optimizer, cfg, shape, args, device)
+               for shape in shapes}
+    memories = measure_memory_in_subprocess(args) if device.type == "cpu" else {
+        f"{b}x{s}": memory_shape(model, teacher, naive_teacher, optimizer, cfg, (b, s), device) for b, s in shapes}
     for shape in shapes:
-        medians, times, memory = bench_shape(model, teacher, naive_teacher, optimizer, cfg, shape, args, device)
+        (medians, times), memory = timings[shape], memories[f"{shape[0]}x{shape[1]}"]
         report[f"{shape[0]}x{shape[1]}"] = {"median_s": medians, "times_s": times, "peak_extra_bytes": memory}
         plain_t, plain_m = medians["plain"], max(memory["plain"], 1)
         print(f"\nbatch x length = {shape[0]} x {shape[1]}")

@@ -23,7 +23,7 @@ def mt_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     task_file = write_tiny_tasks(tmp_path)
     out = tmp_path / "mt"
     assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
-                 "--max-steps", "4", "--quiet"]) == 0
+                 "--max-steps", "4", "--pooling", "pooler", "--quiet"]) == 0
     return task_file, out / "best"
 
 
@@ -162,3 +162,15 @@ def test_export_round_trip_matches_predict(mt_checkpoint, tmp_path):
     scores = [o["score"] for o in scorer(texts)]
     ours = [float(line.split("\t")[1]) for line in score_preds.read_text().splitlines()[1:]]
     assert np.allclose(scores, ours, atol=1e-4)
+
+
+def test_export_refuses_a_checkpoint_without_pooler_pooling(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "cls"
+    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
+                 "--max-steps", "1", "--pooling", "cls", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(out / "best"), "--task", "pairs", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pooling" in err[0] and not (tmp_path / "x").exists()

@@ -280,3 +280,36 @@ def test_teacher_horizon_caps_momentum_to_the_run_length():
     assert short[0] == pytest.approx(0.95) and short[150] == pytest.approx(0.95)  # 1 - 1/20
     long = [smart.teacher_momentum(u, 100_000, 0.999, 0.99, 0.1, horizon_fraction=0.1) for u in (0, 50_000)]
     assert long == [0.99, 0.999]  # long runs keep the configured schedule
+
+
+@pytest.mark.parametrize("task,prox", [("cls", 1.0), ("reg", 0.0)])
+def test_memory_efficient_path_gives_the_same_gradients(task, prox):
+    import copy
+    from dataclasses import replace
+
+    model_a = tiny_model()
+    model_b = copy.deepcopy(model_a)
+    teacher_a, teacher_b = MeanTeacher(model_a), MeanTeacher(model_b)
+    with torch.no_grad():  # a teacher that differs from the student, so D has a gradient
+        for p in list(teacher_a.model.parameters()) + list(teacher_b.model.parameters()):
+            p.mul_(0.9)
+    batch = tiny_batch()
+    task_type = get_task_type("classification" if task == "cls" else "regression")
+    if task == "reg":
+        batch["labels"] = torch.rand(4) * 5
+    cfg = SmartConfig(mode="full", epsilon=0.05, noise_std=0.01, step_size=0.1)
+    torch.manual_seed(7)
+    standard = batch_objective(model_a, teacher_a, task, task_type, batch, cfg,
+                               adv_weight=2.0, prox_weight=prox)
+    standard.total.backward()
+    torch.manual_seed(7)
+    efficient = batch_objective(model_b, teacher_b, task, task_type, batch,
+                                replace(cfg, memory_efficient=True), adv_weight=2.0,
+                                prox_weight=prox, backward=lambda loss: loss.backward())
+    assert efficient.backward_done and not standard.backward_done
+    assert efficient.adv_loss == pytest.approx(standard.adv_loss, rel=1e-5)
+    assert float(efficient.total) == pytest.approx(float(standard.total.detach()), rel=1e-5)
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
