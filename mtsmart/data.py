@@ -119,7 +119,6 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -
                     f"header (columns: {', '.join(header)})"
                 )
 
-    task_type = task.task_type
     examples = Examples(texts=[], targets=[], lines=[], source=path)
     for line, row in rows:
         if fmt == "jsonl":
@@ -150,17 +149,24 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -
                         f"{len(row)} fields, column {index} is missing"
                     )
                 values[name] = row[index]
-        try:
-            target = task_type.parse_target(values[task.target_column], task.labels)
-        except ValueError as err:
-            raise DataError(
-                f"{path} line {line}: task {task.name!r}: field {task.target_column!r}: {err}"
-            ) from None
-        examples.texts.append(tuple(str(values[f]) for f in task.text_fields))
-        examples.targets.append(target)
-        examples.lines.append(line)
+        _append_example(examples, task, values, line, f"{path} line {line}")
+    return _non_empty(examples, task, split)
+
+
+def _append_example(examples: Examples, task: TaskDef, values: dict, line: int, where: str) -> None:
+    """Parse the target of one row (one-line error naming ``where``) and keep the row."""
+    try:
+        target = task.task_type.parse_target(values[task.target_column], task.labels)
+    except ValueError as err:
+        raise DataError(f"{where}: task {task.name!r}: field {task.target_column!r}: {err}") from None
+    examples.texts.append(tuple(str(values[f]) for f in task.text_fields))
+    examples.targets.append(target)
+    examples.lines.append(line)
+
+
+def _non_empty(examples: Examples, task: TaskDef, split: str) -> Examples:
     if not examples.texts:
-        raise DataError(f"{path}: task {task.name!r}: split {split!r} has no rows")
+        raise DataError(f"{examples.source}: task {task.name!r}: split {split!r} has no rows")
     return examples
 
 
@@ -173,7 +179,6 @@ def read_hub_split(task: TaskDef, split: str, src: HubSource) -> Examples:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{task.where()}: split {split!r}: cannot load {src.describe()}: {first}") from None
     columns = dict(src.columns or {})
-    task_type = task.task_type
     examples = Examples(texts=[], targets=[], lines=[], source=src.describe())
     names = {name: columns.get(name, name) for name in task.fields_used}
     for name, column in names.items():
@@ -181,17 +186,9 @@ def read_hub_split(task: TaskDef, split: str, src: HubSource) -> Examples:
             raise DataError(f"{task.where(name)}: {src.describe()} has no column {column!r} "
                             f"(columns: {', '.join(dataset.column_names)})")
     for row_number, row in enumerate(dataset, start=1):
-        try:
-            target = task_type.parse_target(row[names[task.target_column]], task.labels)
-        except ValueError as err:
-            raise DataError(f"{src.describe()} row {row_number}: task {task.name!r}: "
-                            f"field {task.target_column!r}: {err}") from None
-        examples.texts.append(tuple(str(row[names[f]]) for f in task.text_fields))
-        examples.targets.append(target)
-        examples.lines.append(row_number)
-    if not examples.texts:
-        raise DataError(f"{src.describe()}: task {task.name!r}: split {split!r} has no rows")
-    return examples
+        values = {name: row[column] for name, column in names.items()}
+        _append_example(examples, task, values, row_number, f"{src.describe()} row {row_number}")
+    return _non_empty(examples, task, split)
 
 
 def read_split(task: TaskDef, split: str, data_dir: str) -> Examples:

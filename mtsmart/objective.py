@@ -80,19 +80,22 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
             result.regularizer_skipped = True
 
     if prox_weight > 0 and teacher is not None:
-        teacher_outputs = teacher.forward(
-            task, inputs_embeds=teacher.model.embed(batch["input_ids"]),
-            attention_mask=attention_mask, token_type_ids=token_type_ids)
-        divergence = smart.bregman_proximal(outputs, teacher_outputs, task_type.divergence)
-        if torch.isfinite(divergence):
-            total = total + prox_weight * divergence
-            result.teacher_divergence = float(divergence.detach())
-            result.prox_loss = prox_weight * result.teacher_divergence
-        else:
-            result.regularizer_skipped = True
-
+        total = _add_bregman(total, result, outputs, teacher, task, task_type, batch, prox_weight)
     result.total = total
     return result
+
+
+def _add_bregman(total, result: BatchLosses, outputs, teacher, task, task_type, batch,
+                 prox_weight: float) -> torch.Tensor:
+    """total + μ·D_Breg (skipped and counted when D is not finite)."""
+    divergence = smart.bregman_proximal(outputs, _teacher_outputs(teacher, task, batch),
+                                        task_type.divergence)
+    if not torch.isfinite(divergence):
+        result.regularizer_skipped = True
+        return total
+    result.teacher_divergence = float(divergence.detach())
+    result.prox_loss = prox_weight * result.teacher_divergence
+    return total + prox_weight * divergence
 
 
 def _teacher_outputs(teacher: MeanTeacher, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -125,14 +128,8 @@ def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv
     result = BatchLosses(total=task_loss.detach(), task_loss=float(task_loss.detach()))
     clean_total = task_loss
     if prox_weight > 0 and teacher is not None:
-        divergence = smart.bregman_proximal(outputs, _teacher_outputs(teacher, task, batch),
-                                            task_type.divergence)
-        if torch.isfinite(divergence):
-            clean_total = clean_total + prox_weight * divergence
-            result.teacher_divergence = float(divergence.detach())
-            result.prox_loss = prox_weight * result.teacher_divergence
-        else:
-            result.regularizer_skipped = True
+        clean_total = _add_bregman(clean_total, result, outputs, teacher, task, task_type, batch,
+                                   prox_weight)
     noise = smart.adversarial_perturbation(
         forward, embeds, outputs, attention_mask, task_type.divergence,
         epsilon=cfg.epsilon * perturbation_scale, noise_std=cfg.noise_std * perturbation_scale,
