@@ -245,18 +245,20 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def trainer_state(self) -> dict:
         return {
+            # Dropout masks and SMART's noise draw from torch's generators; the data and task
+            # orders are pure functions of (seed, position), so these states are all it takes.
             "tensors": {"optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
+                        **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}),
                         **({"scaler": self.scaler.state_dict()} if self.scaler else {})},
             "json": {"global_step": self.global_step, "micro_step": self.micro_step,
                      "best_score": self.best_score if self.best_score > -math.inf else None,
                      "best_step": self.best_step,
                      "sampler": self.sampler.state_dict(),
                      "streams": {n: s.state_dict() for n, s in self.streams.items()},
-                     "counters": dict(self.counters),
-                     "numpy_rng": np.random.get_state()[1].tolist(),
-                     "python_rng": repr(random.getstate())},
+                     "seed": self.cfg.seed,
+                     "counters": dict(self.counters)},
         }
 
     def _restore(self) -> None:
@@ -265,7 +267,12 @@ class Trainer:
         tensors, info = state["tensors"], state["json"]
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scheduler.load_state_dict(tensors["scheduler"])
+        if info["seed"] != self.cfg.seed:
+            raise ConfigError(f"{path}: the run was started with seed {info['seed']}, not "
+                              f"{self.cfg.seed}: resume with the same --seed")
         torch.set_rng_state(tensors["torch_rng"])
+        if "cuda_rng" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["cuda_rng"])
         if self.scaler is not None and "scaler" in tensors:
             self.scaler.load_state_dict(tensors["scaler"])
         self.global_step = info["global_step"]
@@ -276,7 +283,6 @@ class Trainer:
         for name, stream_state in info["streams"].items():
             self.streams[name].load_state_dict(stream_state)
         self.counters.update(info["counters"])
-        np.random.set_state(("MT19937", np.array(info["numpy_rng"], dtype=np.uint32), 624, 0, 0.0))
         if self.teacher is not None and self._init_teacher_state is not None:
             self.teacher.load_state_dict(self._init_teacher_state)
             self.teacher.num_updates = self.global_step

@@ -164,22 +164,11 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv("MTSMART_DATA_DIR", raising=False)
 
 
-def test_minilm_learns_sst2(tmp_path, cache):
-    """The whole encoder (6 layers), 100 steps at lr 1e-4: ~0.79-0.81 for seeds 1, 2, 6."""
-    accuracy, majority = train_sst2(tmp_path, layers=6)
-    assert accuracy > majority + 0.10, (
-        f"dev accuracy {accuracy:.3f} is not clearly above the majority rate {majority:.3f}")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "FINDING: the 2-layer MiniLM does not learn SST-2 at lr 1e-4 in 100 steps: dev accuracy "
-    "stays at the majority rate 0.509 (seeds 1-5). mtsmart/model.py MultiTaskModel.forward "
-    "feeds each head pooler_output (else the [CLS] state); in the 2-layer truncation of "
-    "all-MiniLM-L6-v2 (a mean-pooling sentence-transformers model) both are nearly constant "
-    "across inputs (std across SST-2 dev sentences: pooler 0.0002, [CLS] 0.0012, mean of "
-    "tokens 0.147; 6 layers: pooler 0.035, [CLS] 0.196). Mean pooling reaches 0.73 at "
-    "lr 1e-4; the pooler path at lr 5e-4/1e-3 escapes for some seeds only"))
 def test_two_layer_minilm_learns_sst2(tmp_path, cache):
+    """The 2-layer truncation, 100 steps at lr 1e-4 with the default mean pooling, must beat
+    the majority class clearly. (With pooler or [CLS] pooling it stays at the majority
+    rate: in the truncated sentence-transformers encoder both are nearly constant across
+    inputs, std 0.0002 and 0.0012 against 0.147 for the mean of the token states.)"""
     accuracy, majority = train_sst2(tmp_path, layers=2)
     assert accuracy > majority + 0.10, (
         f"dev accuracy {accuracy:.3f} is not clearly above the majority rate {majority:.3f}")
