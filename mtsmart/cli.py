@@ -32,6 +32,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "sampler": ("training.sampler.name", str),
     "precision": ("training.precision", str),
     "num_threads": ("training.num_threads", int),
+    "keep_last": ("training.keep_last", int),
+    "trust_remote_code": ("training.trust_remote_code", bool),
     "smart": ("training.smart.mode", str),
     "adv_weight": ("training.smart.adv_weight", float),
     "prox_weight": ("training.smart.prox_weight", float),
@@ -109,6 +111,10 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--num-threads", type=int, metavar="N", help="torch CPU threads")
     parser.add_argument("--cache-dir", metavar="DIR", help="tokenized-data cache (default ~/.cache/mtsmart)")
+    parser.add_argument("--keep-last", type=int, metavar="N",
+                        help="resumable checkpoints to keep: last/ plus N-1 under checkpoints/")
+    parser.add_argument("--trust-remote-code", action="store_true", default=None,
+                        help="allow an encoder's own Python code from the hub (off unless given)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_smart_flags(parser)
 

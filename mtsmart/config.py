@@ -149,6 +149,7 @@ class TrainConfig:
     num_threads: Optional[int] = None
     eval_teacher: bool = True  # also score the SMART teacher at each evaluation
     save_checkpoints: bool = True  # false: metrics only (data-fraction grids)
+    keep_last: int = 1  # resumable checkpoints kept: last/ plus N-1 in checkpoints/
     optim: OptimConfig = field(default_factory=OptimConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     smart: SmartConfig = field(default_factory=SmartConfig)
@@ -308,7 +309,7 @@ def parse_train_config(data: Any, where: str) -> TrainConfig:
 
 
 def validate_train(cfg: TrainConfig, where: str) -> None:
-    positive = ("batch_size", "eval_batch_size", "grad_accum_steps", "log_every")
+    positive = ("batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "keep_last")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(cfg, name)}")

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 LAST_DIR = "last"
+CHECKPOINTS_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
 EVAL_LOG_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -175,7 +176,7 @@ class Trainer:
         self._init_teacher_state = None
         source = self.init_from
         if self.resume:
-            source = os.path.join(self.output_dir, LAST_DIR)
+            source = resume_checkpoint(self.output_dir)
         if source is not None:
             loaded = load_checkpoint(source, trust_remote_code=cfg.trust_remote_code)
             self.model, self.tokenizer = loaded.model, loaded.tokenizer
@@ -262,7 +263,7 @@ class Trainer:
         }
 
     def _restore(self) -> None:
-        path = os.path.join(self.output_dir, LAST_DIR)
+        path = resume_checkpoint(self.output_dir)
         state = load_trainer_state(path)
         tensors, info = state["tensors"], state["json"]
         self.optimizer.load_state_dict(tensors["optimizer"])
@@ -419,12 +420,26 @@ class Trainer:
             if self.cfg.save_checkpoints:
                 self._save(os.path.join(self.output_dir, BEST_DIR), record, with_state=False)
         if self.cfg.save_checkpoints:
-            self._save(os.path.join(self.output_dir, LAST_DIR), record, with_state=True)
+            self._save_last(record)
         if self.show_progress:
             tqdm.write(f"step {self.global_step}: {self.cfg.select_metric}={100 * score:.2f}  "
                        + "  ".join(f"{t}/{m}={100 * v:.2f}" for t, r in results.items()
                                    for m, v in r.items()))
         return record
+
+    def _save_last(self, record: dict) -> None:
+        """``last/`` is the newest resumable checkpoint; with ``keep_last`` N > 1 the N − 1
+        before it move (a rename, no copy) to ``checkpoints/step-K/``."""
+        last = os.path.join(self.output_dir, LAST_DIR)
+        if self.cfg.keep_last > 1 and os.path.isdir(last):
+            with open(os.path.join(last, "meta.json"), encoding="utf-8") as handle:
+                step = json.load(handle)["global_step"]
+            history = os.path.join(self.output_dir, CHECKPOINTS_DIR)
+            os.makedirs(history, exist_ok=True)
+            os.replace(last, os.path.join(history, f"step-{step:07d}"))
+            for old in sorted(os.listdir(history))[:-(self.cfg.keep_last - 1)]:
+                shutil.rmtree(os.path.join(history, old), ignore_errors=True)
+        self._save(last, record, with_state=True)
 
     def _save(self, path: str, record: dict, with_state: bool) -> None:
         meta = {"global_step": self.global_step, "dev": record["results"],
@@ -459,10 +474,22 @@ class Trainer:
             logger.close()
 
 
+def resume_checkpoint(output_dir: str) -> Optional[str]:
+    """``last/``, or (if a crash came between moving it aside and writing the new one) the
+    newest complete ``checkpoints/step-K/``; None when there is nothing to resume."""
+    last = os.path.join(output_dir, LAST_DIR)
+    if os.path.isfile(os.path.join(last, "meta.json")):
+        return last
+    history = os.path.join(output_dir, CHECKPOINTS_DIR)
+    complete = sorted(d for d in (os.listdir(history) if os.path.isdir(history) else [])
+                      if os.path.isfile(os.path.join(history, d, "meta.json")))
+    return os.path.join(history, complete[-1]) if complete else None
+
+
 def prepare_output_dir(path: str, overwrite: bool, resume: bool) -> None:
     """Refuse to mix two runs in one directory unless told to overwrite or resume."""
     if resume:
-        if not os.path.isdir(os.path.join(path, LAST_DIR)):
+        if resume_checkpoint(path) is None:
             raise ConfigError(f"{path}: nothing to resume (no '{LAST_DIR}' checkpoint)")
         return
     if os.path.isdir(path) and os.listdir(path):

@@ -79,3 +79,23 @@ def test_resume_needs_a_last_checkpoint(tmp_path, tiny_model_dir, capsys):
     code = main(train_args(task_file, tiny_model_dir, tmp_path / "none", "off") + ["--resume"])
     assert code == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_keep_last_keeps_that_many_resumable_checkpoints(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
+                 "--max-steps", "8", "--eval-every", "2", "--keep-last", "3", "--quiet"]) == 0
+    history = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert history == ["step-0000004", "step-0000006"]
+    assert json.loads((out / "last" / "meta.json").read_text())["global_step"] == 8
+    for name in history:
+        assert (out / "checkpoints" / name / "trainer_state" / "state.json").exists()
+    # a crash between moving last/ aside and writing the new one: resume takes the newest
+    import shutil
+
+    shutil.rmtree(out / "last")
+    from mtsmart.train import resume_checkpoint
+
+    assert resume_checkpoint(str(out)) == str(out / "checkpoints" / "step-0000006")
