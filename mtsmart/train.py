@@ -16,7 +16,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 from mtsmart import smart
 from mtsmart.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from mtsmart.config import TrainConfig
-from mtsmart.data import TaskStream, default_cache_dir, load_tokenized, num_batches
+from mtsmart.data import TaskStream, default_cache_dir, load_tokenized
 from mtsmart.ema import MeanTeacher
 from mtsmart.errors import ConfigError
-from mtsmart.evaluation import format_table, predict_split, score_split, selection_score
+from mtsmart.evaluation import predict_split, score_split, selection_score
 from mtsmart.metric_logging import MetricLogger, append_json_line, write_json
 from mtsmart.model import MultiTaskModel, head_spec, quiet_transformers
 from mtsmart.objective import batch_objective
@@ -73,7 +73,7 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     """AdamW with no weight decay on biases and LayerNorm weights; fused where torch has
     a fused kernel for the device."""
     decay, no_decay = [], []
@@ -148,7 +148,7 @@ class Trainer:
         # Fine-tuning from a checkpoint: the teacher starts as a copy of the loaded weights
         # (the proximal anchor is the starting point); a resumed run restores its own.
         self.teacher = MeanTeacher(self.model) if cfg.smart.use_bregman else None
-        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda update: linear_warmup_decay(update, self.plan.warmup_updates,

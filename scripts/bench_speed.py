@@ -227,7 +227,7 @@ def main() -> None:
     teacher = MeanTeacher(model)
     naive_teacher = MeanTeacher(model).model
     naive_teacher.requires_grad_(True)  # a naive teacher is just another module with grads
-    optimizer = build_optimizer(model, TrainConfig(), device)
+    optimizer = build_optimizer(model, TrainConfig())
     for group in optimizer.param_groups:
         group["lr"] = 1e-9  # keep the weights (and so the work per step) the same throughout
     cfg = SmartConfig(mode="full", epsilon=1e-3, noise_std=1e-3, step_size=1e-3)

@@ -22,7 +22,7 @@ def write_tiny_tasks(root: Path) -> Path:
             for _ in range(n):
                 f.write(f"{' '.join(rng.choices(WORDS, k=6))}\t{rng.uniform(0, 5):.2f}\n")
     task_file = root / "tasks.yaml"
-    task_file.write_text(f"""
+    task_file.write_text("""
 data_dir: data
 tasks:
   pairs:
@@ -30,19 +30,19 @@ tasks:
     text_fields: [a, b]
     label_field: label
     labels: ["no", "yes"]
-    splits: {{train: pairs_train.tsv, dev: pairs_dev.tsv}}
+    splits: {train: pairs_train.tsv, dev: pairs_dev.tsv}
     max_length: 32
   score:
     type: regression
     text_fields: [text]
     target_field: score
-    splits: {{train: score_train.tsv, dev: score_dev.tsv}}
+    splits: {train: score_train.tsv, dev: score_dev.tsv}
     max_length: 32
 training:
   batch_size: 8
   max_steps: 6
   eval_every: 6
   seed: 3
-  optim: {{lr: 1.0e-3}}
+  optim: {lr: 1.0e-3}
 """)
     return task_file

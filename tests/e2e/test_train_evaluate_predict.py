@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 

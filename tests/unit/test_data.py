@@ -20,7 +20,6 @@ from mtsmart.data import (
     epoch_batches,
     eval_batches,
     padding_stats,
-    read_file_split,
     read_split,
     tokenize_examples,
 )
