@@ -104,53 +104,73 @@ def _teacher_outputs(teacher: MeanTeacher, task: str, batch: dict[str, torch.Ten
                            token_type_ids=batch.get("token_type_ids"))
 
 
+class _RngReplay:
+    """Records torch's generator state so that a forward pass can be run again with the
+    same dropout masks."""
+
+    def __init__(self, device: torch.device):
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state() if device.type == "cuda" else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda)
+
+
 def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv_weight,
                                 prox_weight, loss_weight, perturbation_scale, backward):
-    """The same gradients as the default path, with the clean and perturbed graphs never
-    alive together.
+    """The same gradients as the default path, with at most one autograd graph alive at a
+    time (peak memory near plain training's), for two extra graph-free forward passes.
 
     R_s = ℓ_s(f(x+ν), f(x)) has gradient through both arguments. Its part through the clean
-    output z is the vector-Jacobian product of g_z = ∂ℓ_s/∂z with z's graph, so: compute
-    f(x+ν) once without a graph (with the dropout masks recorded), take g_z on the tiny
-    [batch, classes] outputs, back-propagate the clean graph with λ·⟨g_z, z⟩ added (freeing
-    it), then replay f(x+ν) with a graph and the same dropout masks and back-propagate
+    output z is the vector-Jacobian product of g_z = ∂ℓ_s/∂z with z's graph. So: run the
+    clean forward without a graph (recording the dropout masks) to get z for the ascent;
+    after the ascent, run f(x+ν) without a graph (recording its masks) and take g_z on the
+    tiny [batch, classes] outputs; replay the clean forward with a graph and back-propagate
+    L + μ·D + λ·⟨g_z, z⟩ (freeing it); replay f(x+ν) with a graph and back-propagate
     λ·ℓ_s(f(x+ν), stopgrad z)."""
     attention_mask = batch["attention_mask"]
     token_type_ids = batch.get("token_type_ids")
+    ids = batch["input_ids"]
 
     def forward(inputs_embeds: torch.Tensor) -> torch.Tensor:
         return model(task, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                      token_type_ids=token_type_ids)
 
-    embeds = model.embed(batch["input_ids"])
-    outputs = forward(embeds)
+    clean_masks = _RngReplay(ids.device)
+    with torch.no_grad():
+        embeds = model.embed(ids)
+        clean_values = forward(embeds)
+    noise = smart.adversarial_perturbation(
+        forward, embeds, clean_values, attention_mask, task_type.divergence,
+        epsilon=cfg.epsilon * perturbation_scale, noise_std=cfg.noise_std * perturbation_scale,
+        step_size=cfg.step_size * perturbation_scale, num_steps=cfg.num_steps, norm=cfg.norm)
+    grad_clean = perturbed_masks = None
+    adv_value = None
+    if noise is not None:
+        perturbed_masks = _RngReplay(ids.device)
+        with torch.no_grad():
+            perturbed = forward(embeds + noise)
+        clean_leaf = clean_values.detach().requires_grad_(True)
+        with torch.enable_grad():
+            adv_value = task_type.divergence(perturbed, clean_leaf)
+            (grad_clean,) = torch.autograd.grad(adv_value, [clean_leaf])
+        if not (torch.isfinite(adv_value) and torch.isfinite(grad_clean).all()):
+            grad_clean = perturbed_masks = None
+
+    clean_masks.restore()
+    outputs = forward(model.embed(ids))
     task_loss = task_type.loss(outputs, batch["labels"]) * loss_weight
     result = BatchLosses(total=task_loss.detach(), task_loss=float(task_loss.detach()))
     clean_total = task_loss
     if prox_weight > 0 and teacher is not None:
         clean_total = _add_bregman(clean_total, result, outputs, teacher, task, task_type, batch,
                                    prox_weight)
-    noise = smart.adversarial_perturbation(
-        forward, embeds, outputs, attention_mask, task_type.divergence,
-        epsilon=cfg.epsilon * perturbation_scale, noise_std=cfg.noise_std * perturbation_scale,
-        step_size=cfg.step_size * perturbation_scale, num_steps=cfg.num_steps, norm=cfg.norm)
-    replay = None
-    if noise is not None:
+    if grad_clean is not None:
+        clean_total = clean_total + adv_weight * (grad_clean * outputs.float()).sum()
+        result.adv_loss = float(adv_value.detach())
         result.perturbation_norm = smart.mean_token_norm(noise, attention_mask, cfg.norm)
-        cpu_state = torch.get_rng_state()
-        cuda_state = torch.cuda.get_rng_state() if outputs.is_cuda else None
-        with torch.no_grad():
-            perturbed = forward(embeds.detach() + noise)
-        clean_leaf = outputs.detach().requires_grad_(True)
-        with torch.enable_grad():
-            adv_value = task_type.divergence(perturbed, clean_leaf)
-            (grad_clean,) = torch.autograd.grad(adv_value, [clean_leaf])
-        if torch.isfinite(adv_value) and torch.isfinite(grad_clean).all():
-            clean_total = clean_total + adv_weight * (grad_clean.detach() * outputs.float()).sum()
-            result.adv_loss = float(adv_value.detach())
-            replay = (cpu_state, cuda_state)
-        else:
-            result.regularizer_skipped = True
     else:
         result.regularizer_skipped = True
     if not torch.isfinite(clean_total):
@@ -159,10 +179,8 @@ def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv
     backward(clean_total)  # frees the clean graph before the perturbed one is built
     result.total = task_loss.detach() + (result.prox_loss or 0.0) + adv_weight * (result.adv_loss or 0.0)
     result.backward_done = True
-    if replay is not None:
-        torch.set_rng_state(replay[0])
-        if replay[1] is not None:
-            torch.cuda.set_rng_state(replay[1])
-        perturbed = forward(model.embed(batch["input_ids"]) + noise)
+    if perturbed_masks is not None:
+        perturbed_masks.restore()
+        perturbed = forward(model.embed(ids) + noise)
         backward(adv_weight * task_type.divergence(perturbed, outputs.detach()))
     return result
