@@ -52,9 +52,9 @@ class SmartConfig:
     # The Bregman weight ramps linearly from 0 to prox_weight over this fraction of the
     # updates: a teacher that is still the random head is no anchor worth pulling to.
     prox_warmup_fraction: float = 0.0
-    # Back-propagate the clean and the perturbed graph one after the other, so that they are
-    # never in memory together: peak memory near plain training's, for one extra graph-free
-    # forward pass. The gradients are the same (dropout masks are replayed).
+    # Keep at most one autograd graph alive (clean forward first without a graph, replayed
+    # later with the same dropout masks): peak memory near plain training's, for two extra
+    # graph-free forward passes. The gradients are the same.
     memory_efficient: bool = False
 
     @property
