@@ -64,3 +64,18 @@ def test_one_teacher_shared_by_every_task(tmp_path, tiny_model_dir, monkeypatch)
     student = trainer.model.state_dict()
     assert any(not torch.equal(v, student[k]) for k, v in trainer.teacher.state_dict().items()
                if v.is_floating_point())
+
+
+def test_gradient_accumulation_draws_micro_batches_per_update(tmp_path, tiny_model_dir):
+    task_file = write_tiny_tasks(tmp_path)
+    loaded = load_task_file(str(task_file))
+    cfg = replace(loaded.training, encoder=str(tiny_model_dir), grad_accum_steps=3, max_steps=2,
+                  eval_every=2)
+    trainer = Trainer(loaded.tasks, cfg, loaded.data_dir, str(tmp_path / "acc"),
+                      cache_dir=str(tmp_path / "cache"), show_progress=False)
+    trainer.setup()
+    summary = trainer.train()
+    trainer.cleanup()
+    assert trainer.global_step == 2 and trainer.micro_step == 6
+    assert sum(v for k, v in summary["counters"].items() if k.startswith("batches/")) == 6
+    assert trainer.optimizer.state_dict()["state"][0]["step"].item() == 2  # two updates

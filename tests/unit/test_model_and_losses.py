@@ -89,12 +89,17 @@ def test_inputs_embeds_path_equals_input_ids_path(model):
         real = mask.bool()
         torch.testing.assert_close(by_embeds.last_hidden_state[real], by_ids.last_hidden_state[real],
                                    rtol=1e-5, atol=1e-5)
-        pooled = by_ids.pooler_output if by_ids.pooler_output is not None else by_ids.last_hidden_state[:, 0]
-        for task in ("nli", "sts"):
-            expected = model.heads[task](pooled)
-            got = model(task, inputs_embeds=model.embed(batch["input_ids"]), attention_mask=mask,
-                        token_type_ids=batch.get("token_type_ids"))
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        hidden = by_ids.last_hidden_state
+        weights = mask.unsqueeze(-1).float()
+        pooled_by_mode = {"pooler": by_ids.pooler_output, "cls": hidden[:, 0],
+                          "mean": (hidden * weights).sum(1) / weights.sum(1)}
+        for mode, pooled in pooled_by_mode.items():
+            model.pooling = mode
+            for task in ("nli", "sts"):
+                expected = model.heads[task](pooled)
+                got = model(task, inputs_embeds=model.embed(batch["input_ids"]), attention_mask=mask,
+                            token_type_ids=batch.get("token_type_ids"))
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=mode)
         # Positions applied twice (full embeddings fed back in) would change the output.
         twice = model.encoder(inputs_embeds=model.encoder.embeddings(input_ids=batch["input_ids"], **extra),
                               attention_mask=mask, **extra)
