@@ -12,7 +12,7 @@ LOCAL_ENCODER := $(SHARED)/models/all-MiniLM-L6-v2
 ENCODER ?= $(if $(wildcard $(LOCAL_ENCODER)/config.json),$(LOCAL_ENCODER),sentence-transformers/all-MiniLM-L6-v2)
 DATA_DIR ?= $(SHARED)/data
 TASK_FILE ?= $(if $(wildcard $(DATA_DIR)/glue/RTE/train.tsv),task_defs/glue.yaml,task_defs/glue_hub.yaml)
-DEMO_STEPS ?= 300
+DEMO_STEPS ?= 150
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench clean
