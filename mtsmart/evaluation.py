@@ -52,10 +52,6 @@ def selection_score(results: dict[str, dict[str, float]], tasks: dict[str, TaskD
     return float(results[task_name][metric])
 
 
-def main_metrics(results: dict[str, dict[str, float]], tasks: dict[str, TaskDef]) -> dict[str, float]:
-    return {name: results[name][tasks[name].selection_metric] for name in results}
-
-
 def format_table(results: dict[str, dict[str, float]], split: str) -> str:
     """A per-task table of metrics, values in percent as GLUE reports them."""
     lines = [f"{'task':<12} {'split':<8} metrics", "-" * 56]

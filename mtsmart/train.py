@@ -57,7 +57,6 @@ def linear_warmup_decay(update: int, warmup_updates: int, total_updates: int) ->
 class RunPlan:
     """Quantities derived once from the config and the data, never written back."""
 
-    micro_steps_per_epoch: int
     total_updates: int
     warmup_updates: int
     eval_every: int  # updates
@@ -228,7 +227,6 @@ class Trainer:
             total = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum_steps))
         updates_per_epoch = max(1, per_epoch // cfg.grad_accum_steps)
         self.plan = RunPlan(
-            micro_steps_per_epoch=per_epoch,
             total_updates=total,
             warmup_updates=int(cfg.optim.warmup_fraction * total),
             eval_every=cfg.eval_every or updates_per_epoch,
