@@ -86,7 +86,8 @@ def fmt(values: list[float]) -> str:
 
 
 def summarize(args) -> None:
-    records = [r for r in load_results(Path(args.results)) if r["tag"] == args.tag]
+    tags = args.tag.split(",")  # several tags: e.g. a plain baseline and a SMART recipe
+    records = [r for r in load_results(Path(args.results)) if r["tag"] in tags]
     if not records:
         raise SystemExit(f"no results with tag {args.tag!r} in {args.results}")
     tasks = list(dict.fromkeys(r["task"] for r in records))
@@ -141,7 +142,8 @@ def main() -> None:
     parser.add_argument("--tasks", default="rte,mrpc,cola,stsb")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--tag", default="default", help="names a recipe; results group by it")
+    parser.add_argument("--tag", default="default",
+                        help="names a recipe; results group by it (summary: comma-separated tags)")
     parser.add_argument("--results", default=str(DEFAULT_RESULTS))
     parser.add_argument("--encoder", default=str(SHARED / "models" / "all-MiniLM-L6-v2"))
     parser.add_argument("--data-dir", default=str(SHARED / "data"))
