@@ -249,6 +249,7 @@ def _flatten(prefix, value, text):
 
 
 def command_train(args: argparse.Namespace) -> int:
+    from mtsmart.distributed import Replicas
     from mtsmart.tasks import load_task_file, resolve_data_dir, select_tasks
     from mtsmart.train import Trainer, prepare_output_dir
 
@@ -256,14 +257,29 @@ def command_train(args: argparse.Namespace) -> int:
     task_file = load_task_file(args.task_file, overrides)
     tasks = select_tasks(task_file.tasks, args.tasks, "--tasks")
     data_dir = resolve_data_dir(args.data_dir, task_file)
-    prepare_output_dir(args.output, overwrite=args.overwrite, resume=args.resume)
-    trainer = Trainer(tasks, task_file.training, data_dir, args.output, resume=args.resume,
-                      cache_dir=args.cache_dir, show_progress=not args.quiet)
+    replicas = Replicas.from_environment()
     try:
-        trainer.setup()
-        summary = trainer.train()
+        # Only the main replica touches the output directory; the others learn its verdict.
+        problem = None
+        if replicas.is_main:
+            try:
+                prepare_output_dir(args.output, overwrite=args.overwrite, resume=args.resume)
+            except ConfigError as err:
+                problem = str(err)
+        problem = replicas.broadcast(problem)
+        if problem:
+            raise ConfigError(problem)
+        trainer = Trainer(tasks, task_file.training, data_dir, args.output, resume=args.resume,
+                          cache_dir=args.cache_dir, show_progress=not args.quiet, replicas=replicas)
+        try:
+            trainer.setup()
+            summary = trainer.train()
+        finally:
+            trainer.cleanup()
     finally:
-        trainer.cleanup()
+        replicas.close()
+    if summary is None:
+        return 0  # not the main replica: it prints nothing
     from mtsmart.evaluation import format_table
 
     print(f"\nbest checkpoint (step {summary['best']['global_step']}, "
@@ -450,6 +466,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(format="mtsmart: note: %(message)s", level=logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train":
+        print(f"mtsmart: error: only 'mtsmart train' runs under torchrun; run "
+              f"'mtsmart {args.command}' as a single process", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
     except MtsmartError as err:

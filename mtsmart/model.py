@@ -36,7 +36,7 @@ def quiet_transformers():
 
 
 class TaskHead(nn.Module):
-    """Dropout then a linear layer on the pooled first-token representation."""
+    """Dropout then a linear layer on the pooled representation (see ``pooling``)."""
 
     def __init__(self, hidden_size: int, output_size: int, dropout: float):
         super().__init__()

@@ -27,6 +27,7 @@ from mtsmart import smart
 from mtsmart.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from mtsmart.config import TrainConfig
 from mtsmart.data import TaskStream, default_cache_dir, load_tokenized
+from mtsmart.distributed import Replicas
 from mtsmart.ema import MeanTeacher
 from mtsmart.errors import ConfigError
 from mtsmart.evaluation import predict_split, score_split, selection_score
@@ -100,6 +101,8 @@ class Trainer:
         resume: continue the run in ``output_dir`` from its ``last`` checkpoint.
         train_indices: per task, the examples of its train split to use (data-fraction
             experiments); all of them when absent.
+        replicas: this process's place among data-parallel replicas (``torchrun``); only
+            the main replica writes logs and checkpoints.
     Raises:
         ConfigError: ``select_metric`` names an unknown task or metric.
     """
@@ -107,8 +110,10 @@ class Trainer:
     def __init__(self, tasks: dict[str, TaskDef], cfg: TrainConfig, data_dir: str,
                  output_dir: str, init_from: Optional[str] = None, resume: bool = False,
                  cache_dir: Optional[str] = None, show_progress: bool = True,
-                 train_indices: Optional[dict[str, np.ndarray]] = None):
+                 train_indices: Optional[dict[str, np.ndarray]] = None,
+                 replicas: Optional[Replicas] = None):
         self.tasks = tasks
+        self.replicas = replicas or Replicas()
         self.train_indices = train_indices or {}
         self.cfg = cfg
         self.data_dir = data_dir
@@ -116,7 +121,7 @@ class Trainer:
         self.init_from = init_from
         self.resume = resume
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
-        self.show_progress = show_progress
+        self.show_progress = show_progress and self.replicas.is_main
         self._check_select_metric()
 
     def _check_select_metric(self) -> None:
@@ -137,11 +142,15 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
-        self.device = pick_device()
+        self.device = self.replicas.device() if self.replicas.enabled else pick_device()
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("training.precision: fp16 needs a CUDA device; use bf16 on CPU")
         self._setup_model_and_tokenizer()
+        self.replicas.broadcast_parameters(self.model)
+        if self.replicas.enabled:
+            # Each replica sees other examples: give each its own dropout and noise draws.
+            torch.manual_seed(cfg.seed + 7919 * self.replicas.rank)
         self._setup_data()
         self._setup_plan()
         # Fine-tuning from a checkpoint: the teacher starts as a copy of the loaded weights
@@ -166,7 +175,8 @@ class Trainer:
         self.perturbation_scales = self._perturbation_scales()
         if self.resume:
             self._restore()
-        self.logger = MetricLogger(os.path.join(self.output_dir, TENSORBOARD_DIR))
+        self.logger = MetricLogger(os.path.join(self.output_dir, TENSORBOARD_DIR)
+                                   if self.replicas.is_main else None)
 
     def _setup_model_and_tokenizer(self) -> None:
         from transformers import AutoTokenizer
@@ -243,6 +253,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def trainer_state(self) -> dict:
+        """Everything a resumed run needs besides the weights. A collective call under
+        torchrun: every replica's generator states are gathered."""
+        replica_rngs = self.replicas.all_gather(
+            [torch.get_rng_state()] + ([torch.cuda.get_rng_state()] if torch.cuda.is_available() else []))
         return {
             # Dropout masks and SMART's noise draw from torch's generators; the data and task
             # orders are pure functions of (seed, position), so these states are all it takes.
@@ -250,14 +264,15 @@ class Trainer:
                         "scheduler": self.scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
                         **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}),
-                        **({"scaler": self.scaler.state_dict()} if self.scaler else {})},
+                        **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
+                        **({"replica_rngs": replica_rngs} if self.replicas.enabled else {})},
             "json": {"global_step": self.global_step, "micro_step": self.micro_step,
                      "best_score": self.best_score if self.best_score > -math.inf else None,
                      "best_step": self.best_step,
                      "sampler": self.sampler.state_dict(),
                      "streams": {n: s.state_dict() for n, s in self.streams.items()},
                      "seed": self.cfg.seed,
-                     "counters": dict(self.counters)},
+                     "counters": self._global_counters()},
         }
 
     def _restore(self) -> None:
@@ -276,15 +291,32 @@ class Trainer:
             self.scaler.load_state_dict(tensors["scaler"])
         self.global_step = info["global_step"]
         self.micro_step = info["micro_step"]
+        self._restore_replica_rng(path, tensors.get("replica_rngs"))
         self.best_score = info["best_score"] if info["best_score"] is not None else -math.inf
         self.best_step = info["best_step"]
         self.sampler.load_state_dict(info["sampler"])
         for name, stream_state in info["streams"].items():
             self.streams[name].load_state_dict(stream_state)
-        self.counters.update(info["counters"])
+        self.counters.update({k: v for k, v in info["counters"].items()
+                              if self.replicas.is_main or not _per_replica_counter(k)})
         if self.teacher is not None and self._init_teacher_state is not None:
             self.teacher.load_state_dict(self._init_teacher_state)
             self.teacher.num_updates = self.global_step
+
+    def _restore_replica_rng(self, path: str, replica_rngs: Optional[list]) -> None:
+        if not self.replicas.enabled:
+            return
+        if replica_rngs is None or len(replica_rngs) != self.replicas.world_size:
+            logger.warning("%s was saved by %s process(es), this run has %d: the data and "
+                           "updates continue exactly, dropout and noise draws do not",
+                           path, len(replica_rngs) if replica_rngs else 1,
+                           self.replicas.world_size)
+            torch.manual_seed(self.cfg.seed + 7919 * self.replicas.rank + self.global_step)
+            return
+        states = replica_rngs[self.replicas.rank]
+        torch.set_rng_state(states[0])
+        if len(states) > 1 and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states[1])
 
     # ------------------------------------------------------------------ training
     def _weights_at(self, task_name: str, update: int) -> tuple[float, float]:
@@ -300,15 +332,20 @@ class Trainer:
         cfg = self.cfg
         self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
         accum = cfg.grad_accum_steps
-        window: dict[str, list[float]] = defaultdict(list)
+        # tag -> [(micro-step, value, this replica's share of the batch)]
+        window: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
         progress = tqdm(total=self.plan.total_updates, initial=self.global_step, unit="step",
                         desc="train", disable=not self.show_progress, dynamic_ncols=True)
         start = time.perf_counter()
         while self.global_step < self.plan.total_updates:
             for _ in range(accum):
                 task_name = self.sampler.next_task()
-                batch = {k: v.to(self.device) for k, v in self.streams[task_name].next_batch().items()}
+                batch, self.batch_share = self.replicas.shard(self.streams[task_name].next_batch())
                 self.counters[f"batches/{task_name}"] += 1
+                self.micro_step += 1
+                if batch is None:
+                    continue  # fewer examples than replicas: nothing left for this one
+                batch = {k: v.to(self.device) for k, v in batch.items()}
                 adv_w, prox_w = self._weights_at(task_name, self.global_step)
                 task = self.tasks[task_name]
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
@@ -319,7 +356,6 @@ class Trainer:
                         loss_weight=task.loss_weight,
                         perturbation_scale=self.perturbation_scales[task_name],
                         backward=self._backward)
-                self.micro_step += 1
                 if losses.regularizer_skipped:
                     self.counters[f"regularizer_skipped/{task_name}"] += 1
                 if not torch.isfinite(losses.total):
@@ -334,17 +370,18 @@ class Trainer:
                                    ("teacher_divergence", losses.teacher_divergence),
                                    ("perturbation_norm", losses.perturbation_norm)):
                     if value is not None:
-                        window[f"train/{task_name}/{key}"].append(value)
+                        window[f"train/{task_name}/{key}"].append(
+                            (self.micro_step, value, self.batch_share))
             grad_norm = self._optimizer_step()
             self.global_step += 1
             progress.update(1)
             if self.global_step % cfg.log_every == 0 or self.global_step == self.plan.total_updates:
-                scalars = {tag: float(np.mean(v)) for tag, v in window.items()}
+                scalars = self._window_means(window)
                 scalars["train/lr"] = self.scheduler.get_last_lr()[0]
                 scalars["train/grad_norm"] = grad_norm
-                scalars.update({f"train/{k}": v for k, v in self.counters.items()})
+                scalars.update({f"train/{k}": v for k, v in self._global_counters().items()})
                 self.logger.log_dict(scalars, self.global_step)
-                losses_now = [np.mean(v) for k, v in window.items() if k.endswith("/loss")]
+                losses_now = [v for k, v in scalars.items() if k.endswith("/loss")]
                 if losses_now:
                     progress.set_postfix(loss=f"{np.mean(losses_now):.4f}")
                 window.clear()
@@ -355,14 +392,40 @@ class Trainer:
         elapsed = time.perf_counter() - start
         return self._finish(elapsed)
 
+    def _window_means(self, window: dict[str, list[tuple[int, float, float]]]) -> dict[str, float]:
+        """Per tag, the mean over micro-steps of the whole-batch value (each replica's
+        value weighted by its share of the batch); a collective call under torchrun."""
+        merged: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+        for replica_window in self.replicas.all_gather(dict(window)):
+            for tag, entries in replica_window.items():
+                for step, value, share in entries:
+                    merged[tag][step].append((value, share))
+        return {tag: float(np.mean([sum(v * w for v, w in parts) / sum(w for _, w in parts)
+                                    for parts in steps.values()]))
+                for tag, steps in merged.items()}
+
+    def _global_counters(self) -> dict[str, int]:
+        """Counters of the whole run: what each replica skips on its own slice is summed
+        over replicas; the rest (batches drawn, updates skipped) is the same on all."""
+        counters = dict(self.counters)
+        if self.replicas.enabled:
+            for replica_counters in self.replicas.all_gather(dict(self.counters))[1:]:
+                for key, value in replica_counters.items():
+                    if _per_replica_counter(key):
+                        counters[key] = counters.get(key, 0) + value
+        return counters
+
     def _backward(self, loss: torch.Tensor) -> None:
         loss = loss / self.cfg.grad_accum_steps
+        if self.replicas.enabled:
+            loss = loss * self.batch_share  # the replicas' gradients are summed
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         loss.backward()
 
     def _optimizer_step(self) -> float:
         cfg = self.cfg
+        self.replicas.sum_gradients(self.model.parameters())
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
@@ -387,15 +450,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, model: Optional[MultiTaskModel] = None) -> dict[str, dict[str, float]]:
+        """Dev metrics of every task; under torchrun each replica predicts every W-th
+        example and the predictions are gathered, so all replicas score the whole split."""
         model = model or self.model
         results = {}
         for name, task in self.tasks.items():
-            preds = predict_split(model, task, self.eval_splits[name], self.cfg.eval_batch_size,
+            split = self.eval_splits[name]
+            mine = np.arange(self.replicas.rank, len(split), self.replicas.world_size)
+            part = split if not self.replicas.enabled else split.subset(mine)
+            preds = predict_split(model, task, part, self.cfg.eval_batch_size,
                                   self.pad_token_id, self.device, self.autocast_dtype)
-            results[name] = score_split(task, preds, self.eval_splits[name])
+            if self.replicas.enabled:
+                gathered = self.replicas.all_gather((mine, preds))
+                preds = np.empty(len(split), dtype=preds.dtype)
+                for indices, values in gathered:
+                    preds[indices] = values
+            results[name] = score_split(task, preds, split)
         return results
 
     def evaluate_and_checkpoint(self) -> dict:
+        """A collective call under torchrun; only the main replica writes."""
         results = self.evaluate()
         score = selection_score(results, self.tasks, self.cfg.select_metric)
         record = {"global_step": self.global_step, "split": "dev", "results": results,
@@ -409,16 +483,20 @@ class Trainer:
         scalars["dev/selection_score"] = score
         self.logger.log_dict(scalars, self.global_step)
         self.logger.flush()
-        metrics_dir = os.path.join(self.output_dir, "metrics")
-        os.makedirs(metrics_dir, exist_ok=True)
-        write_json(os.path.join(metrics_dir, f"step-{self.global_step:07d}.json"), record)
-        append_json_line(os.path.join(self.output_dir, EVAL_LOG_FILE), record)
+        self.replicas.check_in_sync({"model": self.model,
+                                     **({"teacher": self.teacher.model} if self.teacher else {})})
+        if self.replicas.is_main:
+            metrics_dir = os.path.join(self.output_dir, "metrics")
+            os.makedirs(metrics_dir, exist_ok=True)
+            write_json(os.path.join(metrics_dir, f"step-{self.global_step:07d}.json"), record)
+            append_json_line(os.path.join(self.output_dir, EVAL_LOG_FILE), record)
         if score > self.best_score:
             self.best_score, self.best_step = score, self.global_step
             if self.cfg.save_checkpoints:
-                self._save(os.path.join(self.output_dir, BEST_DIR), record, with_state=False)
+                self._save(os.path.join(self.output_dir, BEST_DIR), record)
         if self.cfg.save_checkpoints:
             self._save_last(record)
+        self.replicas.barrier()  # no replica runs ahead of a checkpoint being written
         if self.show_progress:
             tqdm.write(f"step {self.global_step}: {self.cfg.select_metric}={100 * score:.2f}  "
                        + "  ".join(f"{t}/{m}={100 * v:.2f}" for t, r in results.items()
@@ -428,6 +506,9 @@ class Trainer:
     def _save_last(self, record: dict) -> None:
         """``last/`` is the newest resumable checkpoint; with ``keep_last`` N > 1 the N − 1
         before it move (a rename, no copy) to ``checkpoints/step-K/``."""
+        state = self.trainer_state()  # collective: gathers every replica's RNG state
+        if not self.replicas.is_main:
+            return
         last = os.path.join(self.output_dir, LAST_DIR)
         if self.cfg.keep_last > 1 and os.path.isdir(last):
             with open(os.path.join(last, "meta.json"), encoding="utf-8") as handle:
@@ -437,17 +518,24 @@ class Trainer:
             os.replace(last, os.path.join(history, f"step-{step:07d}"))
             for old in sorted(os.listdir(history))[:-(self.cfg.keep_last - 1)]:
                 shutil.rmtree(os.path.join(history, old), ignore_errors=True)
-        self._save(last, record, with_state=True)
+        self._save(last, record, trainer_state=state)
 
-    def _save(self, path: str, record: dict, with_state: bool) -> None:
+    def _save(self, path: str, record: dict, trainer_state: Optional[dict] = None) -> None:
+        if not self.replicas.is_main:
+            return
         meta = {"global_step": self.global_step, "dev": record["results"],
                 "selection_score": record["selection_score"],
                 "select_metric": record["select_metric"]}
         save_checkpoint(path, self.model, self.tokenizer, self.tasks, self.cfg, meta,
                         teacher_state=self.teacher.state_dict() if self.teacher else None,
-                        trainer_state=self.trainer_state() if with_state else None)
+                        trainer_state=trainer_state)
 
-    def _finish(self, elapsed: float) -> dict:
+    def _finish(self, elapsed: float) -> Optional[dict]:
+        """The run's summary (written to results.json); None on replicas other than the
+        main one."""
+        counters = self._global_counters()
+        if not self.replicas.is_main:
+            return None
         last = os.path.join(self.output_dir, EVAL_LOG_FILE)
         with open(last, encoding="utf-8") as handle:
             records = [json.loads(line) for line in handle if line.strip()]
@@ -459,7 +547,8 @@ class Trainer:
             "select_metric": self.cfg.select_metric,
             "train_seconds": elapsed,
             "total_updates": self.plan.total_updates,
-            "counters": dict(self.counters),
+            "counters": counters,
+            "replicas": self.replicas.world_size,
         }
         if "teacher_results" in records[-1]:
             summary["last"]["teacher_results"] = records[-1]["teacher_results"]
@@ -470,6 +559,10 @@ class Trainer:
         logger = getattr(self, "logger", None)
         if logger is not None:
             logger.close()
+
+
+def _per_replica_counter(key: str) -> bool:
+    return key.startswith("regularizer_skipped/") or key == "nonfinite_loss_skipped"
 
 
 def resume_checkpoint(output_dir: str) -> Optional[str]:

@@ -35,7 +35,7 @@ def _tiny_vocab() -> list[str]:
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars] + words
 
 
-def build_tiny_encoder(directory: Path, kind: str = "bert") -> Path:
+def build_tiny_encoder(directory: Path, kind: str = "bert", dropout: float = 0.1) -> Path:
     """Save a randomly initialised 2-layer encoder (hidden 32) and a WordPiece tokenizer."""
     from transformers import BertConfig, BertModel, BertTokenizerFast, RobertaConfig, RobertaModel
 
@@ -45,7 +45,8 @@ def build_tiny_encoder(directory: Path, kind: str = "bert") -> Path:
     vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
     common = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=160)
+                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=160,
+                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if kind == "bert":
         model = BertModel(BertConfig(**common))
     else:

@@ -1,0 +1,118 @@
+"""Data-parallel training under torchrun: two CPU processes with the gloo backend.
+
+Tolerance: with dropout off, two replicas of batch B/2 must give the single-process run of
+batch B (same seed) up to float summation order: losses within 1e-5 relative, weights
+within 1e-5 absolute after 12 updates."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from conftest import build_tiny_encoder
+from mtsmart.cli import main
+from tiny_tasks import write_tiny_tasks
+
+TRAIN_ARGS = ["--max-steps", "12", "--eval-every", "6", "--batch-size", "7", "--seed", "4",
+              "--num-threads", "1", "--quiet"]
+
+
+def torchrun(args: list[str], cwd: Path, env: dict, module: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               *(["-m"] if module else []), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def scalar_curve(run: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+@pytest.fixture()
+def env(tmp_path):
+    return {**os.environ, "MTSMART_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                           os.environ.get("PYTHONPATH", "")])}
+
+
+def test_two_replicas_equal_one_process_with_the_same_global_batch(tmp_path, env):
+    encoder = build_tiny_encoder(tmp_path / "encoder", dropout=0.0)
+    task_file = write_tiny_tasks(tmp_path)
+    task_file.write_text(task_file.read_text().replace("max_length: 32", "max_length: 32\n    head_dropout: 0.0"))
+    # Bregman-only SMART is deterministic without dropout, so the teacher is compared too.
+    # Batch 7 over 40 examples ends each epoch with a batch of 5, split 3 / 2: the
+    # replicas' shares must be weighted by their sizes to match.
+    args = ["train", str(task_file), "training.log_every=1", "--encoder", str(encoder), "--smart", "bregman", *TRAIN_ARGS]
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert main([*args, "--output", str(single)]) == 0
+    done = torchrun(["mtsmart", *args, "--output", str(double)], tmp_path, env)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    assert (done.stdout.count("best checkpoint") == 1), "only the main replica prints"
+    for tag in ("train/pairs/loss", "train/score/loss", "train/score/teacher_divergence"):
+        ours, theirs = scalar_curve(double, tag), scalar_curve(single, tag)
+        assert [s for s, _ in ours] == [s for s, _ in theirs] and len(ours) >= 5, tag
+        np.testing.assert_allclose([v for _, v in ours], [v for _, v in theirs], rtol=1e-5, err_msg=tag)
+    for name in ("encoder/model.safetensors", "heads.safetensors", "teacher.safetensors"):
+        a, b = load_file(str(single / "last" / name)), load_file(str(double / "last" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), atol=1e-5, err_msg=f"{name}:{key}")
+    assert not (double / "last" / "tensorboard").exists()
+    assert len(list((double / "tensorboard").iterdir())) == 1, "one event file: only rank 0 logs"
+
+
+WORKER = """
+import sys
+from safetensors.torch import save_file
+from mtsmart.distributed import Replicas
+from mtsmart.tasks import load_task_file, resolve_data_dir
+from mtsmart.train import Trainer, prepare_output_dir
+
+task_file, encoder, out = sys.argv[1:4]
+overrides = [(["training", "encoder"], encoder, "test"), (["training", "smart", "mode"], "full", "test"),
+             (["training", "max_steps"], 9, "test"), (["training", "eval_every"], 3, "test"),
+             (["training", "batch_size"], 5, "test"), (["training", "grad_accum_steps"], 2, "test"),
+             (["training", "num_threads"], 1, "test")]
+tasks = load_task_file(task_file, overrides)
+replicas = Replicas.from_environment()
+if replicas.is_main:
+    prepare_output_dir(out, overwrite=True, resume=False)
+replicas.barrier()
+trainer = Trainer(tasks.tasks, tasks.training, resolve_data_dir(None, tasks), out, show_progress=False,
+                  replicas=replicas)
+trainer.setup()
+trainer.train()
+state = {"model/" + k: v.contiguous() for k, v in trainer.model.state_dict().items()}
+state.update({"teacher/" + k: v.contiguous() for k, v in trainer.teacher.state_dict().items()})
+save_file(state, f"{out}-rank{replicas.rank}.safetensors")
+replicas.close()
+"""
+
+
+def test_replicas_end_bitwise_identical_under_full_smart(tmp_path, tiny_model_dir, env):
+    """Dropout on, SMART's noise drawn per replica, gradient accumulation: whatever each
+    replica computes, the summed gradients and therefore the weights and the shared
+    teacher must be the same on both, bit for bit."""
+    task_file = write_tiny_tasks(tmp_path)
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    done = torchrun([str(worker), str(task_file), str(tiny_model_dir), str(tmp_path / "run")],
+                    tmp_path, env, module=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rank0, rank1 = (load_file(str(tmp_path / f"run-rank{r}.safetensors")) for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and any(k.startswith("teacher/") for k in rank0)
+    for key in rank0:
+        assert (rank0[key] == rank1[key]).all(), key
+    start = load_file(str(tiny_model_dir / "model.safetensors"))
+    moved = [k for k in start if not (rank0["model/encoder." + k] == start[k]).all()]
+    assert moved, "the replicas trained"
