@@ -363,11 +363,31 @@ def apply_override(tree: dict, path: list[str], value: Any, text: str) -> None:
     node[path[-1]] = value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """The safe loader, refusing duplicate keys: YAML keeps the last silently, which turns
+    a copy-paste slip into a setting that does nothing."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                duplicate = False  # an unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            if not isinstance(key, (list, dict)):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str) -> Any:
     """Read a YAML file with the safe loader; one-line errors for missing or bad files."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
+            return yaml.load(handle, Loader=_StrictLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -376,9 +396,9 @@ def load_yaml(path: str) -> Any:
         raise ConfigError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
+        line = f": line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
 
 
 def to_plain(obj: Any) -> Any:

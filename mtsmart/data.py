@@ -80,6 +80,9 @@ def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
 
 def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -> Examples:
     path = src.path if os.path.isabs(src.path) else os.path.join(data_dir, src.path)
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, expected a {src.resolved_format} file "
+                        f"(task {task.name!r}, split {split!r})")
     if not os.path.isfile(path):
         raise DataError(
             f"{path}: file not found (task {task.name!r}, split {split!r}; "
@@ -134,12 +137,7 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -
                 if key not in obj:
                     raise DataError(f"{path} line {line}: task {task.name!r}: field {name!r}: "
                                     f"no key {key!r} (keys: {', '.join(map(str, obj))})")
-                value = obj[key]
-                if isinstance(value, int) and not isinstance(value, bool):
-                    # A file's label is its text, as in tsv / csv: {"label": 5} is label
-                    # "5", not index 5 (index semantics are for hub ClassLabel ids).
-                    value = str(value)
-                values[name] = value
+                values[name] = _json_field(obj[key], name, task, f"{path} line {line}")
         else:
             values = {}
             for name, index in index_of.items():
@@ -151,6 +149,18 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -
                 values[name] = row[index]
         _append_example(examples, task, values, line, f"{path} line {line}")
     return _non_empty(examples, task, split)
+
+
+def _json_field(value, name: str, task: TaskDef, where: str):
+    """A JSON value as the text of a field. Numbers count as their text, as in tsv / csv:
+    {"label": 5} is label "5", not index 5 (index semantics are for hub ClassLabel ids)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # repr round-trips floats exactly
+    kind = {bool: "a boolean", type(None): "null", list: "a list", dict: "an object"}[type(value)]
+    raise DataError(f"{where}: task {task.name!r}: field {name!r}: expected text or a number, "
+                    f"got {kind}")
 
 
 def _append_example(examples: Examples, task: TaskDef, values: dict, line: int, where: str) -> None:
