@@ -116,3 +116,63 @@ def test_replicas_end_bitwise_identical_under_full_smart(tmp_path, tiny_model_di
     start = load_file(str(tiny_model_dir / "model.safetensors"))
     moved = [k for k in start if not (rank0["model/encoder." + k] == start[k]).all()]
     assert moved, "the replicas trained"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
+def test_two_replicas_killed_and_resumed_match_an_uninterrupted_run(tmp_path, tiny_model_dir, env):
+    """SIGKILL to the whole torchrun process group mid-run, then --resume: every replica
+    restores its own generator state, so the run ends bit for bit where it would have."""
+    import signal
+    import time
+
+    task_file = write_tiny_tasks(tmp_path)
+    args = ["mtsmart", "train", str(task_file), "--encoder", str(tiny_model_dir), "--smart", "full",
+            "--max-steps", "120", "--eval-every", "10", "--batch-size", "4", "--seed", "2",
+            "--num-threads", "1", "--quiet"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert torchrun([*args, "--output", str(reference)], tmp_path, env).returncode == 0
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", *args, "--output", str(killed)]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log, deadline = killed / "metrics.jsonl", time.time() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    # torchrun starts each worker in its own session: kill the launcher and the workers,
+    # as a machine failure would.
+    victims = processes_mentioning(str(killed))
+    assert len(victims) >= 3, "the launcher and two workers"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    while any(os.path.exists(f"/proc/{pid}") and not _is_zombie(pid) for pid in victims):
+        time.sleep(0.02)
+    assert len(log.read_text().splitlines()) < 12, "killed before the end"
+    done = torchrun([*args, "--output", str(killed), "--resume"], tmp_path, env)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    for name in ("encoder/model.safetensors", "heads.safetensors", "teacher.safetensors"):
+        a, b = load_file(str(reference / "last" / name)), load_file(str(killed / "last" / name))
+        for key in a:
+            assert (a[key] == b[key]).all(), f"{name}:{key}"
+    assert (reference / "metrics.jsonl").read_text().splitlines()[-1] == log.read_text().splitlines()[-1]
