@@ -1,0 +1,62 @@
+"""The documented rule for non-finite values: a non-finite loss skips its batch, a
+non-finite gradient skips its update; both are counted, and neither reaches the weights,
+the teacher or a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from safetensors.torch import load_file
+
+from mtsmart.cli import main
+from mtsmart.task_types import get_task_type
+from tiny_tasks import write_tiny_tasks
+
+
+class _NanGradient(torch.autograd.Function):
+    """Identity forward (the loss stays finite), NaN backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.nan
+
+
+def test_nonfinite_losses_and_gradients_are_skipped_and_counted(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    regression, classification = type(get_task_type("regression")), type(get_task_type("classification"))
+    calls = {"regression": 0, "classification": 0}
+    real_regression_loss, real_classification_loss = regression.loss, classification.loss
+
+    def nan_loss_sometimes(self, outputs, targets):
+        calls["regression"] += 1
+        loss = real_regression_loss(self, outputs, targets)
+        return loss * math.nan if calls["regression"] % 3 == 0 else loss
+
+    def nan_gradient_sometimes(self, outputs, targets):
+        calls["classification"] += 1
+        loss = real_classification_loss(self, outputs, targets)
+        return _NanGradient.apply(loss) if calls["classification"] % 4 == 0 else loss
+
+    monkeypatch.setattr(regression, "loss", nan_loss_sometimes)
+    monkeypatch.setattr(classification, "loss", nan_gradient_sometimes)
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
+                 "--max-steps", "16", "--eval-every", "4", "--smart", "bregman", "--quiet"]) == 0
+
+    counters = json.loads((out / "results.json").read_text())["counters"]
+    assert counters["nonfinite_loss_skipped"] >= 1
+    assert counters["nonfinite_grad_skipped"] >= 1
+    for checkpoint in ("best", "last"):
+        for name in ("encoder/model.safetensors", "heads.safetensors", "teacher.safetensors"):
+            for key, tensor in load_file(str(out / checkpoint / name)).items():
+                assert torch.isfinite(tensor).all(), f"{checkpoint}/{name}:{key}"
+    start = load_file(str(tiny_model_dir / "model.safetensors"))
+    trained = load_file(str(out / "last" / "encoder" / "model.safetensors"))
+    assert any(not torch.equal(start[k], trained[k]) for k in start), "the finite updates still train"
