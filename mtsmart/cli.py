@@ -99,16 +99,21 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=float, metavar="N",
                         help="passes over the training data (one pass = every task's batches once); "
                              "given alone, it clears an inherited max_steps")
-    parser.add_argument("--batch-size", type=int, metavar="N")
-    parser.add_argument("--grad-accum-steps", type=int, metavar="N")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="examples per micro-batch, summed over all processes under torchrun")
+    parser.add_argument("--grad-accum-steps", type=int, metavar="N",
+                        help="micro-batches per optimizer update")
     parser.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
-    parser.add_argument("--seed", type=int, metavar="N")
+    parser.add_argument("--seed", type=int, metavar="N",
+                        help="seeds initialisation, data order, task order, dropout and noise")
     parser.add_argument("--eval-every", type=int, metavar="N",
                         help="evaluate every N updates (0: at the end of each epoch)")
     parser.add_argument("--select-metric", metavar="M",
                         help="'average' or TASK/METRIC: picks the best checkpoint")
     parser.add_argument("--sampler", choices=SAMPLERS, help="task-sampling scheme")
-    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="bf16: autocast on CPU or GPU; fp16: autocast with a gradient "
+                             "scaler, GPU only; losses and divergences stay float32")
     parser.add_argument("--num-threads", type=int, metavar="N", help="torch CPU threads")
     parser.add_argument("--cache-dir", metavar="DIR", help="tokenized-data cache (default ~/.cache/mtsmart)")
     parser.add_argument("--keep-last", type=int, metavar="N",
@@ -136,7 +141,10 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     train = sub.add_parser("train", help="multi-task training from a task-definition file",
-                           description="Train one shared encoder with a head per task.")
+                           description="Train one shared encoder with a head per task. "
+                                       "Under torchrun (torchrun --nproc_per_node N -m mtsmart "
+                                       "train ...) every process trains a slice of each global "
+                                       "batch (--batch-size is the global batch).")
     add_train_flags(train)
 
     evaluate = sub.add_parser("evaluate", help="score a checkpoint on each task's split",
@@ -147,7 +155,8 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--split", default=None, metavar="NAME",
                           help="split to score (default: each task's eval_split)")
     evaluate.add_argument("--out", metavar="FILE", help="JSON file (default: CHECKPOINT/eval_SPLIT.json)")
-    evaluate.add_argument("--batch-size", type=int, default=64, metavar="N")
+    evaluate.add_argument("--batch-size", type=int, default=64, metavar="N",
+                          help="examples per forward pass (default 64)")
 
     predict = sub.add_parser("predict", help="write predictions of a checkpoint",
                              description="Write one TSV per task: index and predicted label or score.")
@@ -158,7 +167,8 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--data-dir", metavar="DIR", help="where the tasks' data paths are relative to")
     predict.add_argument("--out", required=True, metavar="PATH",
                          help="a .tsv file (one task) or a directory (one TASK.tsv per task)")
-    predict.add_argument("--batch-size", type=int, default=64, metavar="N")
+    predict.add_argument("--batch-size", type=int, default=64, metavar="N",
+                         help="examples per forward pass (default 64)")
     finetune = sub.add_parser(
         "finetune", help="fine-tune tasks starting from a multi-task checkpoint",
         description="Start from a checkpoint's encoder (and the task's head where it has one; a "
@@ -196,7 +206,9 @@ def build_parser() -> ArgumentParser:
     adapt.add_argument("--seeds", default="1,2,3", metavar="S,S", help="seeds (subset and training)")
     adapt.add_argument("--min-steps", type=int, default=30, metavar="N",
                        help="at least this many updates per run, so tiny subsets train too")
-    adapt.add_argument("--output", "-o", required=True, metavar="DIR")
+    adapt.add_argument("--output", "-o", required=True, metavar="DIR",
+                       help="one run folder per start point, size and seed, plus results.csv, "
+                            "table.md and plot.png")
     add_common_training_flags(adapt)
 
     export = sub.add_parser(
@@ -205,8 +217,9 @@ def build_parser() -> ArgumentParser:
                     "tokenizer) that transformers.pipeline('text-classification', model=DIR) loads "
                     "offline and that predicts what `mtsmart predict` predicts.")
     export.add_argument("checkpoint", help="a checkpoint directory")
-    export.add_argument("--task", required=True, metavar="NAME")
-    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--task", required=True, metavar="NAME", help="the task whose head to export")
+    export.add_argument("--out", required=True, metavar="DIR",
+                        help="the Hugging Face model directory to write")
     return parser
 
 
