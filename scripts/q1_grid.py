@@ -81,8 +81,9 @@ def run_grid(args, extra: list[str]) -> None:
 
 def fmt(values: list[float]) -> str:
     mean = statistics.mean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    if len(values) == 1:
+        return f"{100 * mean:.2f} (1 seed)"
+    return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def summarize(args) -> None:
