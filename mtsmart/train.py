@@ -328,50 +328,17 @@ class Trainer:
                                      smart_cfg.prox_warmup_fraction)
         return adv, prox
 
-    def train(self) -> dict:
+    def train(self) -> Optional[dict]:
         cfg = self.cfg
         self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
-        accum = cfg.grad_accum_steps
         # tag -> [(micro-step, value, this replica's share of the batch)]
         window: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
         progress = tqdm(total=self.plan.total_updates, initial=self.global_step, unit="step",
                         desc="train", disable=not self.show_progress, dynamic_ncols=True)
         start = time.perf_counter()
         while self.global_step < self.plan.total_updates:
-            for _ in range(accum):
-                task_name = self.sampler.next_task()
-                batch, self.batch_share = self.replicas.shard(self.streams[task_name].next_batch())
-                self.counters[f"batches/{task_name}"] += 1
-                self.micro_step += 1
-                if batch is None:
-                    continue  # fewer examples than replicas: nothing left for this one
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                adv_w, prox_w = self._weights_at(task_name, self.global_step)
-                task = self.tasks[task_name]
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                                    enabled=self.autocast_dtype is not None):
-                    losses = batch_objective(
-                        self.model, self.teacher, task_name, task.task_type, batch,
-                        self.task_smart[task_name], adv_weight=adv_w, prox_weight=prox_w,
-                        loss_weight=task.loss_weight,
-                        perturbation_scale=self.perturbation_scales[task_name],
-                        backward=self._backward)
-                if losses.regularizer_skipped:
-                    self.counters[f"regularizer_skipped/{task_name}"] += 1
-                if not torch.isfinite(losses.total):
-                    # Documented rule: a non-finite loss skips its batch (counted), so it
-                    # can never reach the weights or a checkpoint.
-                    self.counters["nonfinite_loss_skipped"] += 1
-                    continue
-                if not losses.backward_done:
-                    self._backward(losses.total)
-                for key, value in (("loss", losses.task_loss), ("adv_loss", losses.adv_loss),
-                                   ("bregman_loss", losses.prox_loss),
-                                   ("teacher_divergence", losses.teacher_divergence),
-                                   ("perturbation_norm", losses.perturbation_norm)):
-                    if value is not None:
-                        window[f"train/{task_name}/{key}"].append(
-                            (self.micro_step, value, self.batch_share))
+            for _ in range(cfg.grad_accum_steps):
+                self._micro_step(window)
             grad_norm = self._optimizer_step()
             self.global_step += 1
             progress.update(1)
@@ -391,6 +358,43 @@ class Trainer:
         progress.close()
         elapsed = time.perf_counter() - start
         return self._finish(elapsed)
+
+    def _micro_step(self, window: dict[str, list[tuple[int, float, float]]]) -> None:
+        """Sample a task, take its next batch (this replica's slice of it), compute the
+        objective and back-propagate; losses go to ``window`` for logging."""
+        task_name = self.sampler.next_task()
+        batch, self.batch_share = self.replicas.shard(self.streams[task_name].next_batch())
+        self.counters[f"batches/{task_name}"] += 1
+        self.micro_step += 1
+        if batch is None:
+            return  # fewer examples than replicas: nothing left for this one
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        adv_w, prox_w = self._weights_at(task_name, self.global_step)
+        task = self.tasks[task_name]
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            losses = batch_objective(
+                self.model, self.teacher, task_name, task.task_type, batch,
+                self.task_smart[task_name], adv_weight=adv_w, prox_weight=prox_w,
+                loss_weight=task.loss_weight,
+                perturbation_scale=self.perturbation_scales[task_name],
+                backward=self._backward)
+        if losses.regularizer_skipped:
+            self.counters[f"regularizer_skipped/{task_name}"] += 1
+        if not torch.isfinite(losses.total):
+            # Documented rule: a non-finite loss skips its batch (counted), so it
+            # can never reach the weights or a checkpoint.
+            self.counters["nonfinite_loss_skipped"] += 1
+            return
+        if not losses.backward_done:
+            self._backward(losses.total)
+        for key, value in (("loss", losses.task_loss), ("adv_loss", losses.adv_loss),
+                           ("bregman_loss", losses.prox_loss),
+                           ("teacher_divergence", losses.teacher_divergence),
+                           ("perturbation_norm", losses.perturbation_norm)):
+            if value is not None:
+                window[f"train/{task_name}/{key}"].append(
+                    (self.micro_step, value, self.batch_share))
 
     def _window_means(self, window: dict[str, list[tuple[int, float, float]]]) -> dict[str, float]:
         """Per tag, the mean over micro-steps of the whole-batch value (each replica's
