@@ -372,14 +372,12 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             try:
-                duplicate = key in seen
-            except TypeError:
-                duplicate = False  # an unhashable key: the base class reports it
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            if not isinstance(key, (list, dict)):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
                 seen.add(key)
+            except TypeError:
+                pass  # an unhashable key: the base class reports it
         return super().construct_mapping(node, deep=deep)
 
 

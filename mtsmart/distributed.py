@@ -13,8 +13,8 @@ a SMART step runs the shared encoder several times before one backward (clean fo
 K ascent passes that differentiate w.r.t. the noise only, the perturbed forward; the
 memory-efficient path back-propagates twice), and only the sampled task's head is used.
 DDP's reducer assumes one forward per backward with a fixed set of used parameters; it
-would need ``find_unused_parameters``, ``no_sync`` bookkeeping and a graph traversal per
-forward, and gets "marked ready twice" wrong in the memory-efficient path. One flat,
+would need ``find_unused_parameters`` (a graph traversal per forward) and ``no_sync``
+around every backward but the last, or it reduces the memory-efficient path twice. One flat,
 bucketed all-reduce after the last micro-step has none of these failure modes, reduces
 every gradient exactly once, and skips parameters no rank touched (idle heads) so they
 stay ``None`` as in a single-process run.

@@ -169,6 +169,7 @@ class Trainer:
             total_draws=self.plan.total_updates * cfg.grad_accum_steps)
         self.global_step = 0
         self.micro_step = 0
+        self.batch_share = 1.0  # this replica's fraction of the current global batch
         self.best_score = -math.inf
         self.best_step = None
         self.counters = defaultdict(int)
