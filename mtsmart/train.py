@@ -142,7 +142,7 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
-        self.device = self.replicas.device() if self.replicas.enabled else pick_device()
+        self.device = self.replicas.device()
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("training.precision: fp16 needs a CUDA device; use bf16 on CPU")
@@ -150,7 +150,7 @@ class Trainer:
         self.replicas.broadcast_parameters(self.model)
         if self.replicas.enabled:
             # Each replica sees other examples: give each its own dropout and noise draws.
-            torch.manual_seed(cfg.seed + 7919 * self.replicas.rank)
+            torch.manual_seed(self._replica_seed())
         self._setup_data()
         self._setup_plan()
         # Fine-tuning from a checkpoint: the teacher starts as a copy of the loaded weights
@@ -304,6 +304,9 @@ class Trainer:
             self.teacher.load_state_dict(self._init_teacher_state)
             self.teacher.num_updates = self.global_step
 
+    def _replica_seed(self) -> int:
+        return self.cfg.seed + 7919 * self.replicas.rank
+
     def _restore_replica_rng(self, path: str, replica_rngs: Optional[list]) -> None:
         if not self.replicas.enabled:
             return
@@ -312,7 +315,7 @@ class Trainer:
                            "updates continue exactly, dropout and noise draws do not",
                            path, len(replica_rngs) if replica_rngs else 1,
                            self.replicas.world_size)
-            torch.manual_seed(self.cfg.seed + 7919 * self.replicas.rank + self.global_step)
+            torch.manual_seed(self._replica_seed() + self.global_step)
             return
         states = replica_rngs[self.replicas.rank]
         torch.set_rng_state(states[0])
