@@ -8,9 +8,11 @@ Must not import cli.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -25,6 +27,11 @@ from mtsmart.tasks import TaskDef
 RESULTS_CSV = "results.csv"
 TABLE_MD = "table.md"
 PLOT_PNG = "plot.png"
+# TrainConfig fields that do not change what a run learns (or that each run sets itself).
+_NOT_RECIPE = ("encoder", "seed", "max_steps", "eval_every", "eval_batch_size", "log_every",
+               "num_threads", "eval_teacher", "save_checkpoints", "keep_last")
+_INT_COLUMNS = ("n_train", "seed", "steps")
+_TEXT_COLUMNS = ("start", "start_path", "task", "size", "recipe")
 
 
 @dataclass(frozen=True)
@@ -92,12 +99,18 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     pool = load_tokenized(task, task.train_split, tokenizer, data_dir, default_cache_dir())
     sizes = resolve_sizes(size_specs, reference_size, len(pool))
     is_classification = task.type == "classification"
-    rows: list[dict] = []
     summary_logger = MetricLogger(os.path.join(output_dir, "tensorboard"))
     csv_path = os.path.join(output_dir, RESULTS_CSV)
+    recipe = recipe_fingerprint(task, cfg, min_steps)
+    rows = read_previous_runs(csv_path, task.name, recipe)
+    done = {(r["start"], r["start_path"], r["n_train"], r["seed"]) for r in rows}
     for start in starts:
         for spec, n in sizes:
             for seed in seeds:
+                if (start.label, start.path, n, seed) in done:
+                    print(f"adapt {task.name}: start={start.label} n={n} seed={seed} already in "
+                          f"{csv_path}, kept", flush=True)
+                    continue
                 indices = stratified_subset(pool.targets, n, seed, stratify=is_classification)
                 batches_per_epoch = -(-n // cfg.batch_size)
                 steps = max(min_steps, int(np.ceil(cfg.epochs * batches_per_epoch)))
@@ -117,7 +130,7 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                     trainer.cleanup()
                 metrics = summary["last"]["results"][task.name]
                 row = {"start": start.label, "start_path": start.path, "task": task.name,
-                       "size": spec, "n_train": n, "seed": seed, "steps": steps,
+                       "size": spec, "n_train": n, "seed": seed, "steps": steps, "recipe": recipe,
                        **{m: round(v, 6) for m, v in metrics.items()},
                        "train_seconds": round(summary["train_seconds"], 1)}
                 rows.append(row)
@@ -132,6 +145,40 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     summary_logger.close()
     write_table(os.path.join(output_dir, TABLE_MD), rows, task)
     write_plot(os.path.join(output_dir, PLOT_PNG), rows, task)
+    return rows
+
+
+def recipe_fingerprint(task: TaskDef, cfg: TrainConfig, min_steps: int) -> str:
+    """A short hash of everything that decides what a run learns besides its start point,
+    size and seed: a results.csv only ever mixes runs of one recipe."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_RECIPE}
+    task_settings = {k: v for k, v in asdict(task).items() if k != "defined_in"}
+    text = json.dumps({"training": settings, "task": task_settings, "min_steps": min_steps},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def read_previous_runs(path: str, task_name: str, recipe: str) -> list[dict]:
+    """The rows of an earlier (perhaps interrupted) adapt into the same folder, so that
+    runs already done are kept and not run again. Rows of another task or recipe are an
+    error: reusing them would silently mix two experiments in one table."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        previous = list(csv.DictReader(handle))
+    rows = []
+    for line, raw in enumerate(previous, start=2):
+        if raw.get("task") != task_name or raw.get("recipe") != recipe:
+            raise ConfigError(
+                f"{path}: line {line} is a run of task {raw.get('task')!r} with recipe "
+                f"{raw.get('recipe')!r}, this command is task {task_name!r} with recipe {recipe!r} "
+                "(other settings); give a new --output or remove that file")
+        try:
+            rows.append({k: (v if k in _TEXT_COLUMNS else int(v) if k in _INT_COLUMNS else float(v))
+                         for k, v in raw.items()})
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: line {line} is not a complete results row; "
+                              "remove the file to start over") from None
     return rows
 
 

@@ -8,6 +8,10 @@ of a naive reference, alternating between variants in one process on the same ba
 Prints a table (median seconds per step, ratio to plain, peak extra memory of a step) and
 as its LAST line ``full_smart/plain = X.XX`` for the 16x128 case.
 
+It also times the passes a step is made of (forward, backward, input-only backward,
+teacher forward, update) and prints the arithmetic floor they imply on this machine next
+to the measured ratios: how a backward compares with a forward differs between machines.
+
 Peak memory: on CPU, the resident set size sampled every millisecond during a step, minus
 its value just before the step, measured in a second process started with a fixed glibc
 mmap threshold, so that large tensors return to the OS when freed and each step is
@@ -146,19 +150,79 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def pass_timers(model, teacher, optimizer, batch):
+    """The passes a SMART step is made of, each timed on its own, so the step times can be
+    set against the arithmetic floor of THIS machine (how a forward, a backward and an
+    input-only backward compare differs between CPUs and GPUs: dropout's random masks,
+    for one, make a CPU forward relatively dear)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+
+    def forward(embeds):
+        return CLASSIFICATION.loss(model(TASK, inputs_embeds=embeds, attention_mask=mask), batch["labels"])
+
+    def forward_only():
+        forward(model.embed(ids))
+
+    def forward_backward():
+        forward(model.embed(ids)).backward()
+        optimizer.zero_grad(set_to_none=True)
+
+    def forward_input_backward():
+        noise = torch.zeros_like(model.embed(ids).detach(), requires_grad=True)
+        torch.autograd.grad(forward(model.embed(ids).detach() + noise), [noise])
+
+    def teacher_forward():
+        teacher.forward(TASK, inputs_embeds=teacher.model.embed(ids), attention_mask=mask)
+
+    def optimizer_update() -> float:  # clip + step, timed alone after an untimed backward
+        forward(model.embed(ids)).backward()
+        sync(ids.device)
+        start = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(ids.device)
+        return time.perf_counter() - start
+
+    def teacher_update():
+        teacher.update(model, 0.999)
+
+    return {"pass:forward": forward_only, "pass:forward+backward": forward_backward,
+            "pass:forward+input_backward": forward_input_backward,
+            "pass:teacher_forward": teacher_forward, "pass:update": optimizer_update,
+            "pass:teacher_update": teacher_update}
+
+
+def arithmetic_floor(medians: dict) -> dict:
+    """Step cost in units of the plain step if SMART cost exactly its passes:
+    clean forward, ascent forward + input-only backward, perturbed forward, one backward
+    through both graphs, update (+ teacher forward and teacher update for full SMART)."""
+    forward = medians["pass:forward"]
+    backward = medians["pass:forward+backward"] - forward
+    update = medians["pass:update"]
+    ascent = medians["pass:forward+input_backward"]
+    plain = forward + backward + update
+    adversarial = 2 * forward + ascent + 2 * backward + update
+    teacher = medians["pass:teacher_forward"] + medians["pass:teacher_update"]
+    return {"adversarial": adversarial / plain, "full_smart": (adversarial + teacher) / plain,
+            "bregman": (plain + teacher) / plain}
+
+
 def time_shape(model, teacher, naive_teacher, optimizer, cfg, shape, args, device):
     batch = make_batch(*shape, model.encoder.config.vocab_size, device, seed=shape[0])
-    times = {v: [] for v in VARIANTS}
-    names = list(VARIANTS)
+    work = {v: (lambda v=v: step(v, model, teacher, naive_teacher, optimizer, batch, cfg)) for v in VARIANTS}
+    work.update(pass_timers(model, teacher, optimizer, batch))
+    times = {name: [] for name in work}
+    names = list(work)
     for round_index in range(args.warmup + args.steps):
         order = names[round_index % len(names):] + names[:round_index % len(names)]
-        for variant in order:  # rotate so no variant always follows the same one
+        for name in order:  # rotate so no variant always follows the same one
             sync(device)
             start = time.perf_counter()
-            step(variant, model, teacher, naive_teacher, optimizer, batch, cfg)
+            own_time = work[name]()  # a pass with untimed set-up reports its own time
             sync(device)
             if round_index >= args.warmup:
-                times[variant].append(time.perf_counter() - start)
+                times[name].append(own_time if own_time is not None else time.perf_counter() - start)
     return {v: statistics.median(t) for v, t in times.items()}, times
 
 
@@ -253,6 +317,12 @@ def main() -> None:
         for variant in VARIANTS:
             print(f"{variant:<20}{medians[variant]:>14.3f}{medians[variant] / plain_t:>9.2f}"
                   f"{memory[variant] / 2**20:>10.0f}{memory[variant] / plain_m:>9.2f}")
+        floor = arithmetic_floor(medians)
+        report[f"{shape[0]}x{shape[1]}"]["floor_x_plain"] = floor
+        print("passes (median s): " + ", ".join(f"{name[5:]} {t:.3f}" for name, t in medians.items()
+                                                if name.startswith("pass:")))
+        print("arithmetic floor on this machine (x plain, from those passes): "
+              + ", ".join(f"{v} {f:.2f} (measured {medians[v] / plain_t:.2f})" for v, f in floor.items()))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2)

@@ -134,6 +134,34 @@ def test_adapt_writes_checked_results_table_and_plot(mt_checkpoint, tmp_path, ti
     assert events
 
 
+def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
+        mt_checkpoint, tmp_path, tiny_model_dir, capsys):
+    _, ckpt = mt_checkpoint
+    new_task_file = write_new_domain(tmp_path)
+    out = tmp_path / "adapt"
+    common = ["--task", "domain", "--task-defs", str(new_task_file), "--train-sizes", "12",
+              "--min-steps", "2", "--output", str(out), "--quiet"]
+    assert main(["adapt", f"mt={ckpt}", "--seeds", "1", *common]) == 0
+    first = (out / "results.csv").read_text().splitlines()
+    capsys.readouterr()
+    # a second start point and a second seed: only the three new runs are trained
+    assert main(["adapt", f"mt={ckpt}", f"raw={tiny_model_dir}", "--seeds", "1,2", *common]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("kept") == 1 and printed.count("adapt domain: start=") == 4
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["start"], r["seed"]) for r in rows] == [("mt", "1"), ("mt", "2"), ("raw", "1"), ("raw", "2")]
+    assert (out / "results.csv").read_text().splitlines()[1] == first[1]  # the kept row, unchanged
+    table = (out / "table.md").read_text()
+    assert "| mt |" in table and "| raw |" in table
+    # another learning rate is another experiment: refused, nothing rewritten
+    before = (out / "results.csv").read_text()
+    assert main(["adapt", f"mt={ckpt}", "--seeds", "3", "--lr", "3e-4", *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results.csv" in err[0] and "recipe" in err[0] and "--output" in err[0]
+    assert (out / "results.csv").read_text() == before
+
+
 def test_export_round_trip_matches_predict(mt_checkpoint, tmp_path):
     from transformers import pipeline
 
