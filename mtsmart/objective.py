@@ -89,7 +89,7 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
 def _teacher_outputs_if_used(teacher: Optional[MeanTeacher], task: str,
                              batch: dict[str, torch.Tensor], prox_weight: float) -> Optional[torch.Tensor]:
     """The teacher runs first, before any student graph exists: the same forward costs
-    about 0.15 of a plain step less on CPU than when it runs beside the live graphs
+    about 0.1 of a plain step less on CPU than when it runs beside the live graphs
     (S1, docs/RESULTS.md). In eval mode it draws no random numbers, so the order changes
     no result."""
     if prox_weight <= 0 or teacher is None:
