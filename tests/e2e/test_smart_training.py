@@ -53,7 +53,8 @@ def test_one_teacher_shared_by_every_task(tmp_path, tiny_model_dir, monkeypatch)
 
     monkeypatch.setattr("mtsmart.train.batch_objective", spy)
     trainer = run_trainer(task_file, tmp_path / "mt", tiny_model_dir,
-                          SmartConfig(mode="full", epsilon=1e-2, noise_std=1e-2, step_size=1e-1))
+                          SmartConfig(mode="full", epsilon=1e-2, noise_std=1e-2, step_size=1e-1,
+                                      teacher_horizon_fraction=None))  # 6 updates: else β = 0
     tasks_seen = {task for task, _ in seen}
     teachers_seen = {tid for _, tid in seen}
     assert len(seen) == 6 and tasks_seen == {"pairs", "score"}
