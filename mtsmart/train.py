@@ -273,6 +273,9 @@ class Trainer:
                      "sampler": self.sampler.state_dict(),
                      "streams": {n: s.state_dict() for n, s in self.streams.items()},
                      "seed": self.cfg.seed,
+                     # ε's unit is measured on the weights the run STARTED from; a resumed
+                     # run must not re-measure it on trained weights.
+                     "perturbation_scales": self.perturbation_scales,
                      "counters": self._global_counters()},
         }
 
@@ -296,6 +299,8 @@ class Trainer:
         self.best_score = info["best_score"] if info["best_score"] is not None else -math.inf
         self.best_step = info["best_step"]
         self.sampler.load_state_dict(info["sampler"])
+        self.perturbation_scales.update({k: v for k, v in info.get("perturbation_scales", {}).items()
+                                         if k in self.perturbation_scales})
         for name, stream_state in info["streams"].items():
             self.streams[name].load_state_dict(stream_state)
         self.counters.update({k: v for k, v in info["counters"].items()
