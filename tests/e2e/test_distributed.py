@@ -51,7 +51,10 @@ def test_two_replicas_equal_one_process_with_the_same_global_batch(tmp_path, env
     # Bregman-only SMART is deterministic without dropout, so the teacher is compared too.
     # Batch 7 over 40 examples ends each epoch with a batch of 5, split 3 / 2: the
     # replicas' shares must be weighted by their sizes to match.
-    args = ["train", str(task_file), "training.log_every=1", "--encoder", str(encoder), "--smart", "bregman", *TRAIN_ARGS]
+    # The paper preset's fixed β: with the default horizon (10% of 12 updates) the teacher
+    # is nearly the student and D ~ 1e-6, where summation order alone exceeds rtol 1e-5.
+    args = ["train", str(task_file), "training.log_every=1", "--encoder", str(encoder), "--smart", "bregman",
+            "--smart-preset", "paper", *TRAIN_ARGS]
     single, double = tmp_path / "single", tmp_path / "double"
     assert main([*args, "--output", str(single)]) == 0
     done = torchrun(["mtsmart", *args, "--output", str(double)], tmp_path, env)

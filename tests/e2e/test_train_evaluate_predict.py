@@ -306,7 +306,10 @@ def test_smart_full_writes_teacher_and_logs_smart_scalars(tiny_model_dir, tmp_pa
     from safetensors.torch import load_file
 
     output = tmp_path / "run"
-    argv = train_argv(tiny_model_dir, output, "--smart", "full", "--eval-every", "2")
+    # The paper's values (absolute ε = 1e-5, ‖·‖∞, fixed β): the defaults' horizon of 10% of
+    # 4 updates would make the teacher the student.
+    argv = train_argv(tiny_model_dir, output, "--smart", "full", "--eval-every", "2",
+                      "--smart-preset", "paper")
     argv[argv.index("--max-steps") + 1] = "4"
     code, _, err = run_cli(argv, tmp_path / "cache")
     assert code == 0, err[-3000:]
