@@ -168,8 +168,9 @@ def pass_timers(model, teacher, optimizer, batch):
         optimizer.zero_grad(set_to_none=True)
 
     def forward_input_backward():
-        noise = torch.zeros_like(model.embed(ids).detach(), requires_grad=True)
-        torch.autograd.grad(forward(model.embed(ids).detach() + noise), [noise])
+        base = model.embed(ids).detach()
+        noise = torch.zeros_like(base, requires_grad=True)
+        torch.autograd.grad(forward(base + noise), [noise])
 
     def teacher_forward():
         teacher.forward(TASK, inputs_embeds=teacher.model.embed(ids), attention_mask=mask)
