@@ -199,6 +199,14 @@ def _grouped(rows: list[dict], metric: str):
     return starts, sizes, cells
 
 
+def _mean_std_cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:  # a "± 0.00" would claim a spread nobody measured
+        return f"{100 * values[0]:.2f} (1 seed)"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
 def write_table(path: str, rows: list[dict], task: TaskDef) -> None:
     """Mean ± std (percent) over seeds per start point and training size."""
     metric = task.selection_metric
@@ -209,9 +217,7 @@ def write_table(path: str, rows: list[dict], task: TaskDef) -> None:
     for start in starts:
         out = []
         for n in sizes:
-            values = cells[(start, n)]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            out.append(f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}" if values else "–")
+            out.append(_mean_std_cell(cells[(start, n)]))
         lines.append(f"| {start} | " + " | ".join(out) + " |")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")

@@ -143,6 +143,8 @@ def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
               "--min-steps", "2", "--output", str(out), "--quiet"]
     assert main(["adapt", f"mt={ckpt}", "--seeds", "1", *common]) == 0
     first = (out / "results.csv").read_text().splitlines()
+    mt_row = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("| mt |"))
+    assert "(1 seed)" in mt_row and "±" not in mt_row  # one seed shows no made-up spread
     capsys.readouterr()
     # a second start point and a second seed: only the three new runs are trained
     assert main(["adapt", f"mt={ckpt}", f"raw={tiny_model_dir}", "--seeds", "1,2", *common]) == 0
@@ -154,6 +156,7 @@ def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
     assert (out / "results.csv").read_text().splitlines()[1] == first[1]  # the kept row, unchanged
     table = (out / "table.md").read_text()
     assert "| mt |" in table and "| raw |" in table
+    assert "(1 seed)" not in table and "±" in next(line for line in table.splitlines() if line.startswith("| raw |"))
     # another learning rate is another experiment: refused, nothing rewritten
     before = (out / "results.csv").read_text()
     assert main(["adapt", f"mt={ckpt}", "--seeds", "3", "--lr", "3e-4", *common]) == 2
