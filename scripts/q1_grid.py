@@ -36,6 +36,17 @@ def load_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def run_and_read(cmd: list[str], out: Path) -> tuple[dict, float]:
+    """Run one mtsmart command; return its results.json and wall seconds, or stop the grid."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(proc.stderr[-2000:], file=sys.stderr)
+        raise SystemExit(f"run failed: {' '.join(cmd)}")
+    return json.loads((out / "results.json").read_text()), wall
+
+
 def run_grid(args, extra: list[str]) -> None:
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,13 +71,7 @@ def run_grid(args, extra: list[str]) -> None:
                     cmd += ["--num-hidden-layers", str(args.num_hidden_layers)]
                 if args.max_steps:
                     cmd += ["--max-steps", str(args.max_steps)]
-                start = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                wall = time.perf_counter() - start
-                if proc.returncode != 0:
-                    print(proc.stderr[-2000:], file=sys.stderr)
-                    raise SystemExit(f"run failed: {' '.join(cmd)}")
-                summary = json.loads((out / "results.json").read_text())
+                summary, wall = run_and_read(cmd, out)
                 record = {"task": task, "variant": variant, "seed": seed, "tag": args.tag,
                           "final": summary["last"]["results"][task],
                           "best": summary["best"]["results"][task],

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from q1_grid import DEFAULT_RESULTS as Q1_RESULTS
-from q1_grid import REPO, SHARED, load_results
+from q1_grid import REPO, SHARED, load_results, run_and_read
 
 DEFAULT_RESULTS = REPO / "bench_results" / "q2.jsonl"
 
@@ -48,13 +47,7 @@ def run_grid(args, extra: list[str]) -> None:
                        "--data-dir", args.data_dir, "--output", str(out), "--overwrite", "--quiet",
                        "--seed", str(seed), "--epochs", str(args.epochs), "--eval-every", "0",
                        "--num-threads", str(args.threads), *extra]
-                start = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                wall = time.perf_counter() - start
-                if proc.returncode != 0:
-                    print(proc.stderr[-2000:], file=sys.stderr)
-                    raise SystemExit(f"run failed: {' '.join(cmd)}")
-                summary = json.loads((out / "results.json").read_text())
+                summary, wall = run_and_read(cmd, out)
                 record = {"start": label, "checkpoint": checkpoint, "task": task, "seed": seed,
                           "tag": args.tag, "final": summary["last"]["results"][task],
                           "best": summary["best"]["results"][task],
