@@ -39,7 +39,7 @@ def run_grid(args, extra: list[str]) -> None:
         if not checkpoint:
             raise SystemExit(f"--start {spec!r}: expected LABEL=CHECKPOINT")
         for task in args.tasks.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
+            for seed in (int(s) for s in (args.seeds or "1").split(",")):
                 if (label, task, seed, args.tag) in done:
                     continue
                 out = REPO / "runs" / "q2" / args.tag / f"{label}-{task}-s{seed}"
@@ -68,9 +68,12 @@ def cell(values: list[float]) -> str:
 
 
 def summarize(args) -> None:
-    finetuned = load_results(Path(args.results))
+    # Filtering by seed keeps a one-seed comparison like with like (same data orders).
+    seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
+    finetuned = [r for r in load_results(Path(args.results)) if seeds is None or r["seed"] in seeds]
     baselines = [r for r in load_results(Path(args.q1_results))
-                 if r["variant"] == "plain" and r["tag"] == args.baseline_tag]
+                 if r["variant"] == "plain" and r["tag"] == args.baseline_tag
+                 and (seeds is None or r["seed"] in seeds)]
     tasks = args.tasks.split(",")
     rows: list[tuple[str, dict[str, dict[str, list[float]]]]] = []
 
@@ -124,7 +127,8 @@ def main() -> None:
     parser.add_argument("--start", action="append", default=[],
                         help="LABEL=CHECKPOINT to fine-tune from (repeatable)")
     parser.add_argument("--tasks", default="rte,mrpc,stsb,cola")
-    parser.add_argument("--seeds", default="1")
+    parser.add_argument("--seeds", default=None,
+                        help="run: seeds to fine-tune (default 1); summary: only these seeds (default all)")
     parser.add_argument("--tag", default="default", help="names this recipe in the results file")
     parser.add_argument("--results", default=str(DEFAULT_RESULTS))
     parser.add_argument("--q1-results", default=str(Q1_RESULTS))
