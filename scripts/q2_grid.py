@@ -1,8 +1,8 @@
 """Q2: does multi-task training help? Per-task fine-tuning from multi-task checkpoints,
 compared with single-task fine-tuning of the raw encoder under the same budget.
 
-    python scripts/q2_grid.py run --start mt=runs/glue-mt-1epoch/best --tasks rte,mrpc,stsb,cola
-    python scripts/q2_grid.py run --start mt-smart=runs/glue-mt-smart-1epoch/best --tag no-smart-ft -- --smart off
+    python scripts/q2_grid.py run --start mt=runs/glue-mt-1epoch/best --tag ft-plain
+    python scripts/q2_grid.py run --start mt-smart=runs/glue-mt-smart-1epoch/best --tag ft-plain -- --smart off
     python scripts/q2_grid.py summary
 
 `run` fine-tunes each start checkpoint on each task with ``mtsmart finetune`` (the task
