@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from q1_grid import DEFAULT_RESULTS as Q1_RESULTS
-from q1_grid import REPO, SHARED, load_results, run_and_read
+from q1_grid import REPO, SHARED, fmt, load_results, run_and_read
 
 DEFAULT_RESULTS = REPO / "bench_results" / "q2.jsonl"
 
@@ -59,14 +59,6 @@ def run_grid(args, extra: list[str]) -> None:
                 print(f"{label} {task} seed {seed}: {record['final']}  ({wall:.0f} s)", flush=True)
 
 
-def cell(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f} (n={len(values)})"
-
-
 def summarize(args) -> None:
     # Filtering by seed keeps a one-seed comparison like with like (same data orders).
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
@@ -77,10 +69,10 @@ def summarize(args) -> None:
     tasks = args.tasks.split(",")
     rows: list[tuple[str, dict[str, dict[str, list[float]]]]] = []
 
-    def collect(name: str, records: list[dict], key: str = "final") -> None:
+    def collect(name: str, records: list[dict]) -> None:
         by_task: dict[str, dict[str, list[float]]] = {}
         for r in sorted(records, key=lambda r: r["seed"]):
-            for metric, value in r[key].items():
+            for metric, value in r["final"].items():
                 by_task.setdefault(r["task"], {}).setdefault(metric, []).append(value)
         rows.append((name, by_task))
 
@@ -109,7 +101,7 @@ def summarize(args) -> None:
         for task in tasks:
             for i, metric in enumerate(metrics[task]):
                 values = by_task.get(task, {}).get(metric, [])
-                cells.append(cell(values))
+                cells.append(fmt(values) if values else "–")
                 if i == 0 and values:
                     firsts.append(statistics.mean(values))
         avg = f"{100 * statistics.mean(firsts):.2f}" if len(firsts) == len(tasks) else "–"
