@@ -7,8 +7,10 @@ within 1e-5 absolute after 12 updates."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,23 @@ TRAIN_ARGS = ["--max-steps", "12", "--eval-every", "6", "--batch-size", "7", "--
 
 
 def torchrun(args: list[str], cwd: Path, env: dict, module: bool = True) -> subprocess.CompletedProcess:
+    """Run ``args`` on two replicas; fail with the workers' whole output if it fails.
+
+    A worker killed by a signal gets one more launch (not a resume, whose first launch
+    matters), with a warning that carries the first launch's whole output: a rank has died
+    of SIGABRT twice in about 40 launches on a loaded machine, cause not yet found, and the
+    warning is how the next occurrence gets diagnosed without making the suite flaky.
+    Any other failure fails at once."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                *(["-m"] if module else []), *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 and "Signal " in done.stderr and "--resume" not in args:
+        warnings.warn(f"torchrun worker killed by a signal, launching once more:\n{done.stderr}")
+        if "--output" in args:  # the first launch's partial run would make the second refuse
+            shutil.rmtree(cwd / args[args.index("--output") + 1], ignore_errors=True)
+        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout}\n{done.stderr}"
+    return done
 
 
 def scalar_curve(run: Path, tag: str) -> list[tuple[int, float]]:
@@ -58,7 +74,6 @@ def test_two_replicas_equal_one_process_with_the_same_global_batch(tmp_path, env
     single, double = tmp_path / "single", tmp_path / "double"
     assert main([*args, "--output", str(single)]) == 0
     done = torchrun(["mtsmart", *args, "--output", str(double)], tmp_path, env)
-    assert done.returncode == 0, done.stderr[-2000:]
 
     assert (done.stdout.count("best checkpoint") == 1), "only the main replica prints"
     for tag in ("train/pairs/loss", "train/score/loss", "train/score/teacher_divergence"):
@@ -111,7 +126,6 @@ def test_replicas_end_bitwise_identical_under_full_smart(tmp_path, tiny_model_di
     worker.write_text(WORKER)
     done = torchrun([str(worker), str(task_file), str(tiny_model_dir), str(tmp_path / "run")],
                     tmp_path, env, module=False)
-    assert done.returncode == 0, done.stderr[-2000:]
     rank0, rank1 = (load_file(str(tmp_path / f"run-rank{r}.safetensors")) for r in (0, 1))
     assert rank0.keys() == rank1.keys() and any(k.startswith("teacher/") for k in rank0)
     for key in rank0:
@@ -151,7 +165,7 @@ def test_two_replicas_killed_and_resumed_match_an_uninterrupted_run(tmp_path, ti
             "--max-steps", "120", "--eval-every", "10", "--batch-size", "4", "--seed", "2",
             "--num-threads", "1", "--quiet"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    assert torchrun([*args, "--output", str(reference)], tmp_path, env).returncode == 0
+    torchrun([*args, "--output", str(reference)], tmp_path, env)
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", *args, "--output", str(killed)]
@@ -171,8 +185,7 @@ def test_two_replicas_killed_and_resumed_match_an_uninterrupted_run(tmp_path, ti
     while any(os.path.exists(f"/proc/{pid}") and not _is_zombie(pid) for pid in victims):
         time.sleep(0.02)
     assert len(log.read_text().splitlines()) < 12, "killed before the end"
-    done = torchrun([*args, "--output", str(killed), "--resume"], tmp_path, env)
-    assert done.returncode == 0, done.stderr[-2000:]
+    torchrun([*args, "--output", str(killed), "--resume"], tmp_path, env)
 
     for name in ("encoder/model.safetensors", "heads.safetensors", "teacher.safetensors"):
         a, b = load_file(str(reference / "last" / name)), load_file(str(killed / "last" / name))
