@@ -91,55 +91,77 @@ def fmt(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def summary_columns(records: list[dict], tags: list[str]) -> list[tuple[str, str, str]]:
+    """(variant, tag, label) per table column: one column per variant, or per variant and
+    recipe where several of the given tags ran the same variant (e.g. full SMART at two ε)."""
+    columns = []
+    for variant in VARIANTS:
+        variant_tags = [t for t in tags if any(r["variant"] == variant and r["tag"] == t for r in records)]
+        for tag in variant_tags:
+            columns.append((variant, tag, variant if len(variant_tags) == 1 else f"{variant} [{tag}]"))
+    return columns
+
+
+def headline_metrics(task_file: Path) -> dict[str, str]:
+    """Each task's first listed metric (CoLA: MCC; results files sort metric names)."""
+    import yaml
+
+    tasks = yaml.safe_load(task_file.read_text())["tasks"]
+    return {name: spec["metrics"][0] for name, spec in tasks.items()}
+
+
 def summarize(args) -> None:
     tags = args.tag.split(",")  # several tags: e.g. a plain baseline and a SMART recipe
     records = [r for r in load_results(Path(args.results)) if r["tag"] in tags]
     if not records:
         raise SystemExit(f"no results with tag {args.tag!r} in {args.results}")
     tasks = list(dict.fromkeys(r["task"] for r in records))
-    variants = [v for v in VARIANTS if any(r["variant"] == v for r in records)]
-    print(f"results: {args.results}, tag {args.tag!r}; final dev metric after the last epoch, "
+    columns = summary_columns(records, tags)
+    headline = headline_metrics(REPO / "task_defs" / "glue.yaml")
+
+    def runs_of(task: str, variant: str, tag: str) -> list[dict]:
+        return sorted((r for r in records if (r["task"], r["variant"], r["tag"]) == (task, variant, tag)),
+                      key=lambda r: r["seed"])
+
+    print(f"results: {args.results}, tags {args.tag!r}; final dev metric after the last epoch, "
           "mean ± std over seeds (every seed in brackets); percent\n")
-    header = "| task | metric | " + " | ".join(variants) + " |"
-    print(header)
-    print("|" + "---|" * (2 + len(variants)))
-    main_means: dict[str, list[float]] = {v: [] for v in variants}
+    print("| task | metric | " + " | ".join(label for _, _, label in columns) + " |")
+    print("|" + "---|" * (2 + len(columns)))
+    main_means: dict[str, list[float]] = {label: [] for _, _, label in columns}
     for task in tasks:
-        metrics = list(next(r for r in records if r["task"] == task)["final"])
+        metrics = sorted(next(r for r in records if r["task"] == task)["final"],
+                         key=lambda m: m != headline[task])
         for metric in metrics:
             cells = []
-            for variant in variants:
-                runs = sorted((r for r in records if r["task"] == task and r["variant"] == variant),
-                              key=lambda r: r["seed"])
-                values = [r["final"][metric] for r in runs]
+            for variant, tag, label in columns:
+                values = [r["final"][metric] for r in runs_of(task, variant, tag)]
                 if not values:
                     cells.append("–")
                     continue
                 seeds = ", ".join(f"{100 * v:.1f}" for v in values)
                 cells.append(f"{fmt(values)} [{seeds}]")
                 if metric == metrics[0]:
-                    main_means[variant].append(statistics.mean(values))
+                    main_means[label].append(statistics.mean(values))
             print(f"| {task} | {metric} | " + " | ".join(cells) + " |")
-    print("\nbest of seeds (as the paper reports), first metric of each task:\n")
-    print("| task | " + " | ".join(variants) + " |")
-    print("|" + "---|" * (1 + len(variants)))
+    print("\nbest of seeds (as the paper reports), headline metric of each task:\n")
+    print("| task | " + " | ".join(label for _, _, label in columns) + " |")
+    print("|" + "---|" * (1 + len(columns)))
     for task in tasks:
-        metric = list(next(r for r in records if r["task"] == task)["final"])[0]
+        metric = headline[task]
         cells = []
-        for variant in variants:
-            values = [r["final"][metric] for r in records if r["task"] == task and r["variant"] == variant]
+        for variant, tag, _ in columns:
+            values = [r["final"][metric] for r in runs_of(task, variant, tag)]
             cells.append(f"{100 * max(values):.2f}" if values else "–")
         print(f"| {task} ({metric}) | " + " | ".join(cells) + " |")
-    complete = {v: m for v, m in main_means.items() if len(m) == len(tasks)}
+    complete = {label: m for label, m in main_means.items() if len(m) == len(tasks)}
     if "plain" in complete:
-        print("\naverage over tasks of the first metric's mean, and gain over plain:\n")
-        for variant, means in complete.items():
-            avg = statistics.mean(means)
-            gain = avg - statistics.mean(complete["plain"])
-            print(f"- {variant}: {100 * avg:.2f} ({100 * gain:+.2f})")
-    walls = {v: statistics.median([r["train_seconds"] for r in records if r["variant"] == v])
-             for v in variants}
-    print("\nmedian training seconds per run: " + ", ".join(f"{v} {walls[v]:.0f}" for v in variants))
+        print("\naverage over tasks of the headline metric's mean, and gain over plain:\n")
+        for label, means in complete.items():
+            gain = statistics.mean(means) - statistics.mean(complete["plain"])
+            print(f"- {label}: {100 * statistics.mean(means):.2f} ({100 * gain:+.2f})")
+    seconds = {label: statistics.median([r["train_seconds"] for task in tasks for r in runs_of(task, variant, tag)])
+               for variant, tag, label in columns}
+    print("\nmedian training seconds per run: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
 
 
 def main() -> None:
