@@ -58,8 +58,8 @@ class SmartConfig:
     # updates: a teacher that is still the random head is no anchor worth pulling to.
     prox_warmup_fraction: float = 0.1
     # Keep at most one autograd graph alive (clean forward first without a graph, replayed
-    # later with the same dropout masks): peak memory near plain training's, for two extra
-    # graph-free forward passes. The gradients are the same.
+    # after the perturbed pass's backward with the same dropout masks): peak memory near
+    # plain training's, for one extra graph-free forward pass. The gradients are the same.
     memory_efficient: bool = False
 
     @property

@@ -128,15 +128,15 @@ class _RngReplay:
 def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv_weight,
                                 prox_weight, loss_weight, perturbation_scale, backward):
     """The same gradients as the default path, with at most one autograd graph alive at a
-    time (peak memory near plain training's), for two extra graph-free forward passes.
+    time (peak memory near plain training's), for one extra graph-free forward pass.
 
     R_s = ℓ_s(f(x+ν), f(x)) has gradient through both arguments. Its part through the clean
     output z is the vector-Jacobian product of g_z = ∂ℓ_s/∂z with z's graph. So: run the
-    clean forward without a graph (recording the dropout masks) to get z for the ascent;
-    after the ascent, run f(x+ν) without a graph (recording its masks) and take g_z on the
-    tiny [batch, classes] outputs; replay the clean forward with a graph and back-propagate
-    L + μ·D + λ·⟨g_z, z⟩ (freeing it); replay f(x+ν) with a graph and back-propagate
-    λ·ℓ_s(f(x+ν), stopgrad z)."""
+    clean forward without a graph (recording its dropout masks) to get z for the ascent;
+    after the ascent, run f(x+ν) with a graph, take g_z on the tiny [batch, classes]
+    outputs and back-propagate λ·ℓ_s(f(x+ν), stopgrad z) (freeing that graph); then replay
+    the clean forward with the same masks and a graph and back-propagate
+    L + μ·D + λ·⟨g_z, z⟩. The random stream ends where the default path's ends."""
     attention_mask = batch["attention_mask"]
     token_type_ids = batch.get("token_type_ids")
     ids = batch["input_ids"]
@@ -150,45 +150,48 @@ def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv
     with torch.no_grad():
         embeds = model.embed(ids)
         clean_values = forward(embeds)
+        clean_loss = task_type.loss(clean_values, batch["labels"]) * loss_weight
+    if not torch.isfinite(clean_loss):  # decided before any backward: the batch is skipped whole
+        return BatchLosses(total=clean_loss, task_loss=float(clean_loss))
     noise = smart.adversarial_perturbation(
         forward, embeds, clean_values, attention_mask, task_type.divergence,
         epsilon=cfg.epsilon * perturbation_scale, noise_std=cfg.noise_std * perturbation_scale,
         step_size=cfg.step_size * perturbation_scale, num_steps=cfg.num_steps, norm=cfg.norm)
-    grad_clean = perturbed_masks = None
-    adv_value = None
+    grad_clean = perturbed = adv_value = None
     if noise is not None:
-        perturbed_masks = _RngReplay(ids.device)
-        with torch.no_grad():
-            perturbed = forward(embeds + noise)
+        perturbed = forward(model.embed(ids) + noise)
         clean_leaf = clean_values.detach().requires_grad_(True)
         with torch.enable_grad():
-            adv_value = task_type.divergence(perturbed, clean_leaf)
+            adv_value = task_type.divergence(perturbed.detach(), clean_leaf)
             (grad_clean,) = torch.autograd.grad(adv_value, [clean_leaf])
         if not (torch.isfinite(adv_value) and torch.isfinite(grad_clean).all()):
-            grad_clean = perturbed_masks = None
+            grad_clean = perturbed = None  # dropping the graph frees it, nothing is back-propagated
+    end_of_step = _RngReplay(ids.device)
+
+    result = BatchLosses(total=clean_values.new_zeros(()), task_loss=0.0, backward_done=True)
+    if perturbed is not None:
+        backward(adv_weight * task_type.divergence(perturbed, clean_values.detach()))
+        del perturbed  # the perturbed graph is freed before the clean one is rebuilt
+        result.adv_loss = float(adv_value.detach())
+        result.perturbation_norm = smart.mean_token_norm(noise, attention_mask, cfg.norm)
+    else:
+        result.regularizer_skipped = True
 
     clean_masks.restore()
     outputs = forward(model.embed(ids))
+    end_of_step.restore()
     task_loss = task_type.loss(outputs, batch["labels"]) * loss_weight
-    result = BatchLosses(total=task_loss.detach(), task_loss=float(task_loss.detach()))
+    result.task_loss = float(task_loss.detach())
     clean_total = task_loss
     if teacher_outputs is not None:
         clean_total = _add_bregman(clean_total, result, outputs, teacher_outputs, task_type,
                                    prox_weight)
     if grad_clean is not None:
         clean_total = clean_total + adv_weight * (grad_clean * outputs.float()).sum()
-        result.adv_loss = float(adv_value.detach())
-        result.perturbation_norm = smart.mean_token_norm(noise, attention_mask, cfg.norm)
+    if torch.isfinite(clean_total):  # the replay of a finite clean pass; guarded all the same
+        backward(clean_total)
     else:
-        result.regularizer_skipped = True
-    if not torch.isfinite(clean_total):
         result.total = clean_total.detach()
         return result
-    backward(clean_total)  # frees the clean graph before the perturbed one is built
     result.total = task_loss.detach() + (result.prox_loss or 0.0) + adv_weight * (result.adv_loss or 0.0)
-    result.backward_done = True
-    if perturbed_masks is not None:
-        perturbed_masks.restore()
-        perturbed = forward(model.embed(ids) + noise)
-        backward(adv_weight * task_type.divergence(perturbed, outputs.detach()))
     return result

@@ -302,10 +302,12 @@ def test_memory_efficient_path_gives_the_same_gradients(task, prox):
     standard = batch_objective(model_a, teacher_a, task, task_type, batch, cfg,
                                adv_weight=2.0, prox_weight=prox)
     standard.total.backward()
+    after_standard = torch.rand(3)  # both paths leave the random stream at the same point
     torch.manual_seed(7)
     efficient = batch_objective(model_b, teacher_b, task, task_type, batch,
                                 replace(cfg, memory_efficient=True), adv_weight=2.0,
                                 prox_weight=prox, backward=lambda loss: loss.backward())
+    assert torch.equal(torch.rand(3), after_standard)
     assert efficient.backward_done and not standard.backward_done
     assert efficient.adv_loss == pytest.approx(standard.adv_loss, rel=1e-5)
     assert float(efficient.total) == pytest.approx(float(standard.total.detach()), rel=1e-5)
@@ -313,3 +315,33 @@ def test_memory_efficient_path_gives_the_same_gradients(task, prox):
         assert (a.grad is None) == (b.grad is None), name
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_memory_efficient_path_skips_a_non_finite_batch_before_any_backward():
+    from dataclasses import replace
+
+    model = tiny_model()
+    batch = tiny_batch()
+    batch["labels"] = torch.full((4,), float("nan"))
+    calls = []
+    cfg = replace(SmartConfig(mode="adversarial", epsilon=0.05, noise_std=0.01, step_size=0.1),
+                  memory_efficient=True)
+    losses = batch_objective(model, None, "reg", get_task_type("regression"), batch, cfg,
+                             adv_weight=1.0, prox_weight=0.0, backward=calls.append)
+    assert not torch.isfinite(losses.total) and not losses.backward_done
+    assert calls == [] and all(p.grad is None for p in model.parameters())
+
+
+def test_memory_efficient_path_costs_one_extra_student_forward():
+    from dataclasses import replace
+
+    model = tiny_model()
+    teacher = MeanTeacher(model)
+    student_calls = ForwardCounter(model.encoder)
+    teacher_calls = ForwardCounter(teacher.model.encoder)
+    cfg = replace(SmartConfig(mode="full", epsilon=0.01, noise_std=0.01, step_size=0.1),
+                  memory_efficient=True)
+    batch_objective(model, teacher, "cls", get_task_type("classification"), tiny_batch(), cfg,
+                    adv_weight=1.0, prox_weight=1.0, backward=lambda loss: loss.backward())
+    # graph-free clean + ascent + perturbed + clean replay (the default path runs 3)
+    assert (student_calls.count, teacher_calls.count) == (4, 1)
