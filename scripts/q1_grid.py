@@ -110,6 +110,37 @@ def headline_metrics(task_file: Path) -> dict[str, str]:
     return {name: spec["metrics"][0] for name, spec in tasks.items()}
 
 
+def print_paired_gains(tasks, columns, headline, runs_of) -> None:
+    """Each column minus plain on the seeds both ran: seed-to-seed spread cancels, and the
+    averages do not mix different seed counts."""
+    plain = next(((v, t) for v, t, _ in columns if v == "plain"), None)
+    others = [c for c in columns if c[0] != "plain"]
+    if plain is None or not others:
+        return
+    print("\npaired by seed: headline metric minus plain's on the same seed, mean over the "
+          "shared seeds (each seed's difference in brackets); points\n")
+    print("| task | " + " | ".join(label for _, _, label in others) + " |")
+    print("|" + "---|" * (1 + len(others)))
+    gains: dict[str, list[float]] = {label: [] for _, _, label in others}
+    for task in tasks:
+        metric = headline[task]
+        baseline = {r["seed"]: r["final"][metric] for r in runs_of(task, *plain)}
+        cells = []
+        for variant, tag, label in others:
+            diffs = [100 * (r["final"][metric] - baseline[r["seed"]])
+                     for r in runs_of(task, variant, tag) if r["seed"] in baseline]
+            if not diffs:
+                cells.append("–")
+                continue
+            gains[label].append(statistics.mean(diffs))
+            cells.append(f"{statistics.mean(diffs):+.2f} [" + ", ".join(f"{d:+.1f}" for d in diffs) + "]")
+        print(f"| {task} ({metric}) | " + " | ".join(cells) + " |")
+    complete = {label: g for label, g in gains.items() if len(g) == len(tasks)}
+    if complete:
+        print("\naverage over tasks of the paired gain: " + ", ".join(
+            f"{label} {statistics.mean(g):+.2f}" for label, g in complete.items()))
+
+
 def summarize(args) -> None:
     tags = args.tag.split(",")  # several tags: e.g. a plain baseline and a SMART recipe
     records = [r for r in load_results(Path(args.results)) if r["tag"] in tags]
@@ -153,6 +184,7 @@ def summarize(args) -> None:
             values = [r["final"][metric] for r in runs_of(task, variant, tag)]
             cells.append(f"{100 * max(values):.2f}" if values else "–")
         print(f"| {task} ({metric}) | " + " | ".join(cells) + " |")
+    print_paired_gains(tasks, columns, headline, runs_of)
     complete = {label: m for label, m in main_means.items() if len(m) == len(tasks)}
     if "plain" in complete:
         print("\naverage over tasks of the headline metric's mean, and gain over plain:\n")
