@@ -47,6 +47,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "prox_warmup_fraction": ("training.smart.prox_warmup_fraction", float),
     "teacher_horizon_fraction": ("training.smart.teacher_horizon_fraction", float),
     "relative_epsilon": ("training.smart.relative_to_embedding_norm", bool),
+    "same_dropout_masks": ("training.smart.same_dropout_masks", bool),
 }
 
 
@@ -77,6 +78,8 @@ def add_smart_flags(parser: argparse.ArgumentParser) -> None:
                        help="cap β at 1 - 1/(H x total updates): the teacher averages over ~H of the run")
     group.add_argument("--relative-epsilon", action=argparse.BooleanOptionalAction, default=None,
                        help="measure ε, σ and η in units of the mean per-token word-embedding norm")
+    group.add_argument("--same-dropout-masks", action=argparse.BooleanOptionalAction, default=None,
+                       help="run the perturbed passes with the clean pass's dropout masks")
 
 
 def add_common_training_flags(parser: argparse.ArgumentParser) -> None:

@@ -61,6 +61,10 @@ class SmartConfig:
     # after the perturbed pass's backward with the same dropout masks): peak memory near
     # plain training's, for one extra graph-free forward pass. The gradients are the same.
     memory_efficient: bool = False
+    # The perturbed passes (ascent and R_s) reuse the clean pass's dropout masks, so R_s
+    # measures what the perturbation changes. With independent masks (false) R_s also
+    # penalises two dropout samples' disagreement, which dominates it at small ε.
+    same_dropout_masks: bool = False
 
     @property
     def use_adversarial(self) -> bool:
@@ -82,6 +86,7 @@ PER_TASK_SMART_KEYS = (
     "num_steps",
     "norm",
     "relative_to_embedding_norm",
+    "same_dropout_masks",
 )
 
 SMART_PRESETS: dict[str, dict[str, Any]] = {

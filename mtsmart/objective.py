@@ -60,6 +60,7 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
         return model(task, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                      token_type_ids=token_type_ids)
 
+    clean_masks = _RngReplay(embeds.device) if cfg.same_dropout_masks and adv_weight > 0 else None
     outputs = forward(embeds)
     task_loss = task_type.loss(outputs, batch["labels"]) * loss_weight
     total = task_loss
@@ -67,7 +68,7 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
 
     if adv_weight > 0:
         adv = smart.adversarial_loss(
-            forward, embeds, outputs, attention_mask, task_type.divergence,
+            _perturbed_forward(forward, clean_masks, cfg), embeds, outputs, attention_mask, task_type.divergence,
             epsilon=cfg.epsilon * perturbation_scale,
             noise_std=cfg.noise_std * perturbation_scale,
             step_size=cfg.step_size * perturbation_scale,
@@ -109,6 +110,26 @@ def _add_bregman(total, result: BatchLosses, outputs, teacher_outputs, task_type
     result.teacher_divergence = float(divergence.detach())
     result.prox_loss = prox_weight * result.teacher_divergence
     return total + prox_weight * divergence
+
+
+def _perturbed_forward(forward: Callable[[torch.Tensor], torch.Tensor],
+                       clean_masks: Optional["_RngReplay"], cfg: SmartConfig
+                       ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward for the perturbed passes: ``forward`` itself, or with
+    ``cfg.same_dropout_masks`` one that replays the clean pass's dropout masks and leaves
+    the random stream where it was (so both objective paths end it at the same point)."""
+    if not cfg.same_dropout_masks or clean_masks is None:
+        return forward
+
+    def with_clean_masks(inputs_embeds: torch.Tensor) -> torch.Tensor:
+        resume = _RngReplay(inputs_embeds.device)
+        clean_masks.restore()
+        try:
+            return forward(inputs_embeds)
+        finally:
+            resume.restore()
+
+    return with_clean_masks
 
 
 class _RngReplay:
@@ -153,13 +174,14 @@ def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv
         clean_loss = task_type.loss(clean_values, batch["labels"]) * loss_weight
     if not torch.isfinite(clean_loss):  # decided before any backward: the batch is skipped whole
         return BatchLosses(total=clean_loss, task_loss=float(clean_loss))
+    perturbed_forward = _perturbed_forward(forward, clean_masks, cfg)
     noise = smart.adversarial_perturbation(
-        forward, embeds, clean_values, attention_mask, task_type.divergence,
+        perturbed_forward, embeds, clean_values, attention_mask, task_type.divergence,
         epsilon=cfg.epsilon * perturbation_scale, noise_std=cfg.noise_std * perturbation_scale,
         step_size=cfg.step_size * perturbation_scale, num_steps=cfg.num_steps, norm=cfg.norm)
     grad_clean = perturbed = adv_value = None
     if noise is not None:
-        perturbed = forward(model.embed(ids) + noise)
+        perturbed = perturbed_forward(model.embed(ids) + noise)
         clean_leaf = clean_values.detach().requires_grad_(True)
         with torch.enable_grad():
             adv_value = task_type.divergence(perturbed.detach(), clean_leaf)

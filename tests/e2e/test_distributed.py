@@ -124,8 +124,8 @@ def test_replicas_end_bitwise_identical_under_full_smart(tmp_path, tiny_model_di
     task_file = write_tiny_tasks(tmp_path)
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    done = torchrun([str(worker), str(task_file), str(tiny_model_dir), str(tmp_path / "run")],
-                    tmp_path, env, module=False)
+    torchrun([str(worker), str(task_file), str(tiny_model_dir), str(tmp_path / "run")],
+             tmp_path, env, module=False)
     rank0, rank1 = (load_file(str(tmp_path / f"run-rank{r}.safetensors")) for r in (0, 1))
     assert rank0.keys() == rank1.keys() and any(k.startswith("teacher/") for k in rank0)
     for key in rank0:

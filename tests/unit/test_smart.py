@@ -282,8 +282,9 @@ def test_teacher_horizon_caps_momentum_to_the_run_length():
     assert long == [0.99, 0.999]  # long runs keep the configured schedule
 
 
-@pytest.mark.parametrize("task,prox", [("cls", 1.0), ("reg", 0.0)])
-def test_memory_efficient_path_gives_the_same_gradients(task, prox):
+@pytest.mark.parametrize("task,prox,same_masks", [("cls", 1.0, False), ("reg", 0.0, False),
+                                                  ("cls", 1.0, True)])
+def test_memory_efficient_path_gives_the_same_gradients(task, prox, same_masks):
     import copy
     from dataclasses import replace
 
@@ -297,7 +298,8 @@ def test_memory_efficient_path_gives_the_same_gradients(task, prox):
     task_type = get_task_type("classification" if task == "cls" else "regression")
     if task == "reg":
         batch["labels"] = torch.rand(4) * 5
-    cfg = SmartConfig(mode="full", epsilon=0.05, noise_std=0.01, step_size=0.1)
+    cfg = SmartConfig(mode="full", epsilon=0.05, noise_std=0.01, step_size=0.1,
+                      same_dropout_masks=same_masks)
     torch.manual_seed(7)
     standard = batch_objective(model_a, teacher_a, task, task_type, batch, cfg,
                                adv_weight=2.0, prox_weight=prox)
@@ -315,6 +317,36 @@ def test_memory_efficient_path_gives_the_same_gradients(task, prox):
         assert (a.grad is None) == (b.grad is None), name
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_same_dropout_masks_leave_only_the_perturbation_in_r_s(memory_efficient):
+    """At a vanishing ε, R_s is the two passes' dropout disagreement with independent masks
+    and zero with the clean pass's masks replayed."""
+    from dataclasses import replace
+
+    model = tiny_model()
+    model.train()
+    tiny = SmartConfig(mode="adversarial", epsilon=1e-9, noise_std=1e-9, step_size=1e-9,
+                       relative_to_embedding_norm=False, memory_efficient=memory_efficient)
+    backward = (lambda loss: loss.backward()) if memory_efficient else None
+    batch = tiny_batch()
+    adv = {}
+    for same in (False, True):
+        torch.manual_seed(3)
+        adv[same] = batch_objective(model, None, "cls", get_task_type("classification"),
+                                    batch, replace(tiny, same_dropout_masks=same),
+                                    adv_weight=1.0, prox_weight=0.0, backward=backward).adv_loss
+    after_objective = torch.rand(3)
+    assert adv[False] > 1e-4
+    assert adv[True] < 1e-9
+    # the replayed passes draw nothing: the stream ends after the clean pass and the noise
+    torch.manual_seed(3)
+    with torch.no_grad():
+        embeds = model.embed(batch["input_ids"])
+        model("cls", inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+        torch.randn(embeds.shape)
+    assert torch.equal(torch.rand(3), after_objective)
 
 
 def test_memory_efficient_path_skips_a_non_finite_batch_before_any_backward():
