@@ -68,7 +68,8 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
 
     if adv_weight > 0:
         adv = smart.adversarial_loss(
-            _perturbed_forward(forward, clean_masks, cfg), embeds, outputs, attention_mask, task_type.divergence,
+            _perturbed_forward(forward, clean_masks, cfg), embeds, outputs, attention_mask,
+            task_type.divergence,
             epsilon=cfg.epsilon * perturbation_scale,
             noise_std=cfg.noise_std * perturbation_scale,
             step_size=cfg.step_size * perturbation_scale,
