@@ -68,7 +68,7 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
 
     if adv_weight > 0:
         adv = smart.adversarial_loss(
-            _perturbed_forward(forward, clean_masks, cfg), embeds, outputs, attention_mask,
+            _perturbed_forward(forward, clean_masks), embeds, outputs, attention_mask,
             task_type.divergence,
             epsilon=cfg.epsilon * perturbation_scale,
             noise_std=cfg.noise_std * perturbation_scale,
@@ -114,12 +114,11 @@ def _add_bregman(total, result: BatchLosses, outputs, teacher_outputs, task_type
 
 
 def _perturbed_forward(forward: Callable[[torch.Tensor], torch.Tensor],
-                       clean_masks: Optional["_RngReplay"], cfg: SmartConfig
-                       ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The forward for the perturbed passes: ``forward`` itself, or with
-    ``cfg.same_dropout_masks`` one that replays the clean pass's dropout masks and leaves
-    the random stream where it was (so both objective paths end it at the same point)."""
-    if not cfg.same_dropout_masks or clean_masks is None:
+                       clean_masks: Optional["_RngReplay"]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward for the perturbed passes: ``forward`` itself, or, given the clean pass's
+    masks (``cfg.same_dropout_masks``), one that replays them and leaves the random stream
+    where it was (so both objective paths end it at the same point)."""
+    if clean_masks is None:
         return forward
 
     def with_clean_masks(inputs_embeds: torch.Tensor) -> torch.Tensor:
@@ -175,7 +174,7 @@ def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv
         clean_loss = task_type.loss(clean_values, batch["labels"]) * loss_weight
     if not torch.isfinite(clean_loss):  # decided before any backward: the batch is skipped whole
         return BatchLosses(total=clean_loss, task_loss=float(clean_loss))
-    perturbed_forward = _perturbed_forward(forward, clean_masks, cfg)
+    perturbed_forward = _perturbed_forward(forward, clean_masks if cfg.same_dropout_masks else None)
     noise = smart.adversarial_perturbation(
         perturbed_forward, embeds, clean_values, attention_mask, task_type.divergence,
         epsilon=cfg.epsilon * perturbation_scale, noise_std=cfg.noise_std * perturbation_scale,
