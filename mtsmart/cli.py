@@ -477,11 +477,24 @@ COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": com
             "finetune": command_finetune, "adapt": command_adapt, "export": command_export}
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """parse_args, except that KEY=VALUE overrides may also follow the flags
+    (``mtsmart train tasks.yaml --lr 1e-4 training.seed=2``): argparse alone takes
+    positionals only before the first flag. Anything else left over is an error."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if extra and (stray or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(format="mtsmart: note: %(message)s", level=logging.WARNING)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train":
         print(f"mtsmart: error: only 'mtsmart train' runs under torchrun; run "
               f"'mtsmart {args.command}' as a single process", file=sys.stderr)

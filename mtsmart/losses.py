@@ -6,6 +6,9 @@ Must not import any other mtsmart module: these are pure tensor functions.
 
 from __future__ import annotations
 
+from typing import Optional
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,9 +35,23 @@ def squared_error(pred_a: torch.Tensor, pred_b: torch.Tensor) -> torch.Tensor:
     return (pred_a.float() - pred_b.float()).pow(2).mean()
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of [batch, num_classes] logits against [batch] class ids, float32."""
-    return F.cross_entropy(logits.float(), labels.long())
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor,
+                        class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross-entropy of [batch, num_classes] logits against [batch] class ids, float32;
+    with ``class_weights`` ([num_classes]) the weighted mean over the batch."""
+    weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
+    return F.cross_entropy(logits.float(), labels.long(), weight=weight)
+
+
+def balanced_class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """n / (num_classes · n_c) per class c, so that every class weighs the same in total
+    (scikit-learn's "balanced"); a class absent from ``targets`` never meets its weight
+    and gets 1."""
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_classes)
+    weights = np.ones(num_classes, dtype=np.float64)
+    present = counts > 0
+    weights[present] = counts.sum() / (num_classes * counts[present])
+    return weights
 
 
 def regression_loss(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -36,12 +36,14 @@ class BatchLosses:
 def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task: str,
                     task_type: TaskType, batch: dict[str, torch.Tensor], cfg: SmartConfig, *,
                     adv_weight: float, prox_weight: float, loss_weight: float = 1.0,
+                    class_weights: Optional[torch.Tensor] = None,
                     perturbation_scale: float = 1.0,
                     backward: Optional[Callable[[torch.Tensor], None]] = None) -> BatchLosses:
     """Forward passes and losses of one batch.
 
     ``adv_weight`` / ``prox_weight`` are the weights in force at this step (0 skips the
-    forward passes of that term entirely); ``perturbation_scale`` multiplies ε, σ and η
+    forward passes of that term entirely); ``class_weights`` weight the task loss only
+    (ℓ_s compares two output distributions and has no class to weight); ``perturbation_scale`` multiplies ε, σ and η
     (the embedding scale when ``cfg.relative_to_embedding_norm`` is set).
 
     Without ``backward`` nothing is back-propagated: ``total`` carries the graph. With
@@ -49,7 +51,7 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
     calls ``backward`` on its parts itself and sets ``backward_done``."""
     if backward is not None and cfg.memory_efficient and adv_weight > 0:
         return _memory_efficient_objective(model, teacher, task, task_type, batch, cfg,
-                                           adv_weight, prox_weight, loss_weight,
+                                           adv_weight, prox_weight, loss_weight, class_weights,
                                            perturbation_scale, backward)
     attention_mask = batch["attention_mask"]
     token_type_ids = batch.get("token_type_ids")
@@ -62,7 +64,7 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
 
     clean_masks = _RngReplay(embeds.device) if cfg.same_dropout_masks and adv_weight > 0 else None
     outputs = forward(embeds)
-    task_loss = task_type.loss(outputs, batch["labels"]) * loss_weight
+    task_loss = task_type.loss(outputs, batch["labels"], class_weights) * loss_weight
     total = task_loss
     result = BatchLosses(total=total, task_loss=float(task_loss.detach()))
 
@@ -147,7 +149,8 @@ class _RngReplay:
 
 
 def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv_weight,
-                                prox_weight, loss_weight, perturbation_scale, backward):
+                                prox_weight, loss_weight, class_weights, perturbation_scale,
+                                backward):
     """The same gradients as the default path, with at most one autograd graph alive at a
     time (peak memory near plain training's), for one extra graph-free forward pass.
 
@@ -171,7 +174,7 @@ def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv
     with torch.no_grad():
         embeds = model.embed(ids)
         clean_values = forward(embeds)
-        clean_loss = task_type.loss(clean_values, batch["labels"]) * loss_weight
+        clean_loss = task_type.loss(clean_values, batch["labels"], class_weights) * loss_weight
     if not torch.isfinite(clean_loss):  # decided before any backward: the batch is skipped whole
         return BatchLosses(total=clean_loss, task_loss=float(clean_loss))
     perturbed_forward = _perturbed_forward(forward, clean_masks if cfg.same_dropout_masks else None)
@@ -202,7 +205,7 @@ def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv
     clean_masks.restore()
     outputs = forward(model.embed(ids))
     end_of_step.restore()
-    task_loss = task_type.loss(outputs, batch["labels"]) * loss_weight
+    task_loss = task_type.loss(outputs, batch["labels"], class_weights) * loss_weight
     result.task_loss = float(task_loss.detach())
     clean_total = task_loss
     if teacher_outputs is not None:

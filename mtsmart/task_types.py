@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,9 @@ class TaskType(ABC):
         ...
 
     @abstractmethod
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor,
+             class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``class_weights``: per-class weights (classification; None elsewhere)."""
         ...
 
     @abstractmethod
@@ -89,8 +91,8 @@ class Classification(TaskType):
                 return int(raw)
         raise ValueError(f"label {raw!r} is not in the label list (valid: {', '.join(labels)})")
 
-    def loss(self, outputs, targets):
-        return losses.classification_loss(outputs, targets)
+    def loss(self, outputs, targets, class_weights=None):
+        return losses.classification_loss(outputs, targets, class_weights)
 
     def divergence(self, outputs_a, outputs_b):
         return losses.symmetric_kl(outputs_a, outputs_b)
@@ -121,7 +123,9 @@ class Regression(TaskType):
             raise ValueError(f"target {raw!r} is not a finite number")
         return value
 
-    def loss(self, outputs, targets):
+    def loss(self, outputs, targets, class_weights=None):
+        if class_weights is not None:
+            raise ValueError("regression tasks have no classes to weight")
         return losses.regression_loss(outputs, targets)
 
     def divergence(self, outputs_a, outputs_b):

@@ -9,6 +9,7 @@ Must not import torch models, the trainer or the CLI.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -95,6 +96,9 @@ class TaskDef:
     sampling_weight: float = 1.0
     loss_weight: float = 1.0
     head_dropout: float = 0.1
+    # classification: a weight per label (in ``labels`` order) for the cross-entropy, or
+    # "balanced" (n / (classes · n_class), from the training split actually used)
+    class_weights: Optional[Union[str, tuple[float, ...]]] = None
     smart: dict[str, Any] = field(default_factory=dict)  # per-task SmartConfig overrides
     defined_in: str = ""  # the YAML file, for error messages
 
@@ -140,6 +144,19 @@ def _parse_source(raw: Any, where: str) -> Source:
     if "path" in raw:
         return from_mapping(FileSource, raw, where)
     raise ConfigError(f"{where}: a data source needs 'path' (a local file) or 'hub' (a dataset)")
+
+
+def _parse_class_weights(raw: Any, labels: tuple[str, ...], where: str) -> Union[str, tuple[float, ...]]:
+    where = f"{where}: field 'class_weights'"
+    if raw == "balanced":
+        return raw
+    valid = f"'balanced' or a list of {len(labels)} positive numbers, one per label ({', '.join(labels)})"
+    if not isinstance(raw, list) or len(raw) != len(labels):
+        raise ConfigError(f"{where}: expected {valid}, got {raw!r}")
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+               and math.isfinite(w) and w > 0 for w in raw):
+        raise ConfigError(f"{where}: expected {valid}, got {raw!r}")
+    return tuple(float(w) for w in raw)
 
 
 def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
@@ -200,7 +217,11 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
         if len(set(labels)) != len(labels):
             raise ConfigError(f"{where}: field 'labels': labels must be distinct")
         kwargs["labels"] = labels
+        if "class_weights" in raw:
+            kwargs["class_weights"] = _parse_class_weights(raw["class_weights"], labels, where)
     else:
+        if "class_weights" in raw:
+            raise ConfigError(f"{where}: field 'class_weights' is for classification tasks")
         if "labels" in raw or "label_field" in raw:
             raise ConfigError(f"{where}: regression tasks use 'target_field', not 'label_field'/'labels'")
         if "target_field" not in raw:

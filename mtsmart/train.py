@@ -31,6 +31,7 @@ from mtsmart.distributed import Replicas
 from mtsmart.ema import MeanTeacher
 from mtsmart.errors import ConfigError
 from mtsmart.evaluation import predict_split, score_split, selection_score
+from mtsmart.losses import balanced_class_weights
 from mtsmart.metric_logging import MetricLogger, append_json_line, write_json
 from mtsmart.model import MultiTaskModel, head_spec, quiet_transformers
 from mtsmart.objective import batch_objective
@@ -217,16 +218,30 @@ class Trainer:
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.train_splits, self.eval_splits, self.streams = {}, {}, {}
+        self.class_weights: dict[str, Optional[torch.Tensor]] = {}
         for stream_id, (name, task) in enumerate(self.tasks.items()):
             train = load_tokenized(task, task.train_split, self.tokenizer, self.data_dir,
                                    self.cache_dir)
             if name in self.train_indices:
                 train = train.subset(self.train_indices[name])
             self.train_splits[name] = train
+            self.class_weights[name] = self._class_weights(task, train)
             self.eval_splits[name] = load_tokenized(task, task.eval_split, self.tokenizer,
                                                     self.data_dir, self.cache_dir)
             self.streams[name] = TaskStream(self.train_splits[name], cfg.batch_size, cfg.seed,
                                             self.pad_token_id, cfg.length_grouped, stream_id)
+
+    def _class_weights(self, task: TaskDef, train) -> Optional[torch.Tensor]:
+        """The task's cross-entropy class weights, "balanced" resolved on the training
+        examples this run uses (a subset's own counts, not the full file's); results.json
+        records them."""
+        if task.class_weights is None:
+            return None
+        if task.class_weights == "balanced":
+            weights = balanced_class_weights(train.targets, len(task.labels))
+        else:
+            weights = task.class_weights
+        return torch.tensor(weights, dtype=torch.float32, device=self.device)
 
     def _setup_plan(self) -> None:
         cfg = self.cfg
@@ -385,7 +400,7 @@ class Trainer:
             losses = batch_objective(
                 self.model, self.teacher, task_name, task.task_type, batch,
                 self.task_smart[task_name], adv_weight=adv_w, prox_weight=prox_w,
-                loss_weight=task.loss_weight,
+                loss_weight=task.loss_weight, class_weights=self.class_weights[task_name],
                 perturbation_scale=self.perturbation_scales[task_name],
                 backward=self._backward)
         if losses.regularizer_skipped:
@@ -565,6 +580,9 @@ class Trainer:
         }
         if "teacher_results" in records[-1]:
             summary["last"]["teacher_results"] = records[-1]["teacher_results"]
+        weighted = {n: w.tolist() for n, w in self.class_weights.items() if w is not None}
+        if weighted:
+            summary["class_weights"] = weighted
         write_json(os.path.join(self.output_dir, RESULTS_FILE), summary)
         return summary
 

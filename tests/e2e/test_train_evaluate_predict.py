@@ -288,6 +288,38 @@ def test_predict_all_tasks_to_a_directory(run_dir, tmp_path, cache):
 
 
 # ------------------------------------------------------------------------------ other runs
+def test_balanced_class_weights_come_from_the_training_labels(tiny_model_dir, tmp_path):
+    output = tmp_path / "balanced"
+    argv = ["train", str(TASK_FILE), *train_argv(tiny_model_dir, output, "--tasks", CLS_TASK,
+                                                 "--max-steps", "1")[2:],
+            f"tasks.{CLS_TASK}.class_weights=balanced"]
+    code, _, err = run_cli(argv, tmp_path / "cache")
+    assert code == 0, err[-3000:]
+    train_labels = gold(CLS_TASK, "train")
+    counts = [train_labels.count(label) for label in LABELS]
+    expected = [len(train_labels) / (len(LABELS) * c) for c in counts]
+    got = read_json(output / "results.json")["class_weights"][CLS_TASK]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_class_weights_tilt_the_classifier_towards_the_heavier_class(tiny_model_dir, tmp_path):
+    """The same run with the weights swapped: each predicts (nearly) only its heavy class,
+    and the checkpoint keeps the setting."""
+    shares = {}
+    for heavy, weights in (("same", "[50, 1]"), ("different", "[1, 50]")):
+        output = tmp_path / heavy
+        argv = ["train", str(TASK_FILE), f"tasks.{CLS_TASK}.class_weights={weights}",
+                *train_argv(tiny_model_dir, output, "--tasks", CLS_TASK)[2:]]
+        code, _, err = run_cli(argv, tmp_path / "cache")
+        assert code == 0, err[-3000:]
+        saved = yaml.safe_load((output / "last" / "tasks.yaml").read_text())
+        assert saved["tasks"][CLS_TASK]["class_weights"] == yaml.safe_load(weights)
+        assert read_json(output / "results.json")["class_weights"] == {CLS_TASK: yaml.safe_load(weights)}
+        predicted = reference_predictions(output / "last", CLS_TASK, tmp_path / "ref-cache")
+        shares[heavy] = np.mean([LABELS[i] == heavy for i in predicted])
+    assert shares["same"] >= 0.9 and shares["different"] >= 0.9, shares
+
+
 def test_train_with_tiny_roberta(tiny_roberta_dir, tmp_path):
     """RoBERTa has one token type: the pair task must not feed it sentence-B type ids."""
     output = tmp_path / "run"

@@ -132,6 +132,22 @@ def test_override_with_bad_value(workdir, tiny_model_dir, capsys):
     assert_one_line(code, err, str(task_file), "'tiny'", "'max_length'")
 
 
+def test_overrides_after_the_flags_are_applied_too(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "tasks.tiny.class_weights=[1]"), capsys)
+    assert_one_line(code, err, str(task_file), "'tiny'", "'class_weights'")
+
+
+def test_a_stray_word_after_the_flags_is_an_error(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml())
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv(workdir, task_file, tiny_model_dir, "tasks.yaml"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "unrecognized arguments: tasks.yaml" in err
+    assert not (workdir / "out").exists()
+
+
 def test_unknown_tasks_name(workdir, tiny_model_dir, capsys):
     task_file = write(workdir, task_yaml())
     code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--tasks", "tiny,rte"), capsys)

@@ -151,6 +151,36 @@ def test_classification_loss_is_cross_entropy():
     assert torch.equal(losses.classification_loss(logits, labels), F.cross_entropy(logits, labels))
 
 
+def test_weighted_classification_loss_is_the_weighted_mean_by_hand():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 2, generator=gen)
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    weights = torch.tensor([3.0, 0.5])
+    nll = -torch.log_softmax(logits.double(), -1)[torch.arange(5), labels]
+    w = weights.double()[labels]
+    expected = (w * nll).sum() / w.sum()
+    got = losses.classification_loss(logits, labels, weights)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert got.item() != pytest.approx(losses.classification_loss(logits, labels).item(), rel=1e-3)
+
+
+def test_balanced_class_weights_match_scikit_learn_and_tolerate_a_missing_class():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    targets = np.array([0, 1, 1, 1, 2, 2, 1, 1])
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=targets)
+    np.testing.assert_allclose(losses.balanced_class_weights(targets, 3), expected)
+    # every class then weighs the same in total
+    totals = [losses.balanced_class_weights(targets, 3)[c] * np.sum(targets == c) for c in range(3)]
+    np.testing.assert_allclose(totals, totals[0])
+    np.testing.assert_allclose(losses.balanced_class_weights(np.array([0, 0, 2]), 3), [0.5, 1.0, 1.0])
+
+
+def test_regression_type_refuses_class_weights():
+    with pytest.raises(ValueError, match="regression"):
+        get_task_type("regression").loss(torch.zeros(2, 1), torch.zeros(2), torch.ones(2))
+
+
 def test_regression_loss_is_mse():
     pred = torch.tensor([0.5, 2.0, -1.0])
     targets = torch.tensor([1.0, 2.0, 1.0])

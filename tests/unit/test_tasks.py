@@ -106,6 +106,13 @@ def test_hub_source_and_format_from_extension():
     assert task.splits["other"].resolved_format == "tsv"
 
 
+@pytest.mark.parametrize("weights, expected", [("balanced", "balanced"), ([2, 0.5], (2.0, 0.5))])
+def test_class_weights_balanced_or_one_per_label_and_round_trip(weights, expected):
+    task = parse_task("rte", spec(CLS, class_weights=weights), FILE)
+    assert task.class_weights == expected
+    assert parse_task("rte", yaml.safe_load(yaml.safe_dump(task_to_plain(task))), FILE) == task
+
+
 def test_task_to_plain_round_trips():
     task = parse_task("mrpc", spec(CLS, metrics=["accuracy", "f1"], smart={"num_steps": 2},
                                    splits={"train": {"path": "t.tsv", "columns": {"label": -1}}}), FILE)
@@ -159,6 +166,12 @@ def assert_names(err, *parts):
     (spec(CLS, max_length="long"), "'max_length'"),
     (spec(CLS, head_dropout=1.0), "'head_dropout'"),
     (spec(CLS, sampling_weight=-1), "sampling_weight"),
+    (spec(CLS, class_weights="balance"), "'class_weights'"),
+    (spec(CLS, class_weights=[1.0]), "'class_weights'"),
+    (spec(CLS, class_weights=[1.0, 0.0]), "'class_weights'"),
+    (spec(CLS, class_weights=[1.0, float("nan")]), "'class_weights'"),
+    (spec(CLS, class_weights=[1.0, True]), "'class_weights'"),
+    (spec(REG, class_weights="balanced"), "'class_weights'"),
 ])
 def test_bad_task_names_file_task_and_field(raw, field):
     with pytest.raises(ConfigError) as err:
