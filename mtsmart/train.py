@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from mtsmart import smart
 from mtsmart.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from mtsmart.config import TrainConfig
+from mtsmart.cpu_allocator import keep_freed_memory
 from mtsmart.data import TaskStream, default_cache_dir, load_tokenized
 from mtsmart.distributed import Replicas
 from mtsmart.ema import MeanTeacher
@@ -144,6 +145,8 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
         self.device = self.replicas.device()
+        if self.device.type == "cpu":
+            keep_freed_memory()  # before the first step allocates its activations
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("training.precision: fp16 needs a CUDA device; use bf16 on CPU")

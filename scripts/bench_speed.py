@@ -17,6 +17,9 @@ its value just before the step, measured in a second process started with a fixe
 mmap threshold, so that large tensors return to the OS when freed and each step is
 measured on its own (the fixed threshold slows allocation, so timing runs without it).
 On CUDA: torch.cuda.max_memory_allocated.
+
+Timing on CPU keeps freed memory in the process, as training does
+(mtsmart/cpu_allocator.py); ``--glibc-defaults`` times with glibc's own thresholds.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch  # noqa: E402
 
 from mtsmart import smart  # noqa: E402
 from mtsmart.config import SmartConfig  # noqa: E402
+from mtsmart.cpu_allocator import keep_freed_memory  # noqa: E402
 from mtsmart.ema import MeanTeacher  # noqa: E402
 from mtsmart.losses import symmetric_kl  # noqa: E402
 from mtsmart.model import MultiTaskModel, quiet_transformers  # noqa: E402
@@ -270,6 +274,9 @@ def main() -> None:
     parser.add_argument("--shapes", default="16x128,32x64")
     parser.add_argument("--quick", action="store_true", help="2 layers, 16x128, 1+3 steps")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="time with glibc's own thresholds instead of keeping freed memory "
+                             "as training does (mtsmart/cpu_allocator.py)")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -302,8 +309,10 @@ def main() -> None:
         print(json.dumps({f"{b}x{s}": memory_shape(model, teacher, naive_teacher, optimizer, cfg, (b, s), device)
                           for b, s in shapes}))
         return
+    kept = device.type == "cpu" and not args.glibc_defaults and keep_freed_memory()
     print(f"device: {device}  threads: {torch.get_num_threads()}  torch {torch.__version__}  "
-          f"layers: {model.encoder.config.num_hidden_layers}  steps: {args.steps} (+{args.warmup} warm-up)")
+          f"layers: {model.encoder.config.num_hidden_layers}  steps: {args.steps} (+{args.warmup} warm-up)  "
+          f"freed memory kept: {'yes' if kept else 'no'}")
     report = {}
     timings = {shape: time_shape(model, teacher, naive_teacher, optimizer, cfg, shape, args, device)
                for shape in shapes}

@@ -59,8 +59,9 @@ def test_base_modules_import_only_errors(module):
     assert imports_of(module) <= {"mtsmart.errors"}
 
 
-def test_errors_imports_nothing_from_mtsmart():
-    assert imports_of("errors") == set()
+@pytest.mark.parametrize("module", ["errors", "cpu_allocator"])
+def test_leaf_modules_import_nothing_from_mtsmart(module):
+    assert imports_of(module) == set()
 
 
 def test_smart_is_pure():
