@@ -33,14 +33,14 @@ def test_nonfinite_losses_and_gradients_are_skipped_and_counted(tmp_path, tiny_m
     calls = {"regression": 0, "classification": 0}
     real_regression_loss, real_classification_loss = regression.loss, classification.loss
 
-    def nan_loss_sometimes(self, outputs, targets):
+    def nan_loss_sometimes(self, outputs, targets, class_weights=None):
         calls["regression"] += 1
-        loss = real_regression_loss(self, outputs, targets)
+        loss = real_regression_loss(self, outputs, targets, class_weights)
         return loss * math.nan if calls["regression"] % 3 == 0 else loss
 
-    def nan_gradient_sometimes(self, outputs, targets):
+    def nan_gradient_sometimes(self, outputs, targets, class_weights=None):
         calls["classification"] += 1
-        loss = real_classification_loss(self, outputs, targets)
+        loss = real_classification_loss(self, outputs, targets, class_weights)
         return _NanGradient.apply(loss) if calls["classification"] % 4 == 0 else loss
 
     monkeypatch.setattr(regression, "loss", nan_loss_sometimes)
