@@ -2,10 +2,11 @@
 
 glibc hands large freed blocks back to the operating system (blocks above its mmap
 threshold are unmapped, and a free heap top above the trim threshold is released), so a
-training step that frees its activations page-faults them in again on the next step. A
-SMART step at 16 × 128 on MiniLM frees about 550 MiB of activations each time; on the
-project's CPU that re-faulting cost 0.4-0.9 of a plain step (S1 in docs/RESULTS.md). Raising
-both thresholds makes glibc keep the memory for the next step, as a caching allocator does.
+training step that frees its activations may page-fault them in again on the next step. A
+SMART step at 16 × 128 on MiniLM frees about 550 MiB of activations each time; in the S1
+benchmark, which alternates steps of different footprints, that cost 0.4-0.9 of a plain
+step, and a real full-SMART run on RTE was 1-6% slower (docs/RESULTS.md, S1). Raising both
+thresholds makes glibc keep the memory for the next step, as a caching allocator does.
 
 Must not import any other mtsmart module.
 """
