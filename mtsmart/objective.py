@@ -43,8 +43,9 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
 
     ``adv_weight`` / ``prox_weight`` are the weights in force at this step (0 skips the
     forward passes of that term entirely); ``class_weights`` weight the task loss only
-    (ℓ_s compares two output distributions and has no class to weight); ``perturbation_scale`` multiplies ε, σ and η
-    (the embedding scale when ``cfg.relative_to_embedding_norm`` is set).
+    (ℓ_s compares two output distributions and has no class to weight);
+    ``perturbation_scale`` multiplies ε, σ and η (the embedding scale when
+    ``cfg.relative_to_embedding_norm`` is set).
 
     Without ``backward`` nothing is back-propagated: ``total`` carries the graph. With
     ``backward`` and ``cfg.memory_efficient`` (and an adversarial term), the objective
