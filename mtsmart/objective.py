@@ -30,7 +30,7 @@ class BatchLosses:
     teacher_divergence: Optional[float] = None  # D itself
     perturbation_norm: Optional[float] = None
     regularizer_skipped: bool = False
-    backward_done: bool = False  # the memory-efficient path has already back-propagated
+    backward_done: bool = False  # the memory-efficient path has back-propagated each half
 
 
 def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task: str,
@@ -49,11 +49,21 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
 
     Without ``backward`` nothing is back-propagated: ``total`` carries the graph. With
     ``backward`` and ``cfg.memory_efficient`` (and an adversarial term), the objective
-    calls ``backward`` on its parts itself and sets ``backward_done``."""
-    if backward is not None and cfg.memory_efficient and adv_weight > 0:
-        return _memory_efficient_objective(model, teacher, task, task_type, batch, cfg,
-                                           adv_weight, prox_weight, loss_weight, class_weights,
-                                           perturbation_scale, backward)
+    runs the batch in two halves, calls ``backward`` on each itself and sets
+    ``backward_done``."""
+    weights = dict(adv_weight=adv_weight, prox_weight=prox_weight, loss_weight=loss_weight,
+                   class_weights=class_weights, perturbation_scale=perturbation_scale)
+    if (backward is not None and cfg.memory_efficient and adv_weight > 0
+            and batch["input_ids"].shape[0] > 1):
+        return _sliced_objective(model, teacher, task, task_type, batch, cfg, backward, **weights)
+    return _objective(model, teacher, task, task_type, batch, cfg, **weights)
+
+
+def _objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task: str,
+               task_type: TaskType, batch: dict[str, torch.Tensor], cfg: SmartConfig, *,
+               adv_weight: float, prox_weight: float, loss_weight: float,
+               class_weights: Optional[torch.Tensor], perturbation_scale: float) -> BatchLosses:
+    """The default path: the clean and the perturbed graph both alive until one backward."""
     attention_mask = batch["attention_mask"]
     token_type_ids = batch.get("token_type_ids")
     teacher_outputs = _teacher_outputs_if_used(teacher, task, batch, prox_weight)
@@ -120,7 +130,7 @@ def _perturbed_forward(forward: Callable[[torch.Tensor], torch.Tensor],
                        clean_masks: Optional["_RngReplay"]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward for the perturbed passes: ``forward`` itself, or, given the clean pass's
     masks (``cfg.same_dropout_masks``), one that replays them and leaves the random stream
-    where it was (so both objective paths end it at the same point)."""
+    where it was (so the replay changes no later draw)."""
     if clean_masks is None:
         return forward
 
@@ -149,75 +159,69 @@ class _RngReplay:
             torch.cuda.set_rng_state(self.cuda)
 
 
-def _memory_efficient_objective(model, teacher, task, task_type, batch, cfg, adv_weight,
-                                prox_weight, loss_weight, class_weights, perturbation_scale,
-                                backward):
-    """The same gradients as the default path, with at most one autograd graph alive at a
-    time (peak memory near plain training's), for one extra graph-free forward pass.
+def _sliced_objective(model, teacher, task, task_type, batch, cfg, backward, *, adv_weight,
+                      prox_weight, loss_weight, class_weights, perturbation_scale) -> BatchLosses:
+    """``memory_efficient``: the default path on each half of the batch in turn, each half
+    back-propagated before the next is built. Two half-batch graphs alive at a time hold
+    about what plain training's one whole-batch graph holds, and every pass still runs
+    once (S1 in docs/RESULTS.md: peak 1.14× plain for 1.03× the default path's time).
 
-    R_s = ℓ_s(f(x+ν), f(x)) has gradient through both arguments. Its part through the clean
-    output z is the vector-Jacobian product of g_z = ∂ℓ_s/∂z with z's graph. So: run the
-    clean forward without a graph (recording its dropout masks) to get z for the ascent;
-    after the ascent, run f(x+ν) with a graph, take g_z on the tiny [batch, classes]
-    outputs and back-propagate λ·ℓ_s(f(x+ν), stopgrad z) (freeing that graph); then replay
-    the clean forward with the same masks and a graph and back-propagate
-    L + μ·D + λ·⟨g_z, z⟩. The random stream ends where the default path's ends."""
-    attention_mask = batch["attention_mask"]
-    token_type_ids = batch.get("token_type_ids")
-    ids = batch["input_ids"]
-
-    def forward(inputs_embeds: torch.Tensor) -> torch.Tensor:
-        return model(task, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                     token_type_ids=token_type_ids)
-
-    teacher_outputs = _teacher_outputs_if_used(teacher, task, batch, prox_weight)
-    clean_masks = _RngReplay(ids.device)
-    with torch.no_grad():
-        embeds = model.embed(ids)
-        clean_values = forward(embeds)
-        clean_loss = task_type.loss(clean_values, batch["labels"], class_weights) * loss_weight
-    if not torch.isfinite(clean_loss):  # decided before any backward: the batch is skipped whole
-        return BatchLosses(total=clean_loss, task_loss=float(clean_loss))
-    perturbed_forward = _perturbed_forward(forward, clean_masks if cfg.same_dropout_masks else None)
-    noise = smart.adversarial_perturbation(
-        perturbed_forward, embeds, clean_values, attention_mask, task_type.divergence,
-        epsilon=cfg.epsilon * perturbation_scale, noise_std=cfg.noise_std * perturbation_scale,
-        step_size=cfg.step_size * perturbation_scale, num_steps=cfg.num_steps, norm=cfg.norm)
-    grad_clean = perturbed = adv_value = None
-    if noise is not None:
-        perturbed = perturbed_forward(model.embed(ids) + noise)
-        clean_leaf = clean_values.detach().requires_grad_(True)
-        with torch.enable_grad():
-            adv_value = task_type.divergence(perturbed.detach(), clean_leaf)
-            (grad_clean,) = torch.autograd.grad(adv_value, [clean_leaf])
-        if not (torch.isfinite(adv_value) and torch.isfinite(grad_clean).all()):
-            grad_clean = perturbed = None  # dropping the graph frees it, nothing is back-propagated
-    end_of_step = _RngReplay(ids.device)
-
-    result = BatchLosses(total=clean_values.new_zeros(()), task_loss=0.0, backward_done=True)
-    if perturbed is not None:
-        backward(adv_weight * task_type.divergence(perturbed, clean_values.detach()))
-        del perturbed  # the perturbed graph is freed before the clean one is rebuilt
-        result.adv_loss = float(adv_value.detach())
-        result.perturbation_norm = smart.mean_token_norm(noise, attention_mask, cfg.norm)
+    Every term is a mean over examples, so weighting each half's terms by its share of the
+    batch gives the whole batch's objective (the task loss by its share of the class
+    weights, which are what a weighted cross-entropy averages over). Dropout masks and the
+    starting noise are drawn per half, so the gradient equals the default path's in
+    distribution, not draw for draw. A half whose loss is not finite is skipped; the
+    other half's gradient is kept."""
+    size = batch["input_ids"].shape[0]
+    halves = [slice(0, (size + 1) // 2), slice((size + 1) // 2, size)]
+    if class_weights is not None:
+        example_weights = class_weights.to(batch["labels"].device, torch.float32)[batch["labels"].long()]
     else:
-        result.regularizer_skipped = True
+        example_weights = torch.ones(size)
+    parts: list[tuple[float, float, BatchLosses]] = []
+    for rows in halves:
+        share = (rows.stop - rows.start) / size
+        task_share = float(example_weights[rows].sum() / example_weights.sum())
+        half = _batch_rows(batch, rows)
+        # ×share on the whole half below; the task loss needs task_share instead.
+        losses = _objective(model, teacher, task, task_type, half, cfg, adv_weight=adv_weight,
+                            prox_weight=prox_weight, loss_weight=loss_weight * task_share / share,
+                            class_weights=class_weights, perturbation_scale=perturbation_scale)
+        if torch.isfinite(losses.total):
+            backward(losses.total * share)
+        parts.append((share, float(half["attention_mask"].sum()), losses))
+    return _combined(parts)
 
-    clean_masks.restore()
-    outputs = forward(model.embed(ids))
-    end_of_step.restore()
-    task_loss = task_type.loss(outputs, batch["labels"], class_weights) * loss_weight
-    result.task_loss = float(task_loss.detach())
-    clean_total = task_loss
-    if teacher_outputs is not None:
-        clean_total = _add_bregman(clean_total, result, outputs, teacher_outputs, task_type,
-                                   prox_weight)
-    if grad_clean is not None:
-        clean_total = clean_total + adv_weight * (grad_clean * outputs.float()).sum()
-    if torch.isfinite(clean_total):  # the replay of a finite clean pass; guarded all the same
-        backward(clean_total)
-    else:
-        result.total = clean_total.detach()
-        return result
-    result.total = task_loss.detach() + (result.prox_loss or 0.0) + adv_weight * (result.adv_loss or 0.0)
-    return result
+
+def _batch_rows(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    """Some rows of a batch, without the trailing columns that are padding in all of
+    them (a length-grouped batch is padded to its longest example, a half often to less)."""
+    part = {key: value[rows] for key, value in batch.items()}
+    mask = part["attention_mask"]
+    used = mask.any(dim=0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 1
+    if length < mask.shape[1]:
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            if key in part:
+                part[key] = part[key][:, :length]
+    return part
+
+
+def _combined(parts: list[tuple[float, float, BatchLosses]]) -> BatchLosses:
+    """The whole batch's logged values from its halves' (share, real tokens, losses)."""
+
+    def mean_of(field: str, by_tokens: bool = False) -> Optional[float]:
+        known = [(tokens if by_tokens else share, getattr(losses, field))
+                 for share, tokens, losses in parts if getattr(losses, field) is not None]
+        if not known:
+            return None
+        return sum(w * v for w, v in known) / sum(w for w, _ in known)
+
+    total = sum(share * losses.total.detach() for share, _, losses in parts)
+    return BatchLosses(
+        total=total, task_loss=sum(share * losses.task_loss for share, _, losses in parts),
+        adv_loss=mean_of("adv_loss"), prox_loss=mean_of("prox_loss"),
+        teacher_divergence=mean_of("teacher_divergence"),
+        perturbation_norm=mean_of("perturbation_norm", by_tokens=True),
+        regularizer_skipped=any(losses.regularizer_skipped for _, _, losses in parts),
+        backward_done=True)
