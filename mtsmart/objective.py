@@ -7,8 +7,9 @@ Must not import train or cli.
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -38,21 +39,24 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
                     adv_weight: float, prox_weight: float, loss_weight: float = 1.0,
                     class_weights: Optional[torch.Tensor] = None,
                     perturbation_scale: float = 1.0,
-                    backward: Optional[Callable[[torch.Tensor], None]] = None) -> BatchLosses:
+                    backward: Optional[Callable[[torch.Tensor], None]] = None,
+                    side_stream: Optional["SideStream"] = None) -> BatchLosses:
     """Forward passes and losses of one batch.
 
     ``adv_weight`` / ``prox_weight`` are the weights in force at this step (0 skips the
     forward passes of that term entirely); ``class_weights`` weight the task loss only
     (ℓ_s compares two output distributions and has no class to weight);
     ``perturbation_scale`` multiplies ε, σ and η (the embedding scale when
-    ``cfg.relative_to_embedding_norm`` is set).
+    ``cfg.relative_to_embedding_norm`` is set). With ``side_stream`` the adversarial
+    term's random draws come from it instead of torch's global generator.
 
     Without ``backward`` nothing is back-propagated: ``total`` carries the graph. With
     ``backward`` and ``cfg.memory_efficient`` (and an adversarial term), the objective
     runs the batch in two halves, calls ``backward`` on each itself and sets
     ``backward_done``."""
     weights = dict(adv_weight=adv_weight, prox_weight=prox_weight, loss_weight=loss_weight,
-                   class_weights=class_weights, perturbation_scale=perturbation_scale)
+                   class_weights=class_weights, perturbation_scale=perturbation_scale,
+                   side_stream=side_stream)
     if (backward is not None and cfg.memory_efficient and adv_weight > 0
             and batch["input_ids"].shape[0] > 1):
         return _sliced_objective(model, teacher, task, task_type, batch, cfg, backward, **weights)
@@ -62,7 +66,8 @@ def batch_objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task:
 def _objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task: str,
                task_type: TaskType, batch: dict[str, torch.Tensor], cfg: SmartConfig, *,
                adv_weight: float, prox_weight: float, loss_weight: float,
-               class_weights: Optional[torch.Tensor], perturbation_scale: float) -> BatchLosses:
+               class_weights: Optional[torch.Tensor], perturbation_scale: float,
+               side_stream: Optional["SideStream"]) -> BatchLosses:
     """The default path: the clean and the perturbed graph both alive until one backward."""
     attention_mask = batch["attention_mask"]
     token_type_ids = batch.get("token_type_ids")
@@ -80,14 +85,15 @@ def _objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task: str,
     result = BatchLosses(total=total, task_loss=float(task_loss.detach()))
 
     if adv_weight > 0:
-        adv = smart.adversarial_loss(
-            _perturbed_forward(forward, clean_masks), embeds, outputs, attention_mask,
-            task_type.divergence,
-            epsilon=cfg.epsilon * perturbation_scale,
-            noise_std=cfg.noise_std * perturbation_scale,
-            step_size=cfg.step_size * perturbation_scale,
-            num_steps=cfg.num_steps, norm=cfg.norm,
-        )
+        with side_stream.active() if side_stream is not None else nullcontext():
+            adv = smart.adversarial_loss(
+                _perturbed_forward(forward, clean_masks), embeds, outputs, attention_mask,
+                task_type.divergence,
+                epsilon=cfg.epsilon * perturbation_scale,
+                noise_std=cfg.noise_std * perturbation_scale,
+                step_size=cfg.step_size * perturbation_scale,
+                num_steps=cfg.num_steps, norm=cfg.norm,
+            )
         result.perturbation_norm = adv.perturbation_norm
         if adv.is_finite:
             total = total + adv_weight * adv.loss
@@ -159,8 +165,44 @@ class _RngReplay:
             torch.cuda.set_rng_state(self.cuda)
 
 
+class SideStream:
+    """A random stream of SMART's own: the ascent's starting noise and the perturbed
+    passes' dropout masks draw from it, not from torch's global generator, which the clean
+    pass (and so plain training) draws from. A SMART run then sees the same clean dropout
+    masks as a plain run with its seed (the data order is the seed's already): what
+    separates the two is SMART, not another draw of dropout masks, which on CoLA alone moves
+    dev MCC by several points (docs/RESULTS.md, Q1)."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.device = device
+        main = _RngReplay(device)
+        torch.manual_seed(seed)
+        self._state = _RngReplay(device)
+        main.restore()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Draws inside the block come from this stream; the global one is left as it was."""
+        main = _RngReplay(self.device)
+        self._state.restore()
+        try:
+            yield
+        finally:
+            self._state = _RngReplay(self.device)
+            main.restore()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"cpu": self._state.cpu, **({"cuda": self._state.cuda} if self._state.cuda is not None else {})}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._state.cpu = state["cpu"]
+        if "cuda" in state and self._state.cuda is not None:
+            self._state.cuda = state["cuda"]
+
+
 def _sliced_objective(model, teacher, task, task_type, batch, cfg, backward, *, adv_weight,
-                      prox_weight, loss_weight, class_weights, perturbation_scale) -> BatchLosses:
+                      prox_weight, loss_weight, class_weights, perturbation_scale,
+                      side_stream) -> BatchLosses:
     """``memory_efficient``: the default path on each half of the batch in turn, each half
     back-propagated before the next is built. Two half-batch graphs alive at a time hold
     about what plain training's one whole-batch graph holds, and every pass still runs
@@ -186,7 +228,8 @@ def _sliced_objective(model, teacher, task, task_type, batch, cfg, backward, *, 
         # ×share on the whole half below; the task loss needs task_share instead.
         losses = _objective(model, teacher, task, task_type, half, cfg, adv_weight=adv_weight,
                             prox_weight=prox_weight, loss_weight=loss_weight * task_share / share,
-                            class_weights=class_weights, perturbation_scale=perturbation_scale)
+                            class_weights=class_weights, perturbation_scale=perturbation_scale,
+                            side_stream=side_stream)
         if torch.isfinite(losses.total):
             backward(losses.total * share)
         parts.append((share, float(half["attention_mask"].sum()), losses))

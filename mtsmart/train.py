@@ -35,7 +35,7 @@ from mtsmart.evaluation import predict_split, score_split, selection_score
 from mtsmart.losses import balanced_class_weights
 from mtsmart.metric_logging import MetricLogger, append_json_line, write_json
 from mtsmart.model import MultiTaskModel, head_spec, quiet_transformers
-from mtsmart.objective import batch_objective
+from mtsmart.objective import SideStream, batch_objective
 from mtsmart.sampling import TaskSampler
 from mtsmart.tasks import TaskDef
 
@@ -47,6 +47,8 @@ CHECKPOINTS_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
 EVAL_LOG_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+# SMART's own random stream is seeded apart from the global one (objective.SideStream).
+SIDE_STREAM_SEED_OFFSET = 104_729
 
 
 def linear_warmup_decay(update: int, warmup_updates: int, total_updates: int) -> float:
@@ -155,6 +157,7 @@ class Trainer:
         if self.replicas.enabled:
             # Each replica sees other examples: give each its own dropout and noise draws.
             torch.manual_seed(self._replica_seed())
+        self.side_stream = SideStream(self._replica_seed() + SIDE_STREAM_SEED_OFFSET, self.device)
         self._setup_data()
         self._setup_plan()
         # Fine-tuning from a checkpoint: the teacher starts as a copy of the loaded weights
@@ -276,15 +279,19 @@ class Trainer:
         torchrun: every replica's generator states are gathered."""
         replica_rngs = self.replicas.all_gather(
             [torch.get_rng_state()] + ([torch.cuda.get_rng_state()] if torch.cuda.is_available() else []))
+        replica_side_streams = self.replicas.all_gather(self.side_stream.state_dict())
         return {
-            # Dropout masks and SMART's noise draw from torch's generators; the data and task
-            # orders are pure functions of (seed, position), so these states are all it takes.
+            # Dropout masks draw from torch's generators, SMART's perturbed passes from its
+            # side stream; the data and task orders are pure functions of (seed, position),
+            # so these states are all it takes.
             "tensors": {"optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
                         **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}),
                         **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
-                        **({"replica_rngs": replica_rngs} if self.replicas.enabled else {})},
+                        "smart_rng": self.side_stream.state_dict(),
+                        **({"replica_rngs": replica_rngs,
+                            "replica_smart_rngs": replica_side_streams} if self.replicas.enabled else {})},
             "json": {"global_step": self.global_step, "micro_step": self.micro_step,
                      "best_score": self.best_score if self.best_score > -math.inf else None,
                      "best_step": self.best_step,
@@ -313,7 +320,9 @@ class Trainer:
             self.scaler.load_state_dict(tensors["scaler"])
         self.global_step = info["global_step"]
         self.micro_step = info["micro_step"]
-        self._restore_replica_rng(path, tensors.get("replica_rngs"))
+        if "smart_rng" in tensors:  # older checkpoints: the stream restarts from its seed
+            self.side_stream.load_state_dict(tensors["smart_rng"])
+        self._restore_replica_rng(path, tensors.get("replica_rngs"), tensors.get("replica_smart_rngs"))
         self.best_score = info["best_score"] if info["best_score"] is not None else -math.inf
         self.best_step = info["best_step"]
         self.sampler.load_state_dict(info["sampler"])
@@ -330,7 +339,8 @@ class Trainer:
     def _replica_seed(self) -> int:
         return self.cfg.seed + 7919 * self.replicas.rank
 
-    def _restore_replica_rng(self, path: str, replica_rngs: Optional[list]) -> None:
+    def _restore_replica_rng(self, path: str, replica_rngs: Optional[list],
+                             replica_side_streams: Optional[list]) -> None:
         if not self.replicas.enabled:
             return
         if replica_rngs is None or len(replica_rngs) != self.replicas.world_size:
@@ -339,11 +349,15 @@ class Trainer:
                            path, len(replica_rngs) if replica_rngs else 1,
                            self.replicas.world_size)
             torch.manual_seed(self._replica_seed() + self.global_step)
+            self.side_stream = SideStream(self._replica_seed() + SIDE_STREAM_SEED_OFFSET + self.global_step,
+                                          self.device)
             return
         states = replica_rngs[self.replicas.rank]
         torch.set_rng_state(states[0])
         if len(states) > 1 and torch.cuda.is_available():
             torch.cuda.set_rng_state(states[1])
+        if replica_side_streams is not None:
+            self.side_stream.load_state_dict(replica_side_streams[self.replicas.rank])
 
     # ------------------------------------------------------------------ training
     def _weights_at(self, task_name: str, update: int) -> tuple[float, float]:
@@ -405,7 +419,7 @@ class Trainer:
                 self.task_smart[task_name], adv_weight=adv_w, prox_weight=prox_w,
                 loss_weight=task.loss_weight, class_weights=self.class_weights[task_name],
                 perturbation_scale=self.perturbation_scales[task_name],
-                backward=self._backward)
+                backward=self._backward, side_stream=self.side_stream)
         if losses.regularizer_skipped:
             self.counters[f"regularizer_skipped/{task_name}"] += 1
         if not torch.isfinite(losses.total):

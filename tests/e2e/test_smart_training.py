@@ -40,6 +40,22 @@ def test_zero_weights_reproduce_plain_training_exactly(tmp_path, tiny_model_dir)
                                                    full.model.state_dict().values()))
 
 
+def test_smart_draws_leave_the_clean_passes_dropout_masks_to_plain_training(tmp_path, tiny_model_dir):
+    """SMART's extra passes draw from a stream of their own: with vanishing weights a SMART
+    run follows plain training's trajectory (same clean dropout masks), so a comparison of
+    the two at one seed measures SMART, not another draw of masks."""
+    task_file = write_tiny_tasks(tmp_path)
+    plain = run_trainer(task_file, tmp_path / "plain", tiny_model_dir, SmartConfig(mode="off"))
+    tiny = run_trainer(task_file, tmp_path / "tiny", tiny_model_dir,
+                       SmartConfig(mode="adversarial", adv_weight=1e-9, epsilon=1e-2,
+                                   noise_std=1e-2, step_size=1e-1))
+    assert tiny.counters["batches/pairs"] > 0
+    drift = max(float((a.float() - b.float()).abs().max()) for a, b in
+                zip(plain.model.state_dict().values(), tiny.model.state_dict().values())
+                if a.is_floating_point())
+    assert drift < 1e-5
+
+
 def test_one_teacher_shared_by_every_task(tmp_path, tiny_model_dir, monkeypatch):
     task_file = write_tiny_tasks(tmp_path)
     import mtsmart.objective as objective
