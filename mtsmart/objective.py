@@ -219,7 +219,7 @@ def _sliced_objective(model, teacher, task, task_type, batch, cfg, backward, *, 
     if class_weights is not None:
         example_weights = class_weights.to(batch["labels"].device, torch.float32)[batch["labels"].long()]
     else:
-        example_weights = torch.ones(size)
+        example_weights = torch.ones(size, device=batch["labels"].device)
     parts: list[tuple[float, float, BatchLosses]] = []
     for rows in halves:
         share = (rows.stop - rows.start) / size
