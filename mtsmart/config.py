@@ -146,6 +146,9 @@ class TrainConfig:
     # needs). Mean by default: on RTE with all-MiniLM-L6-v2 it gave 59.6% dev accuracy
     # against 54.2% (pooler) and 53.8% (cls), see docs/RESULTS.md.
     pooling: Literal["cls", "mean", "pooler"] = "mean"
+    # Dropout inside the encoder (embeddings, attention, feed-forward); None keeps the
+    # encoder's own (0.1 for BERT-like models). A head's dropout is the task's head_dropout.
+    encoder_dropout: Optional[float] = None
     batch_size: int = 32
     eval_batch_size: int = 64
     epochs: float = 3.0
@@ -336,6 +339,9 @@ def validate_train(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}.optim.warmup_fraction: must be in [0, 1)")
     if cfg.sampler.temperature <= 0:
         raise ConfigError(f"{where}.sampler.temperature: must be > 0")
+    if cfg.encoder_dropout is not None and not 0 <= cfg.encoder_dropout < 1:
+        raise ConfigError(f"{where}.encoder_dropout: must be in [0, 1) or null, "
+                          f"got {cfg.encoder_dropout}")
     validate_smart(cfg.smart, f"{where}.smart")
 
 

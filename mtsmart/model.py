@@ -57,6 +57,15 @@ def head_spec(task: TaskDef) -> tuple[int, float]:
 POOLINGS = ("cls", "mean", "pooler")
 
 
+# Config attributes that hold an encoder's dropout rates across Hugging Face families
+# (BERT / RoBERTa / ELECTRA, DistilBERT, DeBERTa, XLM, ...); classifier_dropout is a
+# head's and stays.
+ENCODER_DROPOUT_CONFIG_KEYS = (
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+    "activation_dropout", "hidden_dropout", "attention_dropout_prob", "pooler_dropout",
+)
+
+
 class MultiTaskModel(nn.Module):
     """Shared encoder + ``nn.ModuleDict`` of heads keyed by task name.
 
@@ -110,6 +119,19 @@ class MultiTaskModel(nn.Module):
         from transformers import AutoModel
 
         return cls(AutoModel.from_config(config), {t.name: head_spec(t) for t in tasks}, pooling)
+
+    def set_encoder_dropout(self, p: float) -> None:
+        """Every dropout of the encoder (embeddings, attention, feed-forward) to ``p``,
+        heads untouched. Modules hold their own rate and some attention implementations
+        read it from the config at call time, so both change; the saved config then
+        reloads with the same rate."""
+        for module in self.encoder.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+        config = self.encoder.config
+        for name in ENCODER_DROPOUT_CONFIG_KEYS:
+            if isinstance(getattr(config, name, None), float):
+                setattr(config, name, p)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Word embeddings only (no position / type embeddings, no LayerNorm):

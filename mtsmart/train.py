@@ -217,6 +217,8 @@ class Trainer:
             self.model = MultiTaskModel.from_pretrained(
                 cfg.encoder, self.tasks.values(), num_hidden_layers=cfg.num_hidden_layers,
                 trust_remote_code=cfg.trust_remote_code, pooling=cfg.pooling)
+        if cfg.encoder_dropout is not None:
+            self.model.set_encoder_dropout(cfg.encoder_dropout)
         self.model.to(self.device)
         self.model.train()
         self.pad_token_id = self.tokenizer.pad_token_id or 0

@@ -321,11 +321,14 @@ def test_class_weights_tilt_the_classifier_towards_the_heavier_class(tiny_model_
 
 
 def test_train_with_tiny_roberta(tiny_roberta_dir, tmp_path):
-    """RoBERTa has one token type: the pair task must not feed it sentence-B type ids."""
+    """RoBERTa has one token type: the pair task must not feed it sentence-B type ids.
+    The encoder's dropout set from the command line is the one its checkpoint reloads with."""
     output = tmp_path / "run"
-    code, _, err = run_cli(train_argv(tiny_roberta_dir, output), tmp_path / "cache")
+    code, _, err = run_cli(train_argv(tiny_roberta_dir, output, "--encoder-dropout", "0.2"), tmp_path / "cache")
     assert code == 0, err[-3000:]
-    assert read_json(output / "best" / "encoder" / "config.json")["model_type"] == "roberta"
+    config = read_json(output / "best" / "encoder" / "config.json")
+    assert config["model_type"] == "roberta"
+    assert config["hidden_dropout_prob"] == config["attention_probs_dropout_prob"] == 0.2
     records = eval_records(output)
     assert [r["global_step"] for r in records] == [3, 6]
     assert all(set(r["results"]) == set(TASKS) for r in records)

@@ -138,6 +138,13 @@ def test_overrides_after_the_flags_are_applied_too(workdir, tiny_model_dir, caps
     assert_one_line(code, err, str(task_file), "'tiny'", "'class_weights'")
 
 
+def test_encoder_dropout_outside_its_range(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--encoder-dropout", "1.5"), capsys)
+    assert_one_line(code, err, "encoder_dropout", "[0, 1)", "1.5")
+    assert not (workdir / "out").exists()
+
+
 def test_a_stray_word_after_the_flags_is_an_error(workdir, tiny_model_dir, capsys):
     task_file = write(workdir, task_yaml())
     with pytest.raises(SystemExit) as exit_info:

@@ -121,6 +121,27 @@ def test_eval_mode_is_deterministic_and_train_mode_uses_dropout(model):
     assert not torch.allclose(a, c)
 
 
+def test_encoder_dropout_reaches_every_encoder_dropout_and_spares_the_heads(encoder_kind, request):
+    directory = request.getfixturevalue("tiny_model_dir" if encoder_kind == "bert" else "tiny_roberta_dir")
+    m = MultiTaskModel.from_pretrained(str(directory), TASKS)
+    m.set_encoder_dropout(0.0)
+    assert m.encoder.config.hidden_dropout_prob == m.encoder.config.attention_probs_dropout_prob == 0.0
+    assert m.heads["nli"].dropout.p == TASKS[0].head_dropout > 0
+    # With the encoder's dropout off and a head without dropout, train mode is eval mode.
+    batch = make_batch(m)
+    with torch.no_grad():
+        m.eval()
+        expected = m.forward_batch("bin", batch)
+        m.train()
+        torch.manual_seed(1)
+        got = m.forward_batch("bin", batch)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    m.set_encoder_dropout(0.5)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        assert not torch.allclose(m.forward_batch("bin", batch), expected, atol=1e-3)
+
+
 def test_gradients_reach_the_embedding_table(model):
     batch = make_batch(model)
     model.zero_grad(set_to_none=True)
