@@ -112,21 +112,25 @@ def headline_metrics(task_file: Path) -> dict[str, str]:
 
 def print_paired_gains(tasks, columns, headline, runs_of) -> None:
     """Each column minus plain on the seeds both ran: seed-to-seed spread cancels, and the
-    averages do not mix different seed counts."""
-    plain = next(((v, t) for v, t, _ in columns if v == "plain"), None)
+    averages do not mix different seed counts. A recipe that ran its own plain arm (a tag
+    that changes the shared recipe, e.g. the encoder's dropout) is paired with it; the
+    others with the first plain column."""
+    plain_tags = [t for v, t, _ in columns if v == "plain"]
     others = [c for c in columns if c[0] != "plain"]
-    if plain is None or not others:
+    if not plain_tags or not others:
         return
-    print("\npaired by seed: headline metric minus plain's on the same seed, mean over the "
-          "shared seeds (each seed's difference in brackets); points\n")
+    print("\npaired by seed: headline metric minus plain's on the same seed (plain of the same "
+          f"tag where it ran, else [{plain_tags[0]}]), mean over the shared seeds (each seed's "
+          "difference in brackets); points\n")
     print("| task | " + " | ".join(label for _, _, label in others) + " |")
     print("|" + "---|" * (1 + len(others)))
     gains: dict[str, list[float]] = {label: [] for _, _, label in others}
     for task in tasks:
         metric = headline[task]
-        baseline = {r["seed"]: r["final"][metric] for r in runs_of(task, *plain)}
         cells = []
         for variant, tag, label in others:
+            plain_tag = tag if tag in plain_tags and runs_of(task, "plain", tag) else plain_tags[0]
+            baseline = {r["seed"]: r["final"][metric] for r in runs_of(task, "plain", plain_tag)}
             diffs = [100 * (r["final"][metric] - baseline[r["seed"]])
                      for r in runs_of(task, variant, tag) if r["seed"] in baseline]
             if not diffs:
@@ -143,7 +147,8 @@ def print_paired_gains(tasks, columns, headline, runs_of) -> None:
 
 def summarize(args) -> None:
     tags = args.tag.split(",")  # several tags: e.g. a plain baseline and a SMART recipe
-    records = [r for r in load_results(Path(args.results)) if r["tag"] in tags]
+    wanted = args.tasks.split(",")
+    records = [r for r in load_results(Path(args.results)) if r["tag"] in tags and r["task"] in wanted]
     if not records:
         raise SystemExit(f"no results with tag {args.tag!r} in {args.results}")
     tasks = list(dict.fromkeys(r["task"] for r in records))
