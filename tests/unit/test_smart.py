@@ -227,6 +227,22 @@ def test_teacher_forward_has_no_graph_and_no_dropout():
     assert torch.equal(out1, out2)
 
 
+def test_a_fresh_teachers_divergence_is_the_students_dropout():
+    """D compares the student in train mode with the teacher in eval mode: at θ̃ = θ it is
+    the dropout's effect alone, zero once the model has no dropout (docs/smart.md)."""
+    batch = tiny_batch()
+    cfg = SmartConfig(mode="bregman")
+    divergences = {}
+    for dropout in (0.1, 0.0):
+        model = tiny_model(dropout=dropout)
+        model.train()
+        losses = batch_objective(model, MeanTeacher(model), "cls", get_task_type("classification"),
+                                 batch, cfg, adv_weight=0.0, prox_weight=1.0)
+        divergences[dropout] = losses.teacher_divergence
+    assert divergences[0.1] > 1e-4
+    assert divergences[0.0] == pytest.approx(0.0, abs=1e-6)
+
+
 # --------------------------------------------------------------------- objective
 class ForwardCounter:
     def __init__(self, module):
