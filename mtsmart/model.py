@@ -130,7 +130,8 @@ class MultiTaskModel(nn.Module):
                 module.p = p
         config = self.encoder.config
         for name in ENCODER_DROPOUT_CONFIG_KEYS:
-            if isinstance(getattr(config, name, None), float):
+            value = getattr(config, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):  # 0 may be an int
                 setattr(config, name, p)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
