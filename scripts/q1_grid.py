@@ -129,7 +129,7 @@ def print_paired_gains(tasks, columns, headline, runs_of) -> None:
         metric = headline[task]
         cells = []
         for variant, tag, label in others:
-            plain_tag = tag if tag in plain_tags and runs_of(task, "plain", tag) else plain_tags[0]
+            plain_tag = tag if runs_of(task, "plain", tag) else plain_tags[0]
             baseline = {r["seed"]: r["final"][metric] for r in runs_of(task, "plain", plain_tag)}
             diffs = [100 * (r["final"][metric] - baseline[r["seed"]])
                      for r in runs_of(task, variant, tag) if r["seed"] in baseline]
