@@ -25,6 +25,7 @@ Must not import train or cli.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterable, Optional
@@ -37,6 +38,7 @@ from torch import nn
 from mtsmart.errors import ConfigError
 
 BUCKET_ELEMENTS = 16 * 1024 * 1024  # 64 MB of fp32 per all-reduce call
+GLOO_RELEASE_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,13 @@ class Replicas:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+            # A gloo worker thread frees a finished collective's buffers only after the
+            # caller has been told it is done, and freeing a tensor Python has seen needs
+            # the GIL. If the interpreter is already shutting down by then, the thread is
+            # killed inside a C++ destructor and the process aborts ("terminate called
+            # without an active exception") after a successful run. Releasing the GIL for
+            # a moment lets every such thread finish first.
+            time.sleep(GLOO_RELEASE_SECONDS)
 
     # ------------------------------------------------------------------ data
     def shard(self, batch: dict[str, torch.Tensor]) -> tuple[Optional[dict[str, torch.Tensor]], float]:
