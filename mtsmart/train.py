@@ -374,6 +374,13 @@ class Trainer:
     def train(self) -> Optional[dict]:
         cfg = self.cfg
         self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
+        # Skip counters start at zero, so TensorBoard draws a flat line from the first
+        # log: "nothing skipped" is visible, not inferred from a missing curve.
+        for name, smart_cfg in self.task_smart.items():
+            if smart_cfg.use_adversarial or (smart_cfg.use_bregman and self.teacher is not None):
+                self.counters.setdefault(f"regularizer_skipped/{name}", 0)
+        for key in ("nonfinite_loss_skipped", "nonfinite_grad_skipped"):
+            self.counters.setdefault(key, 0)
         # tag -> [(micro-step, value, this replica's share of the batch)]
         window: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
         progress = tqdm(total=self.plan.total_updates, initial=self.global_step, unit="step",

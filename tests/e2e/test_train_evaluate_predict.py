@@ -213,6 +213,11 @@ def test_tensorboard_scalars(run_dir):
         expected |= {f"dev/{task}/{metric}" for metric in METRICS[task]}
     missing = expected - set(logged)
     assert not missing, f"missing tags {sorted(missing)}; logged: {sorted(logged)}"
+    # The non-finite counters are drawn from the first log, at zero in a healthy run;
+    # without SMART there is no regulariser to skip, so no such curve.
+    for key in ("train/nonfinite_loss_skipped", "train/nonfinite_grad_skipped"):
+        assert logged[key] and all(value == 0 for _, value in logged[key]), logged.get(key)
+    assert not [tag for tag in logged if tag.startswith("train/regularizer_skipped/")]
 
     records = {r["global_step"]: r["results"] for r in eval_records(run_dir)}
     for task in TASKS:
@@ -364,6 +369,11 @@ def test_smart_full_writes_teacher_and_logs_smart_scalars(tiny_model_dir, tmp_pa
     expected = {f"train/{task}/{tag}" for task in TASKS for tag in SMART_TAGS}
     missing = expected - set(logged)
     assert not missing, f"missing {sorted(missing)}; logged {sorted(logged)}"
+    # The skip counter is a curve from the first log (every logged step), zero here.
+    for task in TASKS:
+        skipped = logged.get(f"train/regularizer_skipped/{task}", [])
+        assert [s for s, _ in skipped] == [s for s, _ in logged["train/lr"]], skipped
+        assert all(value == 0 for _, value in skipped), skipped
     # Each token's perturbation lies in the ε-ball (ε = 1e-5, inf norm) and is not zero.
     for task in TASKS:
         for _, value in logged[f"train/{task}/perturbation_norm"]:
