@@ -3,7 +3,7 @@ optimizer, teacher update) of plain, adversarial-only, Bregman-only and full SMA
 of a naive reference, alternating between variants in one process on the same batches.
 
     python scripts/bench_speed.py            # 16x128 and 32x64, 12 timed steps, ~10 min on 2 cores
-    python scripts/bench_speed.py --quick    # 2-layer encoder, 16x128 only, < 1 minute
+    python scripts/bench_speed.py --quick    # 1-layer encoder, 16x128 only, < 1 minute
 
 Prints a table (median seconds per step, ratio to plain, peak extra memory of a step) and
 as its LAST line ``full_smart/plain = X.XX`` for the 16x128 case.
@@ -231,7 +231,7 @@ def time_shape(model, teacher, naive_teacher, optimizer, cfg, shape, args, devic
     return {v: statistics.median(t) for v, t in times.items()}, times
 
 
-def memory_shape(model, teacher, naive_teacher, optimizer, cfg, shape, device):
+def memory_shape(model, teacher, naive_teacher, optimizer, cfg, shape, device, samples=2):
     batch = make_batch(*shape, model.encoder.config.vocab_size, device, seed=shape[0])
     step("full_smart", model, teacher, naive_teacher, optimizer, batch, cfg)  # allocate optimizer state
     memory = {}
@@ -243,7 +243,7 @@ def memory_shape(model, teacher, naive_teacher, optimizer, cfg, shape, device):
             memory[variant] = torch.cuda.max_memory_allocated() - base
         else:
             peaks = []
-            for _ in range(2):
+            for _ in range(samples):  # the least of them: a stray allocation inflates one
                 with RssSampler() as sampler:
                     step(variant, model, teacher, naive_teacher, optimizer, batch, cfg)
                 peaks.append(sampler.extra)
@@ -257,7 +257,7 @@ def measure_memory_in_subprocess(args) -> dict:
 
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     cmd = [sys.executable, __file__, "--memory-only", "--encoder", args.encoder, "--shapes", args.shapes,
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--memory-samples", str(args.memory_samples)]
     if args.num_hidden_layers:
         cmd += ["--num-hidden-layers", str(args.num_hidden_layers)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -272,15 +272,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per variant (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--shapes", default="16x128,32x64")
-    parser.add_argument("--quick", action="store_true", help="2 layers, 16x128, 1+3 steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run in under a minute: 1 layer, 16x128, 1+3 steps, one memory sample")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--glibc-defaults", action="store_true",
                         help="time with glibc's own thresholds instead of keeping freed memory "
                              "as training does (mtsmart/cpu_allocator.py)")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-samples", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.num_hidden_layers, args.steps, args.warmup, args.shapes = 2, 3, 1, "16x128"
+        args.num_hidden_layers, args.steps, args.warmup, args.shapes = 1, 3, 1, "16x128"
+        args.memory_samples = 1
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -306,7 +309,8 @@ def main() -> None:
 
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     if args.memory_only:
-        print(json.dumps({f"{b}x{s}": memory_shape(model, teacher, naive_teacher, optimizer, cfg, (b, s), device)
+        print(json.dumps({f"{b}x{s}": memory_shape(model, teacher, naive_teacher, optimizer, cfg, (b, s), device,
+                                                   args.memory_samples)
                           for b, s in shapes}))
         return
     kept = device.type == "cpu" and not args.glibc_defaults and keep_freed_memory()
@@ -323,9 +327,10 @@ def main() -> None:
         report[f"{shape[0]}x{shape[1]}"] = {"median_s": medians, "times_s": times, "peak_extra_bytes": memory}
         plain_t, plain_m = medians["plain"], max(memory["plain"], 1)
         print(f"\nbatch x length = {shape[0]} x {shape[1]}")
-        print(f"{'variant':<20}{'median s/step':>14}{'x plain':>9}{'peak MiB':>10}{'x plain':>9}")
+        width = max(map(len, VARIANTS)) + 2
+        print(f"{'variant':<{width}}{'median s/step':>14}{'x plain':>9}{'peak MiB':>10}{'x plain':>9}")
         for variant in VARIANTS:
-            print(f"{variant:<20}{medians[variant]:>14.3f}{medians[variant] / plain_t:>9.2f}"
+            print(f"{variant:<{width}}{medians[variant]:>14.3f}{medians[variant] / plain_t:>9.2f}"
                   f"{memory[variant] / 2**20:>10.0f}{memory[variant] / plain_m:>9.2f}")
         floor = arithmetic_floor(medians)
         report[f"{shape[0]}x{shape[1]}"]["floor_x_plain"] = floor
