@@ -306,11 +306,34 @@ def build_task_file(raw: Any, path: str, overrides: list[tuple[list[str], Any, s
     """Validate an already-read task-definition mapping; ``path`` names it in errors."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with 'tasks:' at the top level")
+    set_by: dict[tuple[str, ...], str] = {}
     for key_path, value, text in overrides:
         if key_path[0] not in ("training", "tasks", "data_dir"):
             # Bare keys are training settings: "seed=3" is short for "training.seed=3".
             key_path = ["training", *key_path]
         apply_override(raw, key_path, value, text)
+        set_by[tuple(key_path)] = text  # a later override wins, and is the one to blame
+    try:
+        return _validate_task_file(raw, path)
+    except ConfigError as error:
+        raise _name_the_override(error, set_by) from None
+
+
+def _name_the_override(error: ConfigError, set_by: dict[tuple[str, ...], str]) -> ConfigError:
+    """An invalid value that came from a flag, KEY=VALUE or --config says so: the error
+    names the task file, which alone would send the user to a file that does not hold it."""
+    message = str(error)
+    for key_path, text in set_by.items():
+        if key_path[0] == "tasks" and len(key_path) > 2:
+            named = f"task {key_path[1]!r}" in message and f"{key_path[2]!r}" in message
+        else:
+            named = f"{'.'.join(key_path)}:" in message
+        if named:
+            return ConfigError(f"{message} (set by {text})")
+    return error
+
+
+def _validate_task_file(raw: dict, path: str) -> TaskFile:
     allowed = ("tasks", "training", "data_dir")
     unknown = [k for k in raw if k not in allowed]
     if unknown:

@@ -138,6 +138,26 @@ def test_overrides_after_the_flags_are_applied_too(workdir, tiny_model_dir, caps
     assert_one_line(code, err, str(task_file), "'tiny'", "'class_weights'")
 
 
+def test_a_bad_value_from_the_command_line_names_where_it_was_set(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--smart", "full", "--epsilon", "-1"), capsys)
+    assert_one_line(code, err, "training.smart.epsilon", ">= 0", "(set by --epsilon)")
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "smart.teacher_beta=2"), capsys)
+    assert_one_line(code, err, "teacher_beta", "[0, 1]", "(set by smart.teacher_beta=2)")
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir,
+                              overrides=["tasks.tiny.max_length=long"]), capsys)
+    assert_one_line(code, err, "'tiny'", "'max_length'", "(set by tasks.tiny.max_length=long)")
+
+
+def test_a_bad_value_in_the_file_blames_no_flag(workdir, tiny_model_dir, capsys):
+    data = task_yaml()
+    data["training"]["smart"] = {"epsilon": -1}
+    task_file = write(workdir, data)
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--lr", "1e-4"), capsys)
+    assert_one_line(code, err, str(task_file), "training.smart.epsilon", ">= 0")
+    assert "set by" not in err
+
+
 def test_encoder_dropout_outside_its_range(workdir, tiny_model_dir, capsys):
     task_file = write(workdir, task_yaml())
     code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--encoder-dropout", "1.5"), capsys)
