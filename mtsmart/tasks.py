@@ -325,7 +325,14 @@ def _name_the_override(error: ConfigError, set_by: dict[tuple[str, ...], str]) -
     message = str(error)
     for key_path, text in set_by.items():
         if key_path[0] == "tasks" and len(key_path) > 2:
-            named = f"task {key_path[1]!r}" in message and f"{key_path[2]!r}" in message
+            # Only the start of the task's own complaint counts: its list of valid keys
+            # may name a key that an override set correctly.
+            _, marker, complaint = message.partition(f"task {key_path[1]!r}: ")
+            rest = key_path[2:]
+            named = bool(marker) and (
+                complaint.startswith((f"{'.'.join(rest)}:", f"{rest[0]} "))
+                or (complaint.startswith(f"field {rest[0]!r}")
+                    and (len(rest) == 1 or f"{rest[-1]!r}" in complaint)))
         else:
             named = f"{'.'.join(key_path)}:" in message
         if named:

@@ -147,6 +147,8 @@ def test_a_bad_value_from_the_command_line_names_where_it_was_set(workdir, tiny_
     code, err = run_main(argv(workdir, task_file, tiny_model_dir,
                               overrides=["tasks.tiny.max_length=long"]), capsys)
     assert_one_line(code, err, "'tiny'", "'max_length'", "(set by tasks.tiny.max_length=long)")
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "tasks.tiny.smart.epsilon=-1"), capsys)
+    assert_one_line(code, err, "'tiny'", "smart.epsilon", "(set by tasks.tiny.smart.epsilon=-1)")
 
 
 def test_a_bad_value_in_the_file_blames_no_flag(workdir, tiny_model_dir, capsys):
@@ -155,6 +157,13 @@ def test_a_bad_value_in_the_file_blames_no_flag(workdir, tiny_model_dir, capsys)
     task_file = write(workdir, data)
     code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--lr", "1e-4"), capsys)
     assert_one_line(code, err, str(task_file), "training.smart.epsilon", ">= 0")
+    assert "set by" not in err
+    # The complaint lists the valid per-task keys, epsilon among them: the override that
+    # set epsilon correctly is not the one to blame.
+    data = task_yaml(smart={"bogus": 1})
+    task_file = write(workdir, data)
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "tasks.tiny.smart.epsilon=0.1"), capsys)
+    assert_one_line(code, err, str(task_file), "'bogus'", "epsilon")
     assert "set by" not in err
 
 
