@@ -65,7 +65,7 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
     """Write a complete checkpoint at ``path`` atomically (replacing any older one)."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=parent)
     try:
         encoder_dir = os.path.join(tmp, ENCODER_DIR)
         with quiet_transformers():
@@ -98,6 +98,54 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temporary_prefix(path: str) -> str:
+    return f".{os.path.basename(os.path.abspath(path))}.tmp-"
+
+
+def _temporary_siblings(path: str) -> list[str]:
+    """The folders save_checkpoint(path) writes before renaming: ``.NAME.tmp-X`` (the new
+    checkpoint) and ``.NAME.tmp-X.old`` (the one it replaces)."""
+    parent, prefix = os.path.dirname(os.path.abspath(path)), _temporary_prefix(path)
+    if not os.path.isdir(parent):
+        return []
+    return sorted(os.path.join(parent, name) for name in os.listdir(parent) if name.startswith(prefix))
+
+
+def _complete_step(path: str) -> Optional[int]:
+    """The global step of a complete checkpoint (its meta.json is written last), else None."""
+    try:
+        with open(os.path.join(path, META_FILE), encoding="utf-8") as handle:
+            return int(json.load(handle)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recover_interrupted_save(path: str) -> None:
+    """Finish a save_checkpoint(path) that a crash cut short, before a resumed run reads it.
+
+    Replacing a folder takes two renames (the old one aside, the new one in), and nothing
+    renames two folders at once: a SIGKILL between them leaves no ``path`` at all, though
+    two complete checkpoints lie beside it. One after the new checkpoint is complete but
+    before the renames leaves it beside an older ``path``. The newest complete one takes the
+    name (the one already there on a tie); incomplete and superseded folders are removed."""
+    path = os.path.abspath(path)
+    siblings = _temporary_siblings(path)
+    if not siblings:
+        return
+    complete = [(step, candidate == path, candidate) for candidate in [path, *siblings]
+                if (step := _complete_step(candidate)) is not None]
+    if complete:
+        _, _, newest = max(complete)
+        if newest != path:
+            if os.path.exists(path):
+                # aside under a temporary name, so that a crash here is recovered next time
+                aside = tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=os.path.dirname(newest))
+                os.replace(path, aside)
+            os.replace(newest, path)
+    for leftover in _temporary_siblings(path):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def save_trainer_state(directory: str, state: dict) -> None:

@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mtsmart import smart
-from mtsmart.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
+from mtsmart.checkpoint import (load_checkpoint, load_trainer_state, recover_interrupted_save,
+                                save_checkpoint)
 from mtsmart.config import TrainConfig
 from mtsmart.cpu_allocator import keep_freed_memory
 from mtsmart.data import TaskStream, default_cache_dir, load_tokenized
@@ -637,6 +638,8 @@ def resume_checkpoint(output_dir: str) -> Optional[str]:
 def prepare_output_dir(path: str, overwrite: bool, resume: bool) -> None:
     """Refuse to mix two runs in one directory unless told to overwrite or resume."""
     if resume:
+        for name in (LAST_DIR, BEST_DIR):
+            recover_interrupted_save(os.path.join(path, name))
         if resume_checkpoint(path) is None:
             raise ConfigError(f"{path}: nothing to resume (no '{LAST_DIR}' checkpoint)")
         return

@@ -36,17 +36,36 @@ def final_state(out: Path) -> dict:
             "last_metrics": records[-1]["results"], "step": records[-1]["global_step"]}
 
 
-@pytest.mark.parametrize("smart", ["full"])
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, smart):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir) -> dict:
+    """The run left alone, which every interrupted and resumed run must match."""
+    base = tmp_path_factory.mktemp("reference")
+    task_file = write_tiny_tasks(base)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MTSMART_CACHE", str(base / "cache"))
+        assert main(train_args(task_file, tiny_model_dir, base / "run", "full")) == 0
+    return final_state(base / "run")
+
+
+def resume_and_compare(task_file: Path, encoder: Path, killed: Path, reference: dict) -> None:
+    assert main(train_args(task_file, encoder, killed, "full") + ["--resume"]) == 0
+    res = final_state(killed)
+    assert res["step"] == reference["step"] == 120
+    for part in ("encoder", "heads", "teacher"):
+        assert reference[part].keys() == res[part].keys()
+        for key in reference[part]:
+            assert (reference[part][key] == res[part][key]).all(), f"{part}.{key} differs after resume"
+    assert res["last_metrics"] == reference["last_metrics"]
+    # the interrupted save is finished or undone: nothing is left under a temporary name
+    assert not [p.name for p in killed.iterdir() if ".tmp-" in p.name]
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, reference, monkeypatch):
     task_file = write_tiny_tasks(tmp_path)
-    env = {**os.environ, "MTSMART_CACHE": str(tmp_path / "cache")}
-
-    reference = tmp_path / "reference"
-    assert main(train_args(task_file, tiny_model_dir, reference, smart)) == 0
-
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mtsmart", *train_args(task_file, tiny_model_dir, killed, smart)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "mtsmart", *train_args(task_file, tiny_model_dir, killed, "full")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     # Kill once a few checkpoints exist but well before the end.
     while time.time() < deadline:
@@ -58,20 +77,51 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_model_
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    steps_done = json.loads((killed / "last" / "meta.json").read_text())["global_step"]
-    assert 0 < steps_done < 120
-    # No half-written checkpoint is left looking complete.
+    # The kill lands while checkpoints are being written, so last/ may be mid-replacement;
+    # whatever is under a final name is complete.
     assert all((p / "meta.json").exists() for p in killed.iterdir()
                if p.is_dir() and p.name in ("best", "last"))
+    resume_and_compare(task_file, tiny_model_dir, killed, reference)
 
-    assert main(train_args(task_file, tiny_model_dir, killed, smart) + ["--resume"]) == 0
-    ref, res = final_state(reference), final_state(killed)
-    assert res["step"] == ref["step"] == 120
-    for part in ("encoder", "heads", "teacher"):
-        assert ref[part].keys() == res[part].keys()
-        for key in ref[part]:
-            assert (ref[part][key] == res[part][key]).all(), f"{part}.{key} differs after resume"
-    assert res["last_metrics"] == ref["last_metrics"]
+
+# Runs `mtsmart train` with os.replace wrapped so that the process SIGKILLs itself on the
+# second replacement of last/: before its first rename, or between its two renames.
+KILL_DURING_SAVE = """
+import os, signal, sys
+from mtsmart.cli import main
+real_replace, moved_aside = os.replace, []
+def replace(src, dst):
+    if os.path.basename(src) == "last" and str(dst).endswith(".old"):
+        moved_aside.append(dst)
+        if len(moved_aside) == 2 and sys.argv[1] == "before-renames":
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst)
+        if len(moved_aside) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        real_replace(src, dst)
+os.replace = replace
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("moment", ["before-renames", "between-renames"])
+def test_resume_after_a_kill_inside_a_checkpoint_replacement(tmp_path, tiny_model_dir, reference, moment,
+                                                             monkeypatch):
+    task_file = write_tiny_tasks(tmp_path)
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, moment,
+                           *train_args(task_file, tiny_model_dir, killed, "full")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-500:]
+    steps = {p.name: json.loads((p / "meta.json").read_text())["global_step"]
+             for p in killed.iterdir() if p.name == "last" or p.name.startswith(".last.tmp-")}
+    # the new checkpoint (step 30) is complete beside the one it replaces (step 20)
+    assert sorted(steps.values()) == [20, 30]
+    assert ("last" in steps) == (moment == "before-renames")
+    resume_and_compare(task_file, tiny_model_dir, killed, reference)
+    assert json.loads((killed / "last" / "meta.json").read_text())["global_step"] == 120
 
 
 def test_resume_needs_a_last_checkpoint(tmp_path, tiny_model_dir, capsys):

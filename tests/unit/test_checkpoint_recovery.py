@@ -1,0 +1,60 @@
+"""recover_interrupted_save on the folder layouts a crash inside save_checkpoint can leave."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from mtsmart.checkpoint import recover_interrupted_save
+
+
+def folder(path: Path, step: Optional[int]) -> Path:
+    """A stand-in checkpoint: complete (meta.json with its step) unless step is None."""
+    path.mkdir(parents=True)
+    (path / "heads.safetensors").write_text(f"weights of {path.name}")
+    if step is not None:
+        (path / "meta.json").write_text(json.dumps({"global_step": step}))
+    return path
+
+
+def step_of(path: Path) -> int:
+    return json.loads((path / "meta.json").read_text())["global_step"]
+
+
+@pytest.mark.parametrize("layout, expected_step", [
+    # killed between the two renames: only temporary names, both complete
+    ({".last.tmp-a": 30, ".last.tmp-a.old": 20}, 30),
+    # killed once the new one was complete, before the renames
+    ({"last": 20, ".last.tmp-a": 30}, 30),
+    # killed while the new one was being written: it is incomplete
+    ({"last": 20, ".last.tmp-a": None}, 20),
+    # killed while the replaced one was being deleted
+    ({"last": 30, ".last.tmp-a.old": 20}, 30),
+    # killed inside an earlier recovery, after moving last/ aside
+    ({".last.tmp-b": 20, ".last.tmp-a": 30, ".last.tmp-a.old": 10}, 30),
+])
+def test_the_newest_complete_checkpoint_takes_the_name(tmp_path, layout, expected_step):
+    for name, step in layout.items():
+        folder(tmp_path / name, step)
+    folder(tmp_path / ".best.tmp-z", 30)  # another checkpoint's leftovers are not touched
+    recover_interrupted_save(str(tmp_path / "last"))
+    assert step_of(tmp_path / "last") == expected_step
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.tmp-z", "last"]
+
+
+def test_a_tie_keeps_the_folder_already_named(tmp_path):
+    folder(tmp_path / "last", 30)
+    folder(tmp_path / ".last.tmp-a", 30)
+    recover_interrupted_save(str(tmp_path / "last"))
+    assert (tmp_path / "last" / "heads.safetensors").read_text() == "weights of last"
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]
+
+
+def test_nothing_to_recover_leaves_everything_as_it_is(tmp_path):
+    folder(tmp_path / "last", 20)
+    recover_interrupted_save(str(tmp_path / "last"))
+    recover_interrupted_save(str(tmp_path / "missing" / "last"))
+    assert [p.name for p in tmp_path.iterdir()] == ["last"] and step_of(tmp_path / "last") == 20
