@@ -13,12 +13,14 @@ from typing import Mapping, Optional
 class MetricLogger:
     """TensorBoard scalars under ``log_dir`` (None writes nothing: non-zero ranks)."""
 
-    def __init__(self, log_dir: Optional[str]):
+    def __init__(self, log_dir: Optional[str], purge_step: Optional[int] = None):
+        """``purge_step``: a resumed run's first new step. TensorBoard then drops what the
+        interrupted run logged from that step on, so no curve doubles back on itself."""
         self.writer = None
         if log_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=log_dir)
+            self.writer = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
 
     def log_dict(self, scalars: Mapping[str, float], step: int) -> None:
         if self.writer is None:
@@ -40,6 +42,26 @@ def append_json_line(path: str, record: Mapping) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def drop_records_after(path: str, step: int) -> None:
+    """Rewrite a JSON-lines log without its records past ``global_step`` = ``step`` and
+    without a line that a crash cut short: a resumed run logs those steps again."""
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("global_step", 0) <= step:
+                kept.append(json.dumps(record, sort_keys=True) + "\n")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.writelines(kept)
+    os.replace(tmp, path)
 
 
 def write_json(path: str, record) -> None:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections import defaultdict
@@ -34,7 +35,7 @@ from mtsmart.ema import MeanTeacher
 from mtsmart.errors import ConfigError
 from mtsmart.evaluation import predict_split, score_split, selection_score
 from mtsmart.losses import balanced_class_weights
-from mtsmart.metric_logging import MetricLogger, append_json_line, write_json
+from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_after, write_json
 from mtsmart.model import MultiTaskModel, head_spec, quiet_transformers
 from mtsmart.objective import SideStream, batch_objective
 from mtsmart.sampling import TaskSampler
@@ -47,6 +48,7 @@ LAST_DIR = "last"
 CHECKPOINTS_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
 EVAL_LOG_FILE = "metrics.jsonl"
+EVAL_RECORDS_DIR = "metrics"  # one step-N.json per evaluation
 TENSORBOARD_DIR = "tensorboard"
 # SMART's own random stream is seeded apart from the global one (objective.SideStream).
 SIDE_STREAM_SEED_OFFSET = 104_729
@@ -184,8 +186,11 @@ class Trainer:
         self.perturbation_scales = self._perturbation_scales()
         if self.resume:
             self._restore()
+            if self.replicas.is_main:
+                self._discard_logs_after(self.global_step)
         self.logger = MetricLogger(os.path.join(self.output_dir, TENSORBOARD_DIR)
-                                   if self.replicas.is_main else None)
+                                   if self.replicas.is_main else None,
+                                   purge_step=self.global_step + 1 if self.resume else None)
 
     def _setup_model_and_tokenizer(self) -> None:
         from transformers import AutoTokenizer
@@ -338,6 +343,16 @@ class Trainer:
         if self.teacher is not None and self._init_teacher_state is not None:
             self.teacher.load_state_dict(self._init_teacher_state)
             self.teacher.num_updates = self.global_step
+
+    def _discard_logs_after(self, step: int) -> None:
+        """A run killed after an evaluation but before its checkpoint was complete logged
+        steps that the resumed run computes again: they go, rather than appear twice."""
+        drop_records_after(os.path.join(self.output_dir, EVAL_LOG_FILE), step)
+        records = os.path.join(self.output_dir, EVAL_RECORDS_DIR)
+        for name in os.listdir(records) if os.path.isdir(records) else []:
+            match = re.fullmatch(r"step-(\d+)\.json", name)
+            if match and int(match.group(1)) > step:
+                os.remove(os.path.join(records, name))
 
     def _replica_seed(self) -> int:
         return self.cfg.seed + 7919 * self.replicas.rank
@@ -541,7 +556,7 @@ class Trainer:
         self.replicas.check_in_sync({"model": self.model,
                                      **({"teacher": self.teacher.model} if self.teacher else {})})
         if self.replicas.is_main:
-            metrics_dir = os.path.join(self.output_dir, "metrics")
+            metrics_dir = os.path.join(self.output_dir, EVAL_RECORDS_DIR)
             os.makedirs(metrics_dir, exist_ok=True)
             write_json(os.path.join(metrics_dir, f"step-{self.global_step:07d}.json"), record)
             append_json_line(os.path.join(self.output_dir, EVAL_LOG_FILE), record)

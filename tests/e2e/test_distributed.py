@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from conftest import build_tiny_encoder
+from conftest import build_tiny_encoder, tensorboard_scalars
 from mtsmart.cli import main
 from tiny_tasks import write_tiny_tasks
 
@@ -33,14 +33,6 @@ def torchrun(args: list[str], cwd: Path, env: dict, module: bool = True) -> subp
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"torchrun failed:\n{done.stdout}\n{done.stderr}"
     return done
-
-
-def scalar_curve(run: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
 @pytest.fixture()
@@ -67,7 +59,7 @@ def test_two_replicas_equal_one_process_with_the_same_global_batch(tmp_path, env
 
     assert (done.stdout.count("best checkpoint") == 1), "only the main replica prints"
     for tag in ("train/pairs/loss", "train/score/loss", "train/score/teacher_divergence"):
-        ours, theirs = scalar_curve(double, tag), scalar_curve(single, tag)
+        ours, theirs = tensorboard_scalars(double)[tag], tensorboard_scalars(single)[tag]
         assert [s for s, _ in ours] == [s for s, _ in theirs] and len(ours) >= 5, tag
         np.testing.assert_allclose([v for _, v in ours], [v for _, v in theirs], rtol=1e-5, err_msg=tag)
     for name in ("encoder/model.safetensors", "heads.safetensors", "teacher.safetensors"):

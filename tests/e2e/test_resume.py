@@ -15,6 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from mtsmart.cli import main
+from conftest import tensorboard_scalars
 from tiny_tasks import write_tiny_tasks
 
 STEPS = ["--max-steps", "120", "--eval-every", "10", "--batch-size", "4", "--seed", "5"]
@@ -33,7 +34,9 @@ def final_state(out: Path) -> dict:
     teacher = load_file(str(teacher_path)) if teacher_path.exists() else {}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"encoder": encoder, "heads": heads, "teacher": teacher,
-            "last_metrics": records[-1]["results"], "step": records[-1]["global_step"]}
+            "last_metrics": records[-1]["results"], "step": records[-1]["global_step"],
+            "records": records, "record_files": sorted(p.name for p in (out / "metrics").iterdir()),
+            "scalars": tensorboard_scalars(out)}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,12 @@ def resume_and_compare(task_file: Path, encoder: Path, killed: Path, reference: 
         for key in reference[part]:
             assert (reference[part][key] == res[part][key]).all(), f"{part}.{key} differs after resume"
     assert res["last_metrics"] == reference["last_metrics"]
+    # the logs read as if the run had never stopped: no evaluation twice, no curve doubling back
+    assert res["records"] == reference["records"]
+    assert res["record_files"] == reference["record_files"]
+    assert res["scalars"].keys() == reference["scalars"].keys()
+    for tag, curve in reference["scalars"].items():
+        assert res["scalars"][tag] == curve, tag
     # the interrupted save is finished or undone: nothing is left under a temporary name
     assert not [p.name for p in killed.iterdir() if ".tmp-" in p.name]
 
@@ -75,6 +84,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_model_
         if proc.poll() is not None:
             pytest.fail(f"the run ended before it could be killed: {proc.stderr.read()[-500:]}")
         time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the run wrote no three evaluations in 120 s")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # The kill lands while checkpoints are being written, so last/ may be mid-replacement;
@@ -84,30 +96,35 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_model_
     resume_and_compare(task_file, tiny_model_dir, killed, reference)
 
 
-# Runs `mtsmart train` with os.replace wrapped so that the process SIGKILLs itself on the
-# second replacement of last/: before its first rename, or between its two renames.
+# Runs `mtsmart train`, SIGKILLing itself inside the third save of last/ (step 30): while it
+# is being written, once it is complete but before the renames, or between the two renames.
 KILL_DURING_SAVE = """
 import os, signal, sys
+from mtsmart import checkpoint
 from mtsmart.cli import main
-real_replace, moved_aside = os.replace, []
+moment, saves = sys.argv[1], []
+real_save_state, real_replace = checkpoint.save_trainer_state, os.replace
+def save_trainer_state(directory, state):
+    saves.append(directory)
+    if len(saves) == 3 and moment == "while-writing":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save_state(directory, state)
 def replace(src, dst):
-    if os.path.basename(src) == "last" and str(dst).endswith(".old"):
-        moved_aside.append(dst)
-        if len(moved_aside) == 2 and sys.argv[1] == "before-renames":
-            os.kill(os.getpid(), signal.SIGKILL)
-        real_replace(src, dst)
-        if len(moved_aside) == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-    else:
-        real_replace(src, dst)
-os.replace = replace
+    third = len(saves) == 3 and os.path.basename(src) == "last" and str(dst).endswith(".old")
+    if third and moment == "before-renames":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+    if third and moment == "between-renames":
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.save_trainer_state, os.replace = save_trainer_state, replace
 sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("moment", ["before-renames", "between-renames"])
-def test_resume_after_a_kill_inside_a_checkpoint_replacement(tmp_path, tiny_model_dir, reference, moment,
-                                                             monkeypatch):
+@pytest.mark.parametrize("moment, complete", [
+    ("while-writing", [20]), ("before-renames", [20, 30]), ("between-renames", [20, 30])])
+def test_resume_after_a_kill_inside_a_checkpoint_save(tmp_path, tiny_model_dir, reference, moment, complete,
+                                                      monkeypatch):
     task_file = write_tiny_tasks(tmp_path)
     monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
     killed = tmp_path / "killed"
@@ -115,11 +132,12 @@ def test_resume_after_a_kill_inside_a_checkpoint_replacement(tmp_path, tiny_mode
                            *train_args(task_file, tiny_model_dir, killed, "full")],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-500:]
-    steps = {p.name: json.loads((p / "meta.json").read_text())["global_step"]
-             for p in killed.iterdir() if p.name == "last" or p.name.startswith(".last.tmp-")}
-    # the new checkpoint (step 30) is complete beside the one it replaces (step 20)
-    assert sorted(steps.values()) == [20, 30]
-    assert ("last" in steps) == (moment == "before-renames")
+    steps = {p.name: json.loads((p / "meta.json").read_text())["global_step"] for p in killed.iterdir()
+             if (p.name == "last" or p.name.startswith(".last.tmp-")) and (p / "meta.json").exists()}
+    assert sorted(steps.values()) == complete
+    assert ("last" in steps) == (moment != "between-renames")
+    # the evaluation of step 30 was logged before its checkpoint was written
+    assert json.loads((killed / "metrics.jsonl").read_text().splitlines()[-1])["global_step"] == 30
     resume_and_compare(task_file, tiny_model_dir, killed, reference)
     assert json.loads((killed / "last" / "meta.json").read_text())["global_step"] == 120
 

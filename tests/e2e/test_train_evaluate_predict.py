@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import FIXTURES
+from conftest import FIXTURES, tensorboard_scalars
 from mtsmart.cli import main
 
 E2E = FIXTURES / "e2e"
@@ -76,15 +76,6 @@ def eval_records(run: Path) -> list[dict]:
 def read_json(path) -> dict:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
-
-
-def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the run's TensorBoard logs: tag → [(step, value)]."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def reference_predictions(checkpoint: Path, task: str, cache_dir: Path) -> np.ndarray:
@@ -206,7 +197,7 @@ def test_metrics_jsonl_has_one_record_per_evaluation(run_dir):
 def test_tensorboard_scalars(run_dir):
     events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
-    logged = scalars(run_dir)
+    logged = tensorboard_scalars(run_dir)
     expected = {"train/lr", "train/grad_norm"}
     for task in TASKS:
         expected |= {f"train/{task}/loss", f"train/batches/{task}"}
@@ -365,7 +356,7 @@ def test_smart_full_writes_teacher_and_logs_smart_scalars(tiny_model_dir, tmp_pa
         assert not np.array_equal(teacher[f"heads.{key}"].numpy(), heads[key].numpy())
     assert any(k.startswith("encoder.") for k in teacher)
 
-    logged = scalars(output)
+    logged = tensorboard_scalars(output)
     expected = {f"train/{task}/{tag}" for task in TASKS for tag in SMART_TAGS}
     missing = expected - set(logged)
     assert not missing, f"missing {sorted(missing)}; logged {sorted(logged)}"

@@ -1,4 +1,5 @@
-"""recover_interrupted_save on the folder layouts a crash inside save_checkpoint can leave."""
+"""What a crash leaves for a resumed run to put right: the folder layouts of a
+save_checkpoint cut short, and an evaluation log that ran ahead of the checkpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Optional
 import pytest
 
 from mtsmart.checkpoint import recover_interrupted_save
+from mtsmart.metric_logging import drop_records_after
 
 
 def folder(path: Path, step: Optional[int]) -> Path:
@@ -58,3 +60,15 @@ def test_nothing_to_recover_leaves_everything_as_it_is(tmp_path):
     recover_interrupted_save(str(tmp_path / "last"))
     recover_interrupted_save(str(tmp_path / "missing" / "last"))
     assert [p.name for p in tmp_path.iterdir()] == ["last"] and step_of(tmp_path / "last") == 20
+
+
+def test_the_log_loses_records_past_the_checkpoint_and_a_torn_last_line(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    records = [{"global_step": step, "split": "dev", "results": {"rte": {"accuracy": step / 100}}}
+               for step in (10, 20, 30)]
+    torn = json.dumps({"global_step": 40, "split": "dev"})[:-7]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + torn, encoding="utf-8")
+    drop_records_after(str(log), 20)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == records[:2]
+    drop_records_after(str(tmp_path / "absent.jsonl"), 20)
+    assert not (tmp_path / "absent.jsonl").exists()
