@@ -138,7 +138,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", metavar="A,B", help="train only these tasks (comma-separated)")
     parser.add_argument("--encoder", help="Hugging Face model name or local directory")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last/")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last/, with the settings it started with")
     add_common_training_flags(parser)
 
 
@@ -271,7 +271,7 @@ def _flatten(prefix, value, text):
 def command_train(args: argparse.Namespace) -> int:
     from mtsmart.distributed import Replicas
     from mtsmart.tasks import load_task_file, resolve_data_dir, select_tasks
-    from mtsmart.train import Trainer, prepare_output_dir
+    from mtsmart.train import Trainer, check_resume_settings, prepare_output_dir
 
     overrides = collect_overrides(args)
     task_file = load_task_file(args.task_file, overrides)
@@ -284,6 +284,8 @@ def command_train(args: argparse.Namespace) -> int:
         if replicas.is_main:
             try:
                 prepare_output_dir(args.output, overwrite=args.overwrite, resume=args.resume)
+                if args.resume:
+                    check_resume_settings(args.output, task_file.training, tasks)
             except ConfigError as err:
                 problem = str(err)
         problem = replicas.broadcast(problem)

@@ -418,6 +418,17 @@ def load_yaml(path: str) -> Any:
         raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
 
 
+def differences(before: Any, after: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, before, after) for every leaf that differs between two plain nestings
+    of dicts; a key on one side only counts as a difference (the other side is None)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in list(before) + [k for k in after if k not in before]:
+            out += differences(before.get(key), after.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if before == after else [(prefix, before, after)]
+
+
 def to_plain(obj: Any) -> Any:
     """Dataclasses → plain dicts/lists for YAML or JSON."""
     if is_dataclass(obj):

@@ -25,9 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from mtsmart import smart
-from mtsmart.checkpoint import (load_checkpoint, load_trainer_state, recover_interrupted_save,
-                                save_checkpoint)
-from mtsmart.config import TrainConfig
+from mtsmart.checkpoint import (TRAINING_FILE, load_checkpoint, load_checkpoint_tasks, load_trainer_state,
+                                recover_interrupted_save, save_checkpoint)
+from mtsmart.config import TrainConfig, differences, from_mapping, load_yaml, to_plain
 from mtsmart.cpu_allocator import keep_freed_memory
 from mtsmart.data import TaskStream, default_cache_dir, load_tokenized
 from mtsmart.distributed import Replicas
@@ -39,7 +39,7 @@ from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_
 from mtsmart.model import MultiTaskModel, head_spec, quiet_transformers
 from mtsmart.objective import SideStream, batch_objective
 from mtsmart.sampling import TaskSampler
-from mtsmart.tasks import TaskDef
+from mtsmart.tasks import TaskDef, task_to_plain
 
 logger = logging.getLogger(__name__)
 
@@ -648,6 +648,38 @@ def resume_checkpoint(output_dir: str) -> Optional[str]:
     complete = sorted(d for d in (os.listdir(history) if os.path.isdir(history) else [])
                       if os.path.isfile(os.path.join(history, d, "meta.json")))
     return os.path.join(history, complete[-1]) if complete else None
+
+
+# What a resumed run may set anew: how it runs and reports, not what it computes.
+RESETTABLE_ON_RESUME = ("num_threads", "eval_batch_size", "eval_every", "eval_teacher", "log_every",
+                        "keep_last")
+
+
+def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[str, TaskDef]) -> None:
+    """--resume continues a run as it was started. Its weights, optimizer and schedule come
+    from the checkpoint, so another learning rate, encoder or length would be ignored, and
+    another task or SMART setting would change the run halfway: each difference is refused
+    by name rather than silently ignored or mixed in."""
+    source = resume_checkpoint(output_dir)
+    where = os.path.join(source, TRAINING_FILE)
+    started = {"training": to_plain(from_mapping(TrainConfig, load_yaml(where)["training"], where)),
+               "tasks": {n: task_to_plain(t) for n, t in load_checkpoint_tasks(source).items()}}
+    now = {"training": to_plain(training), "tasks": {n: task_to_plain(t) for n, t in tasks.items()}}
+    for key in RESETTABLE_ON_RESUME:
+        started["training"].pop(key)
+        now["training"].pop(key)
+    if _same_directory(started["training"]["encoder"], now["training"]["encoder"]):
+        now["training"]["encoder"] = started["training"]["encoder"]  # one folder, named two ways
+    changed = differences(started, now)
+    if changed:
+        listed = "; ".join(f"{key} was {before!r}, now {after!r}" for key, before, after in changed)
+        raise ConfigError(f"{source}: --resume continues the run with the settings it started with, "
+                          f"and these differ: {listed} (resume with the run's settings, or start a new "
+                          f"run from the checkpoint with `mtsmart finetune`)")
+
+
+def _same_directory(a: str, b: str) -> bool:
+    return os.path.isdir(a) and os.path.isdir(b) and os.path.samefile(a, b)
 
 
 def prepare_output_dir(path: str, overwrite: bool, resume: bool) -> None:

@@ -167,3 +167,35 @@ def test_keep_last_keeps_that_many_resumable_checkpoints(tmp_path, tiny_model_di
     from mtsmart.train import resume_checkpoint
 
     assert resume_checkpoint(str(out)) == str(out / "checkpoints" / "step-0000006")
+
+
+def test_resume_refuses_settings_other_than_the_runs(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "run"
+    start = ["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out), "--quiet",
+             "--eval-every", "2"]
+    assert main(start + ["--max-steps", "4", "--smart", "full"]) == 0
+    before = {p: p.read_bytes() for p in (out / "last", out / "metrics.jsonl") if p.is_file()}
+    meta = (out / "last" / "meta.json").read_text()
+    capsys.readouterr()
+
+    # the learning rate would be ignored (the optimizer state holds the run's); a task's
+    # length, the SMART weight and the length of the run would change it halfway
+    changed = ["--max-steps", "6", "--smart", "full", "--lr", "2e-3", "--adv-weight", "2",
+               "tasks.pairs.max_length=16"]
+    assert main(start + changed + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for named in ("training.max_steps was 4, now 6", "training.optim.lr was 0.001, now 0.002",
+                  "training.smart.adv_weight", "tasks.pairs.max_length was 32, now 16", "mtsmart finetune"):
+        assert named in err, named
+    assert "num_threads" not in err and "encoder" not in err
+    assert (out / "last" / "meta.json").read_text() == meta and before == {p: p.read_bytes() for p in before}
+
+    # how the run reports and which threads it uses may change, and the encoder may be named
+    # by another path to the same folder: the resumed run finishes
+    monkeypatch.chdir(tiny_model_dir.parent)
+    start[start.index("--encoder") + 1] = tiny_model_dir.name
+    assert main(start + ["--max-steps", "4", "--smart", "full", "--num-threads", "1", "log_every=1",
+                         "--resume"]) == 0
