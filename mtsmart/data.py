@@ -249,7 +249,14 @@ class TokenizedSplit:
 
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    state = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:
+        settings = json.loads(backend.to_str())
+        # each call sets these to its own arguments (max_length is in the cache key already):
+        # kept in, the key would depend on what was tokenized before
+        settings["truncation"] = settings["padding"] = None
+        state = json.dumps(settings, sort_keys=True)
+    else:
+        state = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return hashlib.sha256(f"{type(tokenizer).__name__}|{state}".encode()).hexdigest()[:16]
 
 

@@ -333,6 +333,17 @@ def test_tokenize_matches_the_tokenizer(tokenizer):
     assert split.lines.tolist() == ex.lines
 
 
+def test_the_cache_key_does_not_depend_on_what_was_tokenized_before(tokenizer, tmp_path, monkeypatch):
+    before = data.tokenizer_fingerprint(tokenizer)
+    tokenizer("the cat", "a dog", truncation=True, max_length=5, padding="max_length")
+    assert data.tokenizer_fingerprint(tokenizer) == before
+    ex = make_examples()
+    tokenize_examples(ex, tokenizer, 64, np.int64, cache_dir=str(tmp_path))
+    tokenize_examples(make_examples(seed=1), tokenizer, 8, np.int64)  # another length in between
+    monkeypatch.setattr(type(tokenizer), "__call__", lambda *a, **k: pytest.fail("cache missed"))
+    tokenize_examples(ex, tokenizer, 64, np.int64, cache_dir=str(tmp_path))
+
+
 def test_tokenize_cache_hit_gives_identical_result(tokenizer, tmp_path, monkeypatch):
     ex = make_examples()
     first = tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
