@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Mapping, Optional
 
 
@@ -20,6 +21,8 @@ class MetricLogger:
         if log_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
+            if purge_step is not None:
+                _wait_for_a_later_second(log_dir)
             self.writer = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
 
     def log_dict(self, scalars: Mapping[str, float], step: int) -> None:
@@ -42,6 +45,20 @@ def append_json_line(path: str, record: Mapping) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _wait_for_a_later_second(log_dir: str) -> None:
+    """TensorBoard reads a run's event files in name order, and a name starts with the
+    second its file was created (then host and process id). A resumed run's file must sort
+    after the interrupted run's, or TensorBoard meets its purge of the repeated steps before
+    the steps themselves: a resume within a second of the interrupted run's start waits."""
+    seconds = []
+    for name in os.listdir(log_dir) if os.path.isdir(log_dir) else []:
+        parts = name.split(".")
+        if name.startswith("events.out.tfevents.") and len(parts) > 3 and parts[3].isdigit():
+            seconds.append(int(parts[3]))
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
 
 
 def drop_records_after(path: str, step: int) -> None:
