@@ -13,7 +13,7 @@ import json
 import os
 import statistics
 from dataclasses import asdict, dataclass, replace
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -82,7 +82,7 @@ def resolve_sizes(specs: list[str], reference_size: Optional[int], pool_size: in
 def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, data_dir: str,
                    size_specs: list[str], seeds: list[int], output_dir: str,
                    reference_size: Optional[int] = None, min_steps: int = 0,
-                   show_progress: bool = True) -> list[dict]:
+                   show_progress: bool = True, command: Optional[Sequence[str]] = None) -> list[dict]:
     """Fine-tune each start on each subset with each seed; write the report files."""
     from transformers import AutoTokenizer
 
@@ -122,7 +122,7 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                 trainer = Trainer({task.name: task}, run_cfg, data_dir, run_dir,
                                   init_from=start.path if start.is_checkpoint else None,
                                   show_progress=show_progress,
-                                  train_indices={task.name: indices})
+                                  train_indices={task.name: indices}, command=command)
                 try:
                     trainer.setup()
                     summary = trainer.train()

@@ -8,7 +8,8 @@ Layout (keys below are module constants)::
     CKPT/training.yaml       the resolved training configuration
     CKPT/teacher.safetensors the SMART mean teacher (when one exists)
     CKPT/trainer_state/      optimizer, scheduler, sampler, streams, RNG (for --resume)
-    CKPT/meta.json           written last: its presence marks a complete checkpoint
+    CKPT/meta.json           written last (its presence marks a complete checkpoint), with
+                             the versions of mtsmart, Python and the libraries that wrote it
 
 A checkpoint is written into a temporary sibling directory and renamed into place, so a
 crash never leaves a half-written directory under the final name.
@@ -31,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from mtsmart.config import TrainConfig, parse_train_config, to_plain
 from mtsmart.errors import CheckpointError
 from mtsmart.model import MultiTaskModel, quiet_transformers
+from mtsmart.provenance import software_versions
 from mtsmart.tasks import TaskDef, parse_task, task_to_plain
 
 FORMAT_VERSION = 1
@@ -86,7 +88,7 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
         heads = {name: [head.output_size, head.dropout.p] for name, head in model.heads.items()}
         with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as handle:
             json.dump({"format_version": FORMAT_VERSION, "heads": heads,
-                       "pooling": model.pooling, **meta}, handle,
+                       "pooling": model.pooling, "written_by": software_versions(), **meta}, handle,
                       indent=2, sort_keys=True)
         if os.path.exists(path):
             old = f"{tmp}.old"

@@ -292,7 +292,8 @@ def command_train(args: argparse.Namespace) -> int:
         if problem:
             raise ConfigError(problem)
         trainer = Trainer(tasks, task_file.training, data_dir, args.output, resume=args.resume,
-                          cache_dir=args.cache_dir, show_progress=not args.quiet, replicas=replicas)
+                          cache_dir=args.cache_dir, show_progress=not args.quiet, replicas=replicas,
+                          command=args.command_line)
         try:
             trainer.setup()
             summary = trainer.train()
@@ -419,7 +420,8 @@ def command_finetune(args: argparse.Namespace) -> int:
         out = os.path.join(args.output, name) if several else args.output
         os.makedirs(out, exist_ok=True)
         trainer = Trainer({name: task}, task_file.training, data_dir, out, init_from=args.checkpoint,
-                          cache_dir=args.cache_dir, show_progress=not args.quiet)
+                          cache_dir=args.cache_dir, show_progress=not args.quiet,
+                          command=args.command_line)
         try:
             trainer.setup()
             summaries[name] = trainer.train()
@@ -463,7 +465,8 @@ def command_adapt(args: argparse.Namespace) -> int:
     rows = run_adaptation(starts, task_file.tasks[args.task], task_file.training,
                           resolve_data_dir(args.data_dir, task_file), args.train_sizes.split(","),
                           seeds, args.output, reference_size=args.reference_size,
-                          min_steps=args.min_steps, show_progress=not args.quiet)
+                          min_steps=args.min_steps, show_progress=not args.quiet,
+                          command=args.command_line)
     with open(os.path.join(args.output, "table.md"), encoding="utf-8") as handle:
         print("\n" + handle.read())
     print(f"{len(rows)} runs: {args.output}/results.csv, table.md, plot.png")
@@ -501,6 +504,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(format="mtsmart: note: %(message)s", level=logging.WARNING)
     parser = build_parser()
     args = _parse(parser, argv)
+    args.command_line = ["mtsmart", *(sys.argv[1:] if argv is None else argv)]  # kept in run.json
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train":
         print(f"mtsmart: error: only 'mtsmart train' runs under torchrun; run "
               f"'mtsmart {args.command}' as a single process", file=sys.stderr)

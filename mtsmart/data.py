@@ -231,6 +231,14 @@ class TokenizedSplit:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def fingerprint(self) -> str:
+        """A digest of exactly what a model sees of this split (token ids, token types,
+        targets): another file, tokenizer, length limit or subset gives another one."""
+        digest = hashlib.sha256()
+        for array in (self.input_ids, self.token_type_ids, self.offsets, self.targets):
+            digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:16]
+
     def subset(self, indices: Sequence[int]) -> "TokenizedSplit":
         indices = np.asarray(indices, dtype=np.int64)
         lengths = self.lengths[indices]

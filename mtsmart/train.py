@@ -18,7 +18,7 @@ import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from mtsmart.losses import balanced_class_weights
 from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_after, write_json
 from mtsmart.model import MultiTaskModel, head_spec, quiet_transformers
 from mtsmart.objective import SideStream, batch_objective
+from mtsmart.provenance import check_same_data, record_session, session_record
 from mtsmart.sampling import TaskSampler
 from mtsmart.tasks import TaskDef, task_to_plain
 
@@ -118,8 +119,10 @@ class Trainer:
                  output_dir: str, init_from: Optional[str] = None, resume: bool = False,
                  cache_dir: Optional[str] = None, show_progress: bool = True,
                  train_indices: Optional[dict[str, np.ndarray]] = None,
-                 replicas: Optional[Replicas] = None):
+                 replicas: Optional[Replicas] = None, command: Optional[Sequence[str]] = None):
+        """``command``: the command line that started the run, kept in run.json."""
         self.tasks = tasks
+        self.command = command
         self.replicas = replicas or Replicas()
         self.train_indices = train_indices or {}
         self.cfg = cfg
@@ -184,6 +187,15 @@ class Trainer:
         self.best_step = None
         self.counters = defaultdict(int)
         self.perturbation_scales = self._perturbation_scales()
+        problem = None
+        if self.replicas.is_main:
+            try:
+                self._record_session()
+            except ConfigError as err:
+                problem = str(err)
+        problem = self.replicas.broadcast(problem)  # every replica stops, not only the main one
+        if problem:
+            raise ConfigError(problem)
         if self.resume:
             self._restore()
             if self.replicas.is_main:
@@ -343,6 +355,20 @@ class Trainer:
         if self.teacher is not None and self._init_teacher_state is not None:
             self.teacher.load_state_dict(self._init_teacher_state)
             self.teacher.num_updates = self.global_step
+
+    def _record_session(self) -> None:
+        """Append this session (command, versions, device, data fingerprints) to run.json;
+        a resumed run must see the examples its run started with."""
+        data = {name: {role: {"split": split, "examples": len(tokenized),
+                              "fingerprint": tokenized.fingerprint()}
+                       for role, split, tokenized in (
+                           ("train", task.train_split, self.train_splits[name]),
+                           ("eval", task.eval_split, self.eval_splits[name]))}
+                for name, task in self.tasks.items()}
+        if self.resume:
+            check_same_data(self.output_dir, data)
+        record_session(self.output_dir, session_record(self.command, self.device,
+                                                       self.replicas.world_size, data))
 
     def _discard_logs_after(self, step: int) -> None:
         """A run killed after an evaluation but before its checkpoint was complete logged

@@ -193,9 +193,23 @@ def test_resume_refuses_settings_other_than_the_runs(tmp_path, tiny_model_dir, m
     assert "num_threads" not in err and "encoder" not in err
     assert (out / "last" / "meta.json").read_text() == meta and before == {p: p.read_bytes() for p in before}
 
+    # examples that changed since the run started would silently continue another stream
+    data_file = task_file.parent / "data" / "pairs_train.tsv"
+    original = data_file.read_text()
+    header, *rows = original.splitlines()
+    data_file.write_text("\n".join([header, *rows[::-1]]) + "\n")  # the same rows, another order
+    assert main(start + ["--max-steps", "4", "--smart", "full", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "task 'pairs', train split 'train': its examples changed since the run started" in err, err
+    assert len(json.loads((out / "run.json").read_text())["sessions"]) == 1
+    data_file.write_text(original)
+
     # how the run reports and which threads it uses may change, and the encoder may be named
     # by another path to the same folder: the resumed run finishes
     monkeypatch.chdir(tiny_model_dir.parent)
     start[start.index("--encoder") + 1] = tiny_model_dir.name
     assert main(start + ["--max-steps", "4", "--smart", "full", "--num-threads", "1", "log_every=1",
                          "--resume"]) == 0
+    sessions = json.loads((out / "run.json").read_text())["sessions"]
+    assert [s["command"][-1] for s in sessions] == ["full", "--resume"]
+    assert sessions[0]["data"] == sessions[1]["data"]

@@ -194,6 +194,32 @@ def test_metrics_jsonl_has_one_record_per_evaluation(run_dir):
     assert results["total_updates"] == 6
 
 
+def test_run_json_records_what_produced_the_run(bert_run, run_dir, tiny_model_dir):
+    import torch
+    import transformers
+
+    (session,) = read_json(run_dir / "run.json")["sessions"]
+    assert session["command"] == ["mtsmart", *bert_run["argv"]]
+    assert session["versions"]["torch"] == torch.__version__
+    assert session["versions"]["transformers"] == transformers.__version__
+    assert "CPU" in session["device"] and session["replicas"] == 1
+    # the fingerprint is of what the model saw: the same file read again gives the same one,
+    # and every task has one for its training and its evaluation split
+    from mtsmart.checkpoint import load_checkpoint
+    from mtsmart.data import load_tokenized
+
+    loaded = load_checkpoint(str(run_dir / "last"))
+    for task in TASKS:
+        for role, split in (("train", "train"), ("eval", "dev")):
+            recorded = session["data"][task][role]
+            tokenized = load_tokenized(loaded.tasks[task], split, loaded.tokenizer, str(E2E), None)
+            assert recorded == {"split": split, "examples": len(tokenized),
+                                "fingerprint": tokenized.fingerprint()}
+    assert session["data"]["pairs"]["train"]["fingerprint"] != session["data"]["pairs"]["eval"]["fingerprint"]
+    for which in ("best", "last"):
+        assert read_json(run_dir / which / "meta.json")["written_by"] == session["versions"]
+
+
 def test_tensorboard_scalars(run_dir):
     events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"

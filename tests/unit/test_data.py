@@ -333,6 +333,26 @@ def test_tokenize_matches_the_tokenizer(tokenizer):
     assert split.lines.tolist() == ex.lines
 
 
+def test_fingerprint_follows_what_the_model_sees(tokenizer, tmp_path):
+    ex = make_examples()
+    split = tokenize_examples(ex, tokenizer, 16, np.int64)
+    # the same examples read again, or from the cache, give the same fingerprint
+    assert tokenize_examples(make_examples(), tokenizer, 16, np.int64, cache_dir=str(tmp_path)).fingerprint() \
+        == tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path)).fingerprint() == split.fingerprint()
+    flipped = Examples(texts=ex.texts, targets=[1 - ex.targets[0], *ex.targets[1:]], lines=ex.lines, source="x.tsv")
+    other_text = Examples(texts=[("dog " + ex.texts[0][0], ex.texts[0][1]), *ex.texts[1:]], targets=ex.targets,
+                          lines=ex.lines, source="x.tsv")
+    others = [tokenize_examples(flipped, tokenizer, 16, np.int64),      # one label
+              tokenize_examples(ex, tokenizer, 8, np.int64),           # a shorter length limit
+              split.subset(range(len(split) - 1)),                     # one example fewer
+              split.subset(range(len(split))[::-1])]                   # another order
+    fingerprints = {split.fingerprint(), *(o.fingerprint() for o in others)}
+    assert len(fingerprints) == 1 + len(others)
+    # one word more (with room for it: nothing truncated)
+    assert tokenize_examples(other_text, tokenizer, 64, np.int64).fingerprint() \
+        != tokenize_examples(ex, tokenizer, 64, np.int64).fingerprint()
+
+
 def test_the_cache_key_does_not_depend_on_what_was_tokenized_before(tokenizer, tmp_path, monkeypatch):
     before = data.tokenizer_fingerprint(tokenizer)
     tokenizer("the cat", "a dog", truncation=True, max_length=5, padding="max_length")

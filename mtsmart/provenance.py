@@ -1,0 +1,93 @@
+"""What produced a run: the command, the software versions, the device and a fingerprint of
+the data each task trained and was scored on, so a result can be traced and repeated.
+
+``RUN/run.json`` holds one record per session: the run's start, then one per ``--resume``.
+Must not import the trainer or the CLI.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import time
+from importlib import metadata
+from typing import Any, Optional, Sequence
+
+import torch
+
+from mtsmart import __version__
+from mtsmart.errors import ConfigError
+from mtsmart.metric_logging import write_json
+
+RUN_FILE = "run.json"
+PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "scipy")
+
+
+def software_versions() -> dict[str, str]:
+    """mtsmart, Python and the libraries whose versions can change a result."""
+    return dict(_software_versions())
+
+
+@functools.cache  # looked up once per process: every checkpoint records them
+def _software_versions() -> dict[str, str]:
+    versions = {"mtsmart": __version__, "python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def session_record(command: Optional[Sequence[str]], device: torch.device, replicas: int,
+                   data: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """``data``: task → split role ("train" / "eval") → {"split", "examples", "fingerprint"}."""
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": list(command) if command is not None else None,  # None: called from Python
+        "working_directory": os.getcwd(),
+        "versions": software_versions(),
+        "platform": platform.platform(),
+        "device": device_description(device),
+        "replicas": replicas,
+        "data": data,
+    }
+
+
+def read_sessions(run_dir: str) -> list[dict[str, Any]]:
+    path = os.path.join(run_dir, RUN_FILE)
+    if not os.path.isfile(path):
+        return []  # a run from before run.json: nothing to compare with
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)["sessions"]
+
+
+def check_same_data(run_dir: str, data: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """A resumed run continues each data stream at its saved position: on other examples
+    it would silently train on something else, so a changed split is refused."""
+    sessions = read_sessions(run_dir)
+    if not sessions:
+        return
+    started = sessions[0]["data"]
+    for task, roles in data.items():
+        for role, now in roles.items():
+            before = started.get(task, {}).get(role)
+            if before is not None and before["fingerprint"] != now["fingerprint"]:
+                raise ConfigError(
+                    f"{run_dir}: task {task!r}, {role} split {now['split']!r}: its examples changed "
+                    f"since the run started ({before['examples']} examples, fingerprint "
+                    f"{before['fingerprint']}; now {now['examples']}, {now['fingerprint']}); resume "
+                    f"with the run's data, or start a new run")
+
+
+def record_session(run_dir: str, session: dict[str, Any]) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    write_json(os.path.join(run_dir, RUN_FILE), {"sessions": read_sessions(run_dir) + [session]})
