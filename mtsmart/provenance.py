@@ -88,6 +88,8 @@ def check_same_data(run_dir: str, data: dict[str, dict[str, dict[str, Any]]]) ->
                     f"with the run's data, or start a new run")
 
 
-def record_session(run_dir: str, session: dict[str, Any]) -> None:
+def record_session(run_dir: str, session: dict[str, Any], resumed: bool) -> None:
+    """A resumed session is appended; a new run starts the file afresh."""
     os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, RUN_FILE), {"sessions": read_sessions(run_dir) + [session]})
+    earlier = read_sessions(run_dir) if resumed else []
+    write_json(os.path.join(run_dir, RUN_FILE), {"sessions": earlier + [session]})

@@ -368,7 +368,8 @@ class Trainer:
         if self.resume:
             check_same_data(self.output_dir, data)
         record_session(self.output_dir, session_record(self.command, self.device,
-                                                       self.replicas.world_size, data))
+                                                       self.replicas.world_size, data),
+                       resumed=self.resume)
 
     def _discard_logs_after(self, step: int) -> None:
         """A run killed after an evaluation but before its checkpoint was complete logged
