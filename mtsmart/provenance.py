@@ -22,7 +22,7 @@ from mtsmart.errors import ConfigError
 from mtsmart.metric_logging import write_json
 
 RUN_FILE = "run.json"
-PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "scipy")
+PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "numpy", "scikit-learn", "scipy")
 
 
 def software_versions() -> dict[str, str]:
