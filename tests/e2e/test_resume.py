@@ -4,7 +4,6 @@ weights and metrics, bit for bit on CPU, as the same run left alone."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
