@@ -29,7 +29,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from mtsmart.config import TrainConfig, parse_train_config, to_plain
+from mtsmart.config import CHECKPOINT_WEIGHTS, TrainConfig, parse_train_config, to_plain
 from mtsmart.errors import CheckpointError
 from mtsmart.model import MultiTaskModel, quiet_transformers
 from mtsmart.provenance import software_versions
@@ -191,8 +191,13 @@ def load_checkpoint_tasks(path: str) -> dict[str, TaskDef]:
 
 
 def load_checkpoint(path: str, device: str | torch.device = "cpu",
-                    trust_remote_code: bool = False) -> LoadedCheckpoint:
-    """Load model (encoder + every head), tokenizer, tasks, config and teacher."""
+                    trust_remote_code: bool = False, weights: str = "student") -> LoadedCheckpoint:
+    """Load model (encoder + every head), tokenizer, tasks, config and teacher.
+
+    ``weights="teacher"`` puts the mean teacher's weights into ``model`` (the teacher is a
+    copy of the whole multi-task model, so every head has its teacher counterpart)."""
+    if weights not in CHECKPOINT_WEIGHTS:
+        raise CheckpointError(f"weights: {weights!r} is not valid (valid: {', '.join(CHECKPOINT_WEIGHTS)})")
     from transformers import AutoModel, AutoTokenizer
 
     meta = read_meta(path)
@@ -211,7 +216,18 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
         prefix = f"{name}."
         head.load_state_dict({k[len(prefix):]: v for k, v in head_state.items()
                               if k.startswith(prefix)})
-    model.to(device)
     teacher_path = os.path.join(path, TEACHER_FILE)
     teacher_state = load_file(teacher_path) if os.path.exists(teacher_path) else None
+    if weights == "teacher":
+        if teacher_state is None:
+            raise CheckpointError(
+                f"{path}: no {TEACHER_FILE} (a teacher exists only when the run used the "
+                "Bregman term: --smart bregman or full); valid --weights here: student")
+        try:
+            model.load_state_dict(teacher_state)
+        except RuntimeError as err:  # keys or shapes that do not match the student's
+            first = str(err).strip().splitlines()[1:2] or [str(err)]
+            raise CheckpointError(f"{os.path.join(path, TEACHER_FILE)}: does not fit the "
+                                  f"checkpoint's model ({first[0].strip()})") from None
+    model.to(device)
     return LoadedCheckpoint(path, model, tokenizer, tasks, training, meta, teacher_state)

@@ -11,7 +11,8 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mtsmart.config import SMART_MODES, SMART_PRESETS, SAMPLERS, NORMS, PRECISIONS, load_yaml, parse_override
+from mtsmart.config import (CHECKPOINT_WEIGHTS, NORMS, PRECISIONS, SAMPLERS, SMART_MODES, SMART_PRESETS,
+                            load_yaml, parse_override)
 from mtsmart.errors import ConfigError, MtsmartError
 
 EXIT_USAGE = 2
@@ -142,6 +143,12 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     add_common_training_flags(parser)
 
 
+def add_weights_flag(parser: argparse.ArgumentParser, use: str) -> None:
+    parser.add_argument("--weights", choices=CHECKPOINT_WEIGHTS, default="student",
+                        help=f"{use} the trained model (student, the default) or the SMART mean "
+                             "teacher saved beside it (runs with the Bregman term)")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="mtsmart", description=(
         "Multi-task fine-tuning of pre-trained transformer encoders with SMART."))
@@ -161,9 +168,12 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--tasks", metavar="A,B", help="only these tasks")
     evaluate.add_argument("--split", default=None, metavar="NAME",
                           help="split to score (default: each task's eval_split)")
-    evaluate.add_argument("--out", metavar="FILE", help="JSON file (default: CHECKPOINT/eval_SPLIT.json)")
+    evaluate.add_argument("--out", metavar="FILE",
+                          help="JSON file (default: CHECKPOINT/eval_SPLIT.json; "
+                               "eval_SPLIT_teacher.json with --weights teacher)")
     evaluate.add_argument("--batch-size", type=int, default=64, metavar="N",
                           help="examples per forward pass (default 64)")
+    add_weights_flag(evaluate, "score")
 
     predict = sub.add_parser("predict", help="write predictions of a checkpoint",
                              description="Write one TSV per task: index and predicted label or score.")
@@ -176,6 +186,7 @@ def build_parser() -> ArgumentParser:
                          help="a .tsv file (one task) or a directory (one TASK.tsv per task)")
     predict.add_argument("--batch-size", type=int, default=64, metavar="N",
                          help="examples per forward pass (default 64)")
+    add_weights_flag(predict, "predict with")
     finetune = sub.add_parser(
         "finetune", help="fine-tune tasks starting from a multi-task checkpoint",
         description="Start from a checkpoint's encoder (and the task's head where it has one; a "
@@ -190,6 +201,7 @@ def build_parser() -> ArgumentParser:
     finetune.add_argument("--output", "-o", required=True, metavar="DIR",
                           help="run directory (with several tasks: DIR/TASK for each)")
     finetune.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    add_weights_flag(finetune, "start from")
     add_common_training_flags(finetune)
 
     adapt = sub.add_parser(
@@ -227,6 +239,7 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--task", required=True, metavar="NAME", help="the task whose head to export")
     export.add_argument("--out", required=True, metavar="DIR",
                         help="the Hugging Face model directory to write")
+    add_weights_flag(export, "export")
     return parser
 
 
@@ -336,7 +349,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from mtsmart.train import pick_device
 
     device = pick_device()
-    loaded = load_checkpoint(args.checkpoint, device)
+    loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
     tasks = _checkpoint_tasks(loaded, args.tasks, "--tasks")
     data_dir = _data_dir(args.data_dir)
     results, split_names = {}, {}
@@ -348,9 +361,13 @@ def command_evaluate(args: argparse.Namespace) -> int:
         results[name] = score_split(task, preds, split)
         split_names[name] = split_name
     label = args.split or "eval"
+    teacher = args.weights == "teacher"
+    if teacher:
+        print(f"{args.checkpoint}: the SMART mean teacher's weights")
     print(format_table(results, label))
-    out = args.out or os.path.join(args.checkpoint, f"eval_{label}.json")
-    write_json(out, {"checkpoint": args.checkpoint, "splits": split_names, "results": results})
+    out = args.out or os.path.join(args.checkpoint, f"eval_{label}{'_teacher' if teacher else ''}.json")
+    write_json(out, {"checkpoint": args.checkpoint, "weights": args.weights, "splits": split_names,
+                     "results": results})
     print(f"\nwrote {out}")
     return 0
 
@@ -362,7 +379,7 @@ def command_predict(args: argparse.Namespace) -> int:
     from mtsmart.train import pick_device
 
     device = pick_device()
-    loaded = load_checkpoint(args.checkpoint, device)
+    loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
     tasks = _checkpoint_tasks(loaded, args.task, "--task")
     data_dir = _data_dir(args.data_dir)
     single_file = len(tasks) == 1 and args.out.endswith((".tsv", ".txt"))
@@ -420,7 +437,7 @@ def command_finetune(args: argparse.Namespace) -> int:
         out = os.path.join(args.output, name) if several else args.output
         os.makedirs(out, exist_ok=True)
         trainer = Trainer({name: task}, task_file.training, data_dir, out, init_from=args.checkpoint,
-                          cache_dir=args.cache_dir, show_progress=not args.quiet,
+                          init_weights=args.weights, cache_dir=args.cache_dir, show_progress=not args.quiet,
                           command=args.command_line)
         try:
             trainer.setup()
@@ -476,7 +493,7 @@ def command_adapt(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     from mtsmart.export import export_task
 
-    out = export_task(args.checkpoint, args.task, args.out)
+    out = export_task(args.checkpoint, args.task, args.out, weights=args.weights)
     print(f"exported {args.task} to {out}: transformers.pipeline('text-classification', "
           f"model='{out}', truncation=True)")
     return 0

@@ -22,6 +22,9 @@ SMART_MODES = ("off", "adversarial", "bregman", "full")
 SAMPLERS = ("proportional", "temperature", "uniform", "annealed")
 NORMS = ("inf", "l2")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Which weights of a checkpoint to run: the trained model, or SMART's mean teacher saved
+# beside it (with the Bregman term on).
+CHECKPOINT_WEIGHTS = ("student", "teacher")
 
 
 @dataclass(frozen=True)

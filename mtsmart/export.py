@@ -31,12 +31,13 @@ def _classifier_state(model, task: str, kind: str) -> dict[str, torch.Tensor]:
             "classifier.out_proj.weight": head.weight, "classifier.out_proj.bias": head.bias}
 
 
-def export_task(checkpoint: str, task_name: str, out_dir: str) -> str:
-    """Write ``out_dir`` atomically; returns it. Raises CheckpointError for a task the
-    checkpoint lacks or an encoder family whose classification head does not match."""
+def export_task(checkpoint: str, task_name: str, out_dir: str, weights: str = "student") -> str:
+    """Write ``out_dir`` atomically; returns it. ``weights``: the checkpoint's student or its
+    SMART teacher. Raises CheckpointError for a task the checkpoint lacks or an encoder
+    family whose classification head does not match."""
     from transformers import AutoModelForSequenceClassification
 
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, weights=weights)
     if task_name not in loaded.model.heads:
         raise CheckpointError(f"{checkpoint}: no head for task {task_name!r} "
                               f"(heads: {', '.join(loaded.model.heads)})")

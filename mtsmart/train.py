@@ -106,6 +106,7 @@ class Trainer:
     Args:
         init_from: a checkpoint directory whose encoder (and the heads of tasks it has)
             start the run; the others get fresh heads. None starts from ``cfg.encoder``.
+        init_weights: ``init_from``'s student (default) or its SMART mean teacher.
         resume: continue the run in ``output_dir`` from its ``last`` checkpoint.
         train_indices: per task, the examples of its train split to use (data-fraction
             experiments); all of them when absent.
@@ -119,7 +120,8 @@ class Trainer:
                  output_dir: str, init_from: Optional[str] = None, resume: bool = False,
                  cache_dir: Optional[str] = None, show_progress: bool = True,
                  train_indices: Optional[dict[str, np.ndarray]] = None,
-                 replicas: Optional[Replicas] = None, command: Optional[Sequence[str]] = None):
+                 replicas: Optional[Replicas] = None, command: Optional[Sequence[str]] = None,
+                 init_weights: str = "student"):
         """``command``: the command line that started the run, kept in run.json."""
         self.tasks = tasks
         self.command = command
@@ -129,6 +131,7 @@ class Trainer:
         self.data_dir = data_dir
         self.output_dir = output_dir
         self.init_from = init_from
+        self.init_weights = init_weights
         self.resume = resume
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         self.show_progress = show_progress and self.replicas.is_main
@@ -213,7 +216,9 @@ class Trainer:
         if self.resume:
             source = resume_checkpoint(self.output_dir)
         if source is not None:
-            loaded = load_checkpoint(source, trust_remote_code=cfg.trust_remote_code)
+            # A resumed run continues its own student; the teacher returns in _restore.
+            weights = "student" if self.resume else self.init_weights
+            loaded = load_checkpoint(source, trust_remote_code=cfg.trust_remote_code, weights=weights)
             self.model, self.tokenizer = loaded.model, loaded.tokenizer
             if loaded.model.pooling != cfg.pooling:
                 # The checkpoint owns the architecture: its heads were trained on its pooling.

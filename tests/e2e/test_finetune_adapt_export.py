@@ -26,6 +26,18 @@ def mt_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     return task_file, out / "best"
 
 
+@pytest.fixture()
+def smart_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    """A full-SMART checkpoint whose teacher is far from its student (the paper's fixed β)."""
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "mt-smart"
+    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
+                 "--max-steps", "4", "--pooling", "pooler", "--smart", "full", "--smart-preset", "paper",
+                 "--quiet"]) == 0
+    return task_file, out / "last"
+
+
 def write_new_domain(root: Path) -> Path:
     rng = np.random.default_rng(0)
     words = "the a cat dog man woman movie good bad is not".split()
@@ -93,6 +105,50 @@ def test_finetune_command_with_smart_teacher_from_loaded_weights(mt_checkpoint, 
                  "--data-dir", str(tmp_path / "data"), "--quiet"]) == 0
     assert (out_all / "pairs" / "best" / "meta.json").exists()
     assert (out_all / "score" / "best" / "meta.json").exists()
+
+
+def test_finetune_from_the_teacher_starts_student_and_teacher_at_the_teacher(smart_checkpoint, tmp_path):
+    from mtsmart.checkpoint import load_checkpoint
+    from mtsmart.tasks import load_task_file
+    from mtsmart.train import Trainer
+
+    task_file, ckpt = smart_checkpoint
+    teacher = load_file(str(ckpt / "teacher.safetensors"))
+    loaded = load_checkpoint(str(ckpt))
+    student = loaded.model.state_dict()
+    assert any(not torch.equal(student[k], teacher[k]) for k in teacher)
+    for weights, expected in (("teacher", teacher), ("student", student)):
+        trainer = Trainer({"pairs": load_task_file(str(task_file)).tasks["pairs"]}, loaded.training,
+                          str(tmp_path / "data"), str(tmp_path / f"ft-{weights}"), init_from=str(ckpt),
+                          init_weights=weights, show_progress=False)
+        trainer.setup()
+        for name, model in (("student", trainer.model), ("teacher", trainer.teacher.model)):
+            state = model.state_dict()
+            assert state.keys() == expected.keys()
+            for key, value in expected.items():
+                assert torch.equal(state[key], value), (weights, name, key)
+        trainer.cleanup()
+
+
+def test_export_of_the_teacher_predicts_what_predict_with_the_teacher_predicts(smart_checkpoint, tmp_path):
+    from transformers import pipeline
+
+    _, ckpt = smart_checkpoint
+    data = tmp_path / "data"
+    with open(data / "score_dev.tsv") as handle:
+        texts = [line.split("\t")[0] for line in handle][1:]
+    scores = {}
+    for weights in ("student", "teacher"):
+        export_dir = tmp_path / f"hf-{weights}"
+        preds = tmp_path / f"{weights}.tsv"
+        assert main(["export", str(ckpt), "--task", "score", "--out", str(export_dir), "--weights", weights]) == 0
+        assert main(["predict", str(ckpt), "--task", "score", "--data-dir", str(data), "--out", str(preds),
+                     "--weights", weights]) == 0
+        exported = [o["score"] for o in pipeline("text-classification", model=str(export_dir),
+                                                 truncation=True)(texts)]
+        scores[weights] = [float(line.split("\t")[1]) for line in preds.read_text().splitlines()[1:]]
+        assert np.allclose(exported, scores[weights], atol=1e-4), weights
+    assert not np.allclose(scores["teacher"], scores["student"], atol=1e-4)
 
 
 def test_stratified_subsets_are_deterministic_and_keep_label_shares():

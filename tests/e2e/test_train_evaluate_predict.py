@@ -359,17 +359,24 @@ def test_train_with_tiny_roberta(tiny_roberta_dir, tmp_path):
             assert (output / which / name).is_file(), f"{which}/{name} missing"
 
 
-def test_smart_full_writes_teacher_and_logs_smart_scalars(tiny_model_dir, tmp_path):
-    from safetensors.torch import load_file
-
-    output = tmp_path / "run"
+@pytest.fixture(scope="module")
+def smart_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """One full-SMART run (4 updates, evaluation at 2 and 4), shared by the teacher checks."""
+    output = tmp_path_factory.mktemp("smart-run") / "run"
     # The paper's values (absolute ε = 1e-5, ‖·‖∞, fixed β): the defaults' horizon of 10% of
     # 4 updates would make the teacher the student.
     argv = train_argv(tiny_model_dir, output, "--smart", "full", "--eval-every", "2",
                       "--smart-preset", "paper")
     argv[argv.index("--max-steps") + 1] = "4"
-    code, _, err = run_cli(argv, tmp_path / "cache")
+    code, _, err = run_cli(argv, output.parent / "cache")
     assert code == 0, err[-3000:]
+    return output
+
+
+def test_smart_full_writes_teacher_and_logs_smart_scalars(smart_run):
+    from safetensors.torch import load_file
+
+    output = smart_run
     for which in ("best", "last"):
         assert (output / which / "teacher.safetensors").is_file(), f"{which}: no teacher"
     teacher = load_file(str(output / "last" / "teacher.safetensors"))
@@ -398,6 +405,58 @@ def test_smart_full_writes_teacher_and_logs_smart_scalars(tiny_model_dir, tmp_pa
     records = eval_records(output)
     assert [r["global_step"] for r in records] == [2, 4]
     assert all(set(r["teacher_results"]) == set(TASKS) for r in records)
+
+
+def test_evaluate_and_predict_with_the_teacher_weights(smart_run, tmp_path, cache):
+    """--weights teacher scores what the trainer logged for the teacher, not the student."""
+    from safetensors.torch import load_file
+
+    from mtsmart.checkpoint import load_checkpoint
+    from mtsmart.data import load_tokenized
+    from mtsmart.evaluation import predict_split
+
+    last = eval_records(smart_run)[-1]
+    reports = {}
+    for weights in ("student", "teacher"):
+        out_file = tmp_path / f"{weights}.json"
+        assert main(["evaluate", str(smart_run / "last"), "--data-dir", str(E2E), "--out", str(out_file),
+                     "--weights", weights]) == 0
+        reports[weights] = read_json(out_file)
+        assert reports[weights]["weights"] == weights
+    for weights, logged in (("student", last["results"]), ("teacher", last["teacher_results"])):
+        for task, values in logged.items():
+            for metric, value in values.items():
+                assert reports[weights]["results"][task][metric] == pytest.approx(value, abs=1e-6), \
+                    (weights, task, metric)
+    assert reports["teacher"]["results"][REG_TASK] != reports["student"]["results"][REG_TASK]
+
+    # predict: the scores of the student with the teacher file's weights put in by hand
+    preds = {}
+    for weights in ("student", "teacher"):
+        out_file = tmp_path / f"{weights}.tsv"
+        assert main(["predict", str(smart_run / "last"), "--task", REG_TASK, "--data-dir", str(E2E),
+                     "--out", str(out_file), "--weights", weights]) == 0
+        preds[weights] = [float(row[1]) for row in read_tsv(out_file)[1]]
+    loaded = load_checkpoint(str(smart_run / "last"))
+    loaded.model.load_state_dict(load_file(str(smart_run / "last" / "teacher.safetensors")))
+    split = load_tokenized(loaded.tasks[REG_TASK], "dev", loaded.tokenizer, str(E2E), str(tmp_path / "ref"))
+    reference = predict_split(loaded.model, loaded.tasks[REG_TASK], split, 64, loaded.tokenizer.pad_token_id or 0)
+    np.testing.assert_allclose(preds["teacher"], reference, rtol=0, atol=1e-6)
+    assert not np.allclose(preds["teacher"], preds["student"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_teacher_weights_of_a_run_without_a_teacher_exit_2(run_dir, tmp_path, cache, capsys, command):
+    out = tmp_path / "out.tsv"
+    argv = {"evaluate": ["--data-dir", str(E2E), "--out", str(out)],
+            "predict": ["--task", CLS_TASK, "--data-dir", str(E2E), "--out", str(out)],
+            "export": ["--task", CLS_TASK, "--out", str(out)]}[command]
+    capsys.readouterr()
+    assert main([command, str(run_dir / "best"), "--weights", "teacher", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run_dir / "best") in err[0], err
+    assert "teacher.safetensors" in err[0] and "valid --weights here: student" in err[0], err
+    assert not out.exists()
 
 
 def test_second_run_into_non_empty_output_exits_2(bert_run, run_dir, tmp_path):
