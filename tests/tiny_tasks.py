@@ -46,3 +46,15 @@ training:
   optim: {lr: 1.0e-3}
 """)
     return task_file
+
+
+def train_tiny_run(root: Path, encoder: Path, name: str, *flags: str) -> tuple[Path, Path]:
+    """Write the tiny tasks under ``root`` and train 4 updates on them into ``root/name``
+    (with ``flags``); returns (task file, run directory)."""
+    from mtsmart.cli import main
+
+    task_file = write_tiny_tasks(root)
+    out = root / name
+    assert main(["train", str(task_file), "--encoder", str(encoder), "--output", str(out),
+                 "--max-steps", "4", "--quiet", *flags]) == 0
+    return task_file, out

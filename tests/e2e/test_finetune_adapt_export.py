@@ -13,16 +13,13 @@ from safetensors.torch import load_file
 from mtsmart.cli import main
 from mtsmart.data import stratified_subset
 
-from tiny_tasks import write_tiny_tasks
+from tiny_tasks import train_tiny_run, write_tiny_tasks
 
 
 @pytest.fixture()
 def mt_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
-    task_file = write_tiny_tasks(tmp_path)
-    out = tmp_path / "mt"
-    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
-                 "--max-steps", "4", "--pooling", "pooler", "--quiet"]) == 0
+    task_file, out = train_tiny_run(tmp_path, tiny_model_dir, "mt", "--pooling", "pooler")
     return task_file, out / "best"
 
 
@@ -30,11 +27,8 @@ def mt_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
 def smart_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     """A full-SMART checkpoint whose teacher is far from its student (the paper's fixed β)."""
     monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
-    task_file = write_tiny_tasks(tmp_path)
-    out = tmp_path / "mt-smart"
-    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
-                 "--max-steps", "4", "--pooling", "pooler", "--smart", "full", "--smart-preset", "paper",
-                 "--quiet"]) == 0
+    task_file, out = train_tiny_run(tmp_path, tiny_model_dir, "mt-smart", "--pooling", "pooler",
+                                    "--smart", "full", "--smart-preset", "paper")
     return task_file, out / "last"
 
 

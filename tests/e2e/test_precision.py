@@ -6,22 +6,18 @@ import json
 
 import torch
 
-from mtsmart.cli import main
 from mtsmart.config import SmartConfig
 from mtsmart.ema import MeanTeacher
 from mtsmart.model import MultiTaskModel
 from mtsmart.objective import batch_objective
 from mtsmart.task_types import get_task_type
-from tiny_tasks import write_tiny_tasks
+from tiny_tasks import train_tiny_run
 
 
 def test_bf16_smart_training_on_cpu(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
-    task_file = write_tiny_tasks(tmp_path)
-    out = tmp_path / "bf16"
-    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
-                 "--max-steps", "4", "--precision", "bf16", "--smart", "full", "--epsilon", "1e-2",
-                 "--quiet"]) == 0
+    _, out = train_tiny_run(tmp_path, tiny_model_dir, "bf16", "--precision", "bf16", "--smart", "full",
+                            "--epsilon", "1e-2")
     results = json.loads((out / "results.json").read_text())
     assert results["counters"].get("nonfinite_loss_skipped", 0) == 0
     from safetensors.torch import load_file
