@@ -149,6 +149,12 @@ def add_weights_flag(parser: argparse.ArgumentParser, use: str) -> None:
                              "teacher saved beside it (runs with the Bregman term)")
 
 
+def add_task_defs_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task-defs", metavar="FILE",
+                        help="a task-definition file whose tasks replace the checkpoint's own of "
+                             "the same name (other data or splits; the labels must match the heads)")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="mtsmart", description=(
         "Multi-task fine-tuning of pre-trained transformer encoders with SMART."))
@@ -174,6 +180,7 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64, metavar="N",
                           help="examples per forward pass (default 64)")
     add_weights_flag(evaluate, "score")
+    add_task_defs_flag(evaluate)
 
     predict = sub.add_parser("predict", help="write predictions of a checkpoint",
                              description="Write one TSV per task: index and predicted label or score.")
@@ -187,6 +194,7 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=64, metavar="N",
                          help="examples per forward pass (default 64)")
     add_weights_flag(predict, "predict with")
+    add_task_defs_flag(predict)
     finetune = sub.add_parser(
         "finetune", help="fine-tune tasks starting from a multi-task checkpoint",
         description="Start from a checkpoint's encoder (and the task's head where it has one; a "
@@ -327,18 +335,22 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_tasks(loaded, names: Optional[str], where: str):
-    from mtsmart.tasks import select_tasks
+def _checkpoint_tasks(loaded, args: argparse.Namespace, names: Optional[str], where: str):
+    """The tasks to run, and where their data paths are relative to. With --task-defs the
+    file's definitions (data sources, fields, lengths) replace the checkpoint's own for the
+    tasks both have, provided the heads' outputs mean the same."""
+    from mtsmart.tasks import DATA_DIR_ENV, check_same_head, load_task_file, resolve_data_dir, select_tasks
 
-    if names == "all":
-        names = None
-    return select_tasks(loaded.tasks, names, where)
-
-
-def _data_dir(value: Optional[str]) -> str:
-    from mtsmart.tasks import DATA_DIR_ENV
-
-    return value or os.environ.get(DATA_DIR_ENV) or os.getcwd()
+    tasks = dict(loaded.tasks)
+    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or os.getcwd()
+    if args.task_defs:
+        task_file = load_task_file(args.task_defs)
+        for name, task in task_file.tasks.items():
+            if name in tasks:
+                check_same_head(task, tasks[name], loaded.path)
+                tasks[name] = task
+        data_dir = resolve_data_dir(args.data_dir, task_file)
+    return select_tasks(tasks, None if names == "all" else names, where), data_dir
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
@@ -350,8 +362,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
     device = pick_device()
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
-    tasks = _checkpoint_tasks(loaded, args.tasks, "--tasks")
-    data_dir = _data_dir(args.data_dir)
+    tasks, data_dir = _checkpoint_tasks(loaded, args, args.tasks, "--tasks")
     results, split_names = {}, {}
     for name, task in tasks.items():
         split_name = args.split or task.eval_split
@@ -380,13 +391,14 @@ def command_predict(args: argparse.Namespace) -> int:
 
     device = pick_device()
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
-    tasks = _checkpoint_tasks(loaded, args.task, "--task")
-    data_dir = _data_dir(args.data_dir)
+    tasks, data_dir = _checkpoint_tasks(loaded, args, args.task, "--task")
     single_file = len(tasks) == 1 and args.out.endswith((".tsv", ".txt"))
     if not single_file:
         os.makedirs(args.out, exist_ok=True)
     for name, task in tasks.items():
-        split = load_tokenized(task, args.split, loaded.tokenizer, data_dir, default_cache_dir())
+        # Labels are not needed to predict: a test split without them reads too.
+        split = load_tokenized(task, args.split, loaded.tokenizer, data_dir, default_cache_dir(),
+                               labeled=False)
         preds = predict_split(loaded.model, task, split, args.batch_size,
                               loaded.tokenizer.pad_token_id or 0, device)
         path = args.out if single_file else os.path.join(args.out, f"{name}.tsv")

@@ -78,7 +78,14 @@ def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
         raise DataError(f"{src.path} line {reader.line_num}: malformed {fmt}: {err}") from None
 
 
-def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -> Examples:
+def _fields_read(task: TaskDef, labeled: bool) -> tuple[str, ...]:
+    # Unlabeled reading (prediction) never looks at the target column: a test file without
+    # one, or with a placeholder such as the hub's -1, reads the same.
+    return task.fields_used if labeled else task.text_fields
+
+
+def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str,
+                    labeled: bool = True) -> Examples:
     path = src.path if os.path.isabs(src.path) else os.path.join(data_dir, src.path)
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, expected a {src.resolved_format} file "
@@ -93,7 +100,8 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -
     rows = _rows_from_text(text, src)
     fmt = src.resolved_format
     columns = dict(src.columns or {})
-    for name in task.fields_used:
+    fields = _fields_read(task, labeled)
+    for name in fields:
         columns.setdefault(name, name)
 
     header: Optional[list[str]] = None
@@ -105,7 +113,7 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -
     index_of: dict[str, int] = {}
     if fmt != "jsonl":
         for name, column in columns.items():
-            if name not in task.fields_used:
+            if name not in fields:
                 continue
             if isinstance(column, int):
                 index_of[name] = column
@@ -132,7 +140,7 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -
             if not isinstance(obj, dict):
                 raise DataError(f"{path} line {line}: task {task.name!r}: expected a JSON object")
             values = {}
-            for name in task.fields_used:
+            for name in fields:
                 key = columns[name]
                 if key not in obj:
                     raise DataError(f"{path} line {line}: task {task.name!r}: field {name!r}: "
@@ -147,7 +155,7 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str) -
                         f"{len(row)} fields, column {index} is missing"
                     )
                 values[name] = row[index]
-        _append_example(examples, task, values, line, f"{path} line {line}")
+        _append_example(examples, task, values, line, f"{path} line {line}", labeled)
     return _non_empty(examples, task, split)
 
 
@@ -163,10 +171,12 @@ def _json_field(value, name: str, task: TaskDef, where: str):
                     f"got {kind}")
 
 
-def _append_example(examples: Examples, task: TaskDef, values: dict, line: int, where: str) -> None:
+def _append_example(examples: Examples, task: TaskDef, values: dict, line: int, where: str,
+                    labeled: bool = True) -> None:
     """Parse the target of one row (one-line error naming ``where``) and keep the row."""
     try:
-        target = task.task_type.parse_target(values[task.target_column], task.labels)
+        target = (task.task_type.parse_target(values[task.target_column], task.labels) if labeled
+                  else task.task_type.missing_target)
     except ValueError as err:
         raise DataError(f"{where}: task {task.name!r}: field {task.target_column!r}: {err}") from None
     examples.texts.append(tuple(str(values[f]) for f in task.text_fields))
@@ -180,7 +190,7 @@ def _non_empty(examples: Examples, task: TaskDef, split: str) -> Examples:
     return examples
 
 
-def read_hub_split(task: TaskDef, split: str, src: HubSource) -> Examples:
+def read_hub_split(task: TaskDef, split: str, src: HubSource, labeled: bool = True) -> Examples:
     try:
         import datasets
 
@@ -190,24 +200,26 @@ def read_hub_split(task: TaskDef, split: str, src: HubSource) -> Examples:
         raise DataError(f"{task.where()}: split {split!r}: cannot load {src.describe()}: {first}") from None
     columns = dict(src.columns or {})
     examples = Examples(texts=[], targets=[], lines=[], source=src.describe())
-    names = {name: columns.get(name, name) for name in task.fields_used}
+    names = {name: columns.get(name, name) for name in _fields_read(task, labeled)}
     for name, column in names.items():
         if column not in dataset.column_names:
             raise DataError(f"{task.where(name)}: {src.describe()} has no column {column!r} "
                             f"(columns: {', '.join(dataset.column_names)})")
     for row_number, row in enumerate(dataset, start=1):
         values = {name: row[column] for name, column in names.items()}
-        _append_example(examples, task, values, row_number, f"{src.describe()} row {row_number}")
+        _append_example(examples, task, values, row_number, f"{src.describe()} row {row_number}", labeled)
     return _non_empty(examples, task, split)
 
 
-def read_split(task: TaskDef, split: str, data_dir: str) -> Examples:
+def read_split(task: TaskDef, split: str, data_dir: str, labeled: bool = True) -> Examples:
+    """The examples of one split. ``labeled=False`` reads only the text fields (the targets
+    are the task type's ``missing_target``), for predictions on data without labels."""
     if split not in task.splits:
         raise DataError(f"{task.where()}: no split {split!r} (splits: {', '.join(task.splits)})")
     src = task.splits[split]
     if isinstance(src, HubSource):
-        return read_hub_split(task, split, src)
-    return read_file_split(task, split, src, data_dir)
+        return read_hub_split(task, split, src, labeled)
+    return read_file_split(task, split, src, data_dir, labeled)
 
 
 # ---------------------------------------------------------------------------------------
@@ -448,9 +460,9 @@ def padding_stats(lengths: np.ndarray, batches: list[np.ndarray]) -> tuple[int, 
 
 
 def load_tokenized(task: TaskDef, split: str, tokenizer, data_dir: str,
-                   cache_dir: Optional[str]) -> TokenizedSplit:
-    """Read and tokenize one split of one task (cached)."""
-    examples = read_split(task, split, data_dir)
+                   cache_dir: Optional[str], labeled: bool = True) -> TokenizedSplit:
+    """Read and tokenize one split of one task (cached); ``labeled`` as in read_split."""
+    examples = read_split(task, split, data_dir, labeled)
     dtype = np.int64 if task.task_type.target_dtype == torch.long else np.float32
     return tokenize_examples(examples, tokenizer, task.max_length, dtype, cache_dir)
 

@@ -23,6 +23,8 @@ class TaskType(ABC):
     metric_table: ClassVar[dict[str, metrics.MetricFn]]
     default_metrics: ClassVar[tuple[str, ...]]
     target_dtype: ClassVar[torch.dtype]
+    # The target of an example read without its label (prediction on unlabeled data).
+    missing_target: ClassVar[float | int]
 
     @abstractmethod
     def output_size(self, labels: Sequence[str] | None) -> int:
@@ -76,6 +78,7 @@ class Classification(TaskType):
     metric_table = metrics.CLASSIFICATION_METRICS
     default_metrics = ("accuracy",)
     target_dtype = torch.long
+    missing_target = -1
 
     def output_size(self, labels):
         return len(labels)
@@ -110,6 +113,7 @@ class Regression(TaskType):
     metric_table = metrics.REGRESSION_METRICS
     default_metrics = ("pearson", "spearman")
     target_dtype = torch.float32
+    missing_target = math.nan
 
     def output_size(self, labels):
         return 1

@@ -365,6 +365,18 @@ def resolve_data_dir(cli_value: Optional[str], task_file: TaskFile) -> str:
             or os.path.dirname(os.path.abspath(task_file.path)))
 
 
+def check_same_head(task: TaskDef, trained: TaskDef, checkpoint: str) -> None:
+    """``task`` may stand in for the checkpoint's ``trained`` definition (other data,
+    fields or lengths) only if the head's outputs mean the same: type and labels in order."""
+    if task.type != trained.type:
+        raise ConfigError(f"{task.where('type')}: {task.type!r}, but the head for {task.name!r} in "
+                          f"{checkpoint} was trained as {trained.type!r}")
+    if task.labels != trained.labels:
+        raise ConfigError(f"{task.where('labels')}: [{', '.join(task.labels)}] differs from the labels "
+                          f"the head in {checkpoint} was trained with, in its output order: "
+                          f"[{', '.join(trained.labels)}]")
+
+
 def select_tasks(tasks: dict[str, TaskDef], names: Optional[str], where: str) -> dict[str, TaskDef]:
     """Keep the comma-separated subset ``names`` (all when None), in the given order."""
     if not names:

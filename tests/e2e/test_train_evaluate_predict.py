@@ -309,6 +309,39 @@ def test_predict_all_tasks_to_a_directory(run_dir, tmp_path, cache):
     np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-6)
 
 
+def test_predict_on_unlabeled_data_from_another_task_file(run_dir, tmp_path, cache, capsys):
+    """A test file without labels, declared in a task file of the user's own (--task-defs):
+    predict reads it; evaluate, which needs labels, says which column is missing."""
+    header, rows = read_tsv(E2E / "pairs" / "dev.tsv")
+    unlabeled = tmp_path / "pairs_test.tsv"
+    unlabeled.write_text("\n".join("\t".join(r[:2]) for r in [header, *rows]) + "\n")
+    spec = yaml.safe_load((E2E / "tasks.yaml").read_text())
+    spec["tasks"]["pairs"]["splits"]["test"] = str(unlabeled)
+    task_file = tmp_path / "with_test.yaml"
+    task_file.write_text(yaml.safe_dump(spec))
+    out_file = tmp_path / "test.tsv"
+    assert main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--split", "test",
+                 "--task-defs", str(task_file), "--data-dir", str(E2E), "--out", str(out_file)]) == 0
+    predicted = [r[1] for r in read_tsv(out_file)[1]]
+    reference = reference_predictions(run_dir / "best", CLS_TASK, tmp_path / "ref-cache")
+    assert predicted == [LABELS[i] for i in reference]  # the dev texts, so the dev predictions
+
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir / "best"), "--tasks", CLS_TASK, "--split", "test",
+                 "--task-defs", str(task_file), "--data-dir", str(E2E), "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(unlabeled) in err[0] and "'label'" in err[0], err
+
+    # labels in another order would name the head's outputs wrongly: refused
+    spec["tasks"]["pairs"]["labels"] = list(reversed(LABELS))
+    task_file.write_text(yaml.safe_dump(spec))
+    assert main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--split", "test",
+                 "--task-defs", str(task_file), "--out", str(tmp_path / "x.tsv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(task_file) in err[0] and "labels" in err[0] and "same, different" in err[0], err
+    assert not (tmp_path / "x.tsv").exists()
+
+
 # ------------------------------------------------------------------------------ other runs
 def test_balanced_class_weights_come_from_the_training_labels(tiny_model_dir, tmp_path):
     output = tmp_path / "balanced"

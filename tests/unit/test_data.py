@@ -72,6 +72,35 @@ def test_rte_like_label_by_header_name_reads_the_empty_field():
     assert "rte_like.tsv line 4" in str(err.value) and "''" in str(err.value)
 
 
+def test_unlabeled_reading_skips_the_target_column_and_only_it(tmp_path):
+    # A GLUE-style test file: the labelled file's layout without its label column.
+    (tmp_path / "test.tsv").write_text("index\tsentence1\tsentence2\n0\tA cat sat.\tA cat.\n"
+                                       "1\tA dog ran.\tA dog.\n")
+    (tmp_path / "test.jsonl").write_text('{"sentence1": "A cat sat.", "sentence2": "A cat.", "label": -1}\n')
+    rte = {"quoting": "none", "columns": {"sentence1": 1, "sentence2": 2, "label": -1}}
+    labeled = read(cls_task({"path": "rte_like.tsv", **rte}, labels=("entailment", "not_entailment")),
+                   data_dir=DATA_DIR)
+    unlabeled = read_split(cls_task({"path": "rte_like.tsv", **rte}, labels=("entailment", "not_entailment")),
+                           "train", DATA_DIR, labeled=False)
+    assert unlabeled.texts == labeled.texts and unlabeled.lines == labeled.lines
+    assert unlabeled.targets == [-1] * 4
+    for source in ({"path": "test.tsv", "quoting": "none", "columns": {"sentence1": 1, "sentence2": 2}},
+                   {"path": "test.tsv", **rte},  # label: -1 would be sentence2: not read
+                   {"path": "test.jsonl"}):
+        ex = read_split(cls_task(source), "train", str(tmp_path), labeled=False)
+        assert ex.texts[0] == ("A cat sat.", "A cat."), source
+        assert ex.targets == [-1] * len(ex.texts)
+        with pytest.raises(DataError, match="label"):  # evaluation and training need the labels
+            read(cls_task(source), data_dir=str(tmp_path))
+    scores = read_split(reg_task({"path": "test.tsv", "columns": {"sentence1": 1, "sentence2": 2}}),
+                        "train", str(tmp_path), labeled=False)
+    assert len(scores.targets) == 2 and all(np.isnan(scores.targets))
+    # the text fields are still required
+    with pytest.raises(DataError, match="'premise'"):
+        read_split(cls_task({"path": "test.tsv"}, text_fields=("premise", "sentence2")), "train",
+                   str(tmp_path), labeled=False)
+
+
 def test_minimal_quoting_swallows_lines_after_an_unbalanced_quote():
     # Why the GLUE files need quoting: none. With CSV quoting the quote opened on line 3
     # runs to the end of the file, so the last row is short of fields.
