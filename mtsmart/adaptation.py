@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mtsmart.checkpoint import META_FILE
+from mtsmart.checkpoint import is_checkpoint
 from mtsmart.config import TrainConfig
 from mtsmart.data import load_tokenized, default_cache_dir, stratified_subset
 from mtsmart.errors import ConfigError
@@ -41,7 +41,7 @@ class StartPoint:
 
     @property
     def is_checkpoint(self) -> bool:
-        return os.path.isfile(os.path.join(self.path, META_FILE))
+        return is_checkpoint(self.path)
 
 
 def parse_start(text: str) -> StartPoint:
@@ -86,7 +86,7 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     """Fine-tune each start on each subset with each seed; write the report files."""
     from transformers import AutoTokenizer
 
-    from mtsmart.model import quiet_transformers
+    from mtsmart.model import encoder_load_error, quiet_transformers
     from mtsmart.train import Trainer
 
     os.makedirs(output_dir, exist_ok=True)
@@ -94,8 +94,11 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     # labels; every run tokenizes with its own start's tokenizer.
     first = starts[0]
     tokenizer_dir = os.path.join(first.path, "encoder") if first.is_checkpoint else first.path
-    with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError, KeyError) as err:
+        raise encoder_load_error(tokenizer_dir, err) from None
     pool = load_tokenized(task, task.train_split, tokenizer, data_dir, default_cache_dir())
     sizes = resolve_sizes(size_specs, reference_size, len(pool))
     is_classification = task.type == "classification"

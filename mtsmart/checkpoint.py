@@ -169,11 +169,46 @@ def load_trainer_state(path: str) -> dict:
         return {"tensors": tensors, "json": json.load(handle)}
 
 
+def is_checkpoint(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, META_FILE))
+
+
+def checkpoints_in(path: str) -> list[str]:
+    """The complete checkpoints directly inside ``path`` (a run folder's best/ and last/)."""
+    return sorted(os.path.join(path, name) for name in os.listdir(path)
+                  if is_checkpoint(os.path.join(path, name)))
+
+
+def encoder_source_problem(name_or_path: str) -> Optional[str]:
+    """Why ``name_or_path`` cannot be loaded as a raw encoder, found without loading it;
+    None for a model directory or a name the Hugging Face hub may resolve."""
+    if os.path.isdir(name_or_path):
+        if is_checkpoint(name_or_path):
+            return (f"{name_or_path} is an mtsmart checkpoint, not an encoder; `mtsmart finetune "
+                    f"{name_or_path}` starts from it")
+        inside = checkpoints_in(name_or_path)
+        if inside:
+            return (f"{name_or_path} is a run folder, not an encoder or a checkpoint; its "
+                    f"checkpoints: {', '.join(inside)}")
+        if not os.path.isfile(os.path.join(name_or_path, "config.json")):
+            return f"{name_or_path}: no config.json, so not a Hugging Face model directory"
+    elif os.path.exists(name_or_path):
+        return f"{name_or_path}: a file, expected a model directory or a Hugging Face hub name"
+    elif name_or_path.startswith((os.sep, ".", "~")) or name_or_path.count("/") > 1:
+        # not a hub name (OWNER/NAME) either: asking the hub would only add its own complaint
+        return f"{name_or_path}: no such directory (a local encoder is a folder with config.json)"
+    return None
+
+
 def read_meta(path: str) -> dict:
     meta_path = os.path.join(path, META_FILE)
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if not os.path.isfile(meta_path):
+        inside = checkpoints_in(path)
+        if inside:  # a run directory (or a folder of runs) given for one of its checkpoints
+            raise CheckpointError(f"{path}: not a checkpoint but a folder of them; pass one of: "
+                                  f"{', '.join(inside)}")
         raise CheckpointError(f"{path}: incomplete checkpoint (no {META_FILE})")
     with open(meta_path, encoding="utf-8") as handle:
         meta = json.load(handle)

@@ -465,7 +465,7 @@ def command_finetune(args: argparse.Namespace) -> int:
 
 def command_adapt(args: argparse.Namespace) -> int:
     from mtsmart.adaptation import parse_start, run_adaptation
-    from mtsmart.checkpoint import TASKS_FILE
+    from mtsmart.checkpoint import TASKS_FILE, encoder_source_problem
     from mtsmart.tasks import build_task_file, load_task_file, resolve_data_dir
 
     starts = [parse_start(text) for text in args.starts]
@@ -488,8 +488,9 @@ def command_adapt(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
     for start in starts:
-        if not start.is_checkpoint and not os.path.isdir(start.path) and os.sep in start.path:
-            raise ConfigError(f"{start.path}: neither a checkpoint nor an encoder directory")
+        problem = None if start.is_checkpoint else encoder_source_problem(start.path)
+        if problem:
+            raise ConfigError(f"START {start.label}: {problem}")
     os.makedirs(args.output, exist_ok=True)
     rows = run_adaptation(starts, task_file.tasks[args.task], task_file.training,
                           resolve_data_dir(args.data_dir, task_file), args.train_sizes.split(","),

@@ -9,11 +9,13 @@ Must not import data loading, the trainer or the CLI.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterable, Optional
 
 import torch
 from torch import nn
 
+from mtsmart.errors import ConfigError
 from mtsmart.tasks import TaskDef
 
 
@@ -33,6 +35,16 @@ def quiet_transformers():
         hf_logging.set_verbosity(previous)
         if bars_were_enabled:
             hf_logging.enable_progress_bar()
+
+
+def encoder_load_error(name_or_path: str, err: Exception) -> ConfigError:
+    """One line for a failed ``from_pretrained``: transformers reports a missing local
+    folder, an unreachable hub and a broken model each as a multi-line traceback."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    if os.path.isdir(name_or_path):
+        return ConfigError(f"cannot load the encoder in {name_or_path}: {first}")
+    return ConfigError(f"cannot load the encoder {name_or_path!r}: no such local directory, and "
+                       f"from the Hugging Face hub: {first}")
 
 
 class TaskHead(nn.Module):

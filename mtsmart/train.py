@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mtsmart import smart
-from mtsmart.checkpoint import (TRAINING_FILE, load_checkpoint, load_checkpoint_tasks, load_trainer_state,
-                                recover_interrupted_save, save_checkpoint)
+from mtsmart.checkpoint import (TRAINING_FILE, encoder_source_problem, load_checkpoint, load_checkpoint_tasks,
+                                load_trainer_state, recover_interrupted_save, save_checkpoint)
 from mtsmart.config import TrainConfig, differences, from_mapping, load_yaml, to_plain
 from mtsmart.cpu_allocator import keep_freed_memory
 from mtsmart.data import TaskStream, default_cache_dir, load_tokenized
@@ -36,7 +36,7 @@ from mtsmart.errors import ConfigError
 from mtsmart.evaluation import predict_split, score_split, selection_score
 from mtsmart.losses import balanced_class_weights
 from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_after, write_json
-from mtsmart.model import MultiTaskModel, head_spec, quiet_transformers
+from mtsmart.model import MultiTaskModel, encoder_load_error, head_spec, quiet_transformers
 from mtsmart.objective import SideStream, batch_objective
 from mtsmart.provenance import check_same_data, record_session, session_record
 from mtsmart.sampling import TaskSampler
@@ -234,12 +234,18 @@ class Trainer:
                         f"{head_spec(task)[0]}")
             self._init_teacher_state = loaded.teacher_state
         else:
-            with quiet_transformers():
-                self.tokenizer = AutoTokenizer.from_pretrained(
-                    cfg.encoder, trust_remote_code=cfg.trust_remote_code)
-            self.model = MultiTaskModel.from_pretrained(
-                cfg.encoder, self.tasks.values(), num_hidden_layers=cfg.num_hidden_layers,
-                trust_remote_code=cfg.trust_remote_code, pooling=cfg.pooling)
+            problem = encoder_source_problem(cfg.encoder)
+            if problem:
+                raise ConfigError(f"training.encoder: {problem}")
+            try:
+                with quiet_transformers():
+                    self.tokenizer = AutoTokenizer.from_pretrained(
+                        cfg.encoder, trust_remote_code=cfg.trust_remote_code)
+                self.model = MultiTaskModel.from_pretrained(
+                    cfg.encoder, self.tasks.values(), num_hidden_layers=cfg.num_hidden_layers,
+                    trust_remote_code=cfg.trust_remote_code, pooling=cfg.pooling)
+            except (OSError, ValueError, KeyError) as err:
+                raise encoder_load_error(cfg.encoder, err) from None
         if cfg.encoder_dropout is not None:
             self.model.set_encoder_dropout(cfg.encoder_dropout)
         self.model.to(self.device)

@@ -211,6 +211,36 @@ def test_select_metric_of_unknown_task(workdir, tiny_model_dir, capsys):
     assert_one_line(code, err, "select_metric", "'rte/accuracy'", "tiny/accuracy")
 
 
+@pytest.mark.parametrize("case", ["run_folder", "checkpoint", "missing_dir", "no_config", "a_file", "hub_name"])
+def test_an_encoder_that_cannot_load(workdir, capsys, case):
+    run = workdir / "run"
+    for checkpoint in ("best", "last"):
+        (run / checkpoint).mkdir(parents=True)
+        (run / checkpoint / "meta.json").write_text("{}")
+    encoder, expected = {
+        "run_folder": (run, ["run folder", str(run / "best"), str(run / "last")]),
+        "checkpoint": (run / "best", ["checkpoint", "mtsmart finetune"]),
+        "missing_dir": (workdir / "nope", ["no such directory", "config.json"]),
+        "no_config": (workdir, ["no config.json"]),
+        "a_file": (workdir / "train.tsv", ["a file"]),
+        "hub_name": ("nobody/no-such-encoder", ["'nobody/no-such-encoder'", "Hugging Face hub"]),  # offline in tests
+    }[case]
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, encoder), capsys)
+    assert_one_line(code, err, str(encoder), *expected)
+    assert not any((workdir / "out").iterdir())  # nothing written
+
+
+def test_adapt_refuses_a_start_that_is_no_encoder_or_checkpoint(workdir, capsys):
+    run = workdir / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "meta.json").write_text("{}")
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(["adapt", f"mt={run}", "--task", "tiny", "--task-defs", str(task_file),
+                          "--train-sizes", "2", "--output", str(workdir / "adapt")], capsys)
+    assert_one_line(code, err, "START mt", str(run), "run folder", str(run / "best"))
+
+
 def test_argparse_errors_are_one_line_too(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "x.yaml", "--sampler", "random"])
