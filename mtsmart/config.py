@@ -332,6 +332,9 @@ def validate_train(cfg: TrainConfig, where: str) -> None:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(cfg, name)}")
+    if cfg.num_threads is not None and cfg.num_threads < 1:
+        raise ConfigError(f"{where}.num_threads: must be >= 1, got {cfg.num_threads} "
+                          "(leave it unset for torch's default)")
     if cfg.max_steps is None and cfg.epochs <= 0:
         raise ConfigError(f"{where}.epochs: must be > 0 when max_steps is not set")
     if cfg.max_steps is not None and cfg.max_steps < 1:
