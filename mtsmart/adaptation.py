@@ -84,9 +84,7 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                    reference_size: Optional[int] = None, min_steps: int = 0,
                    show_progress: bool = True, command: Optional[Sequence[str]] = None) -> list[dict]:
     """Fine-tune each start on each subset with each seed; write the report files."""
-    from transformers import AutoTokenizer
-
-    from mtsmart.model import encoder_load_error, quiet_transformers
+    from mtsmart.model import load_tokenizer
     from mtsmart.train import Trainer
 
     os.makedirs(output_dir, exist_ok=True)
@@ -94,11 +92,7 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     # labels; every run tokenizes with its own start's tokenizer.
     first = starts[0]
     tokenizer_dir = os.path.join(first.path, "encoder") if first.is_checkpoint else first.path
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    except (OSError, ValueError, KeyError) as err:
-        raise encoder_load_error(tokenizer_dir, err) from None
+    tokenizer = load_tokenizer(tokenizer_dir)
     pool = load_tokenized(task, task.train_split, tokenizer, data_dir, default_cache_dir())
     sizes = resolve_sizes(size_specs, reference_size, len(pool))
     is_classification = task.type == "classification"

@@ -37,7 +37,7 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def encoder_load_error(name_or_path: str, err: Exception) -> ConfigError:
+def _encoder_load_error(name_or_path: str, err: Exception) -> ConfigError:
     """One line for a failed ``from_pretrained``: transformers reports a missing local
     folder, an unreachable hub and a broken model each as a multi-line traceback."""
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
@@ -45,6 +45,21 @@ def encoder_load_error(name_or_path: str, err: Exception) -> ConfigError:
         return ConfigError(f"cannot load the encoder in {name_or_path}: {first}")
     return ConfigError(f"cannot load the encoder {name_or_path!r}: no such local directory, and "
                        f"from the Hugging Face hub: {first}")
+
+
+# What transformers raises for a missing folder, an unreachable hub or a broken model.
+LOAD_ERRORS = (OSError, ValueError, KeyError)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The encoder's tokenizer; a source that cannot load stops with one line."""
+    from transformers import AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except LOAD_ERRORS as err:
+        raise _encoder_load_error(name_or_path, err) from None
 
 
 class TaskHead(nn.Module):
@@ -122,8 +137,11 @@ class MultiTaskModel(nn.Module):
         kwargs = {"trust_remote_code": trust_remote_code}
         if num_hidden_layers is not None:
             kwargs["num_hidden_layers"] = num_hidden_layers
-        with quiet_transformers():
-            encoder = AutoModel.from_pretrained(name_or_path, **kwargs)
+        try:
+            with quiet_transformers():
+                encoder = AutoModel.from_pretrained(name_or_path, **kwargs)
+        except LOAD_ERRORS as err:
+            raise _encoder_load_error(name_or_path, err) from None
         return cls(encoder, {t.name: head_spec(t) for t in tasks}, pooling)
 
     @classmethod

@@ -36,7 +36,7 @@ from mtsmart.errors import ConfigError
 from mtsmart.evaluation import predict_split, score_split, selection_score
 from mtsmart.losses import balanced_class_weights
 from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_after, write_json
-from mtsmart.model import MultiTaskModel, encoder_load_error, head_spec, quiet_transformers
+from mtsmart.model import MultiTaskModel, head_spec, load_tokenizer
 from mtsmart.objective import SideStream, batch_objective
 from mtsmart.provenance import check_same_data, record_session, session_record
 from mtsmart.sampling import TaskSampler
@@ -208,8 +208,6 @@ class Trainer:
                                    purge_step=self.global_step + 1 if self.resume else None)
 
     def _setup_model_and_tokenizer(self) -> None:
-        from transformers import AutoTokenizer
-
         cfg = self.cfg
         self._init_teacher_state = None
         source = self.init_from
@@ -237,15 +235,10 @@ class Trainer:
             problem = encoder_source_problem(cfg.encoder)
             if problem:
                 raise ConfigError(f"training.encoder: {problem}")
-            try:
-                with quiet_transformers():
-                    self.tokenizer = AutoTokenizer.from_pretrained(
-                        cfg.encoder, trust_remote_code=cfg.trust_remote_code)
-                self.model = MultiTaskModel.from_pretrained(
-                    cfg.encoder, self.tasks.values(), num_hidden_layers=cfg.num_hidden_layers,
-                    trust_remote_code=cfg.trust_remote_code, pooling=cfg.pooling)
-            except (OSError, ValueError, KeyError) as err:
-                raise encoder_load_error(cfg.encoder, err) from None
+            self.tokenizer = load_tokenizer(cfg.encoder, trust_remote_code=cfg.trust_remote_code)
+            self.model = MultiTaskModel.from_pretrained(
+                cfg.encoder, self.tasks.values(), num_hidden_layers=cfg.num_hidden_layers,
+                trust_remote_code=cfg.trust_remote_code, pooling=cfg.pooling)
         if cfg.encoder_dropout is not None:
             self.model.set_encoder_dropout(cfg.encoder_dropout)
         self.model.to(self.device)
