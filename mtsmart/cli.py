@@ -58,6 +58,21 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class VersionAction(argparse.Action):
+    """``--version``: mtsmart's version and those of the libraries that can change a result,
+    the lines a bug report needs (the same ones every run records in run.json)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from mtsmart.provenance import software_versions  # imports torch: only when asked
+        versions = software_versions()
+        others = ", ".join(f"{name} {version}" for name, version in versions.items() if name != "mtsmart")
+        print(f"mtsmart {versions['mtsmart']} ({others})")  # stdout, as argparse's own version action
+        parser.exit(0)
+
+
 def add_smart_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("SMART (see docs/smart.md; flags override the YAML)")
     group.add_argument("--smart", choices=SMART_MODES,
@@ -158,6 +173,8 @@ def add_task_defs_flag(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="mtsmart", description=(
         "Multi-task fine-tuning of pre-trained transformer encoders with SMART."))
+    parser.add_argument("--version", action=VersionAction,
+                        help="print the versions of mtsmart, Python and the libraries, and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     train = sub.add_parser("train", help="multi-task training from a task-definition file",
