@@ -31,6 +31,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "seed": ("training.seed", int),
     "eval_every": ("training.eval_every", int),
     "select_metric": ("training.select_metric", str),
+    "patience": ("training.patience", int),
     "sampler": ("training.sampler.name", str),
     "precision": ("training.precision", str),
     "num_threads": ("training.num_threads", int),
@@ -133,6 +134,9 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
                         help="evaluate every N updates (0: at the end of each epoch)")
     parser.add_argument("--select-metric", metavar="M",
                         help="'average' or TASK/METRIC: picks the best checkpoint")
+    parser.add_argument("--patience", type=int, metavar="N",
+                        help="stop early after N evaluations in a row without a better "
+                             "--select-metric score (default: train to the end)")
     parser.add_argument("--sampler", choices=SAMPLERS, help="task-sampling scheme")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="bf16: autocast on CPU or GPU; fp16: autocast with a gradient "
@@ -346,7 +350,10 @@ def command_train(args: argparse.Namespace) -> int:
     print(f"\nbest checkpoint (step {summary['best']['global_step']}, "
           f"{summary['select_metric']}={100 * summary['best']['selection_score']:.2f}):")
     print(format_table(summary["best"]["results"], "dev"))
-    print(f"\ntrained {summary['total_updates']} steps in {summary['train_seconds']:.0f} s; "
+    if summary["stopped_early"]:
+        print(f"\nstopped early at step {summary['stopped_at']} of {summary['total_updates']}: "
+              f"no better {summary['select_metric']} in the last {summary['patience']} evaluations")
+    print(f"\ntrained {summary['stopped_at']} steps in {summary['train_seconds']:.0f} s; "
           f"checkpoints in {args.output}/best and {args.output}/last")
     print(f"watch it in TensorBoard:  tensorboard --logdir {args.output}")
     return 0

@@ -163,6 +163,10 @@ class TrainConfig:
     eval_every: int = 0  # optimizer updates between evaluations; 0 = end of each epoch
     log_every: int = 10
     select_metric: str = "average"  # "average" or "TASK/METRIC", e.g. "rte/accuracy"
+    # Stop after this many evaluations in a row without a better selection score; None
+    # trains to the end. The learning-rate schedule still spans the whole run, so
+    # patience only cuts a run short, it never changes the steps taken before the stop.
+    patience: Optional[int] = None
     length_grouped: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_threads: Optional[int] = None
@@ -335,6 +339,9 @@ def validate_train(cfg: TrainConfig, where: str) -> None:
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise ConfigError(f"{where}.num_threads: must be >= 1, got {cfg.num_threads} "
                           "(leave it unset for torch's default)")
+    if cfg.patience is not None and cfg.patience < 1:
+        raise ConfigError(f"{where}.patience: must be >= 1 evaluation, got {cfg.patience} "
+                          "(leave it unset to train to the end)")
     if cfg.max_steps is None and cfg.epochs <= 0:
         raise ConfigError(f"{where}.epochs: must be > 0 when max_steps is not set")
     if cfg.max_steps is not None and cfg.max_steps < 1:

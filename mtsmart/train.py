@@ -188,6 +188,7 @@ class Trainer:
         self.batch_share = 1.0  # this replica's fraction of the current global batch
         self.best_score = -math.inf
         self.best_step = None
+        self.evals_since_best = 0  # for patience: evaluations in a row without a better score
         self.counters = defaultdict(int)
         self.perturbation_scales = self._perturbation_scales()
         problem = None
@@ -319,6 +320,7 @@ class Trainer:
             "json": {"global_step": self.global_step, "micro_step": self.micro_step,
                      "best_score": self.best_score if self.best_score > -math.inf else None,
                      "best_step": self.best_step,
+                     "evals_since_best": self.evals_since_best,
                      "sampler": self.sampler.state_dict(),
                      "streams": {n: s.state_dict() for n, s in self.streams.items()},
                      "seed": self.cfg.seed,
@@ -349,6 +351,7 @@ class Trainer:
         self._restore_replica_rng(path, tensors.get("replica_rngs"), tensors.get("replica_smart_rngs"))
         self.best_score = info["best_score"] if info["best_score"] is not None else -math.inf
         self.best_step = info["best_step"]
+        self.evals_since_best = info.get("evals_since_best", 0)  # older checkpoints: count afresh
         self.sampler.load_state_dict(info["sampler"])
         self.perturbation_scales.update({k: v for k, v in info.get("perturbation_scales", {}).items()
                                          if k in self.perturbation_scales})
@@ -433,7 +436,7 @@ class Trainer:
         progress = tqdm(total=self.plan.total_updates, initial=self.global_step, unit="step",
                         desc="train", disable=not self.show_progress, dynamic_ncols=True)
         start = time.perf_counter()
-        while self.global_step < self.plan.total_updates:
+        while self.global_step < self.plan.total_updates and not self.out_of_patience():
             for _ in range(cfg.grad_accum_steps):
                 self._micro_step(window)
             grad_norm = self._optimizer_step()
@@ -455,6 +458,12 @@ class Trainer:
         progress.close()
         elapsed = time.perf_counter() - start
         return self._finish(elapsed)
+
+    def out_of_patience(self) -> bool:
+        """True once ``patience`` evaluations in a row have not bettered the selection score.
+        The score is computed from every replica's gathered predictions, so under torchrun
+        all replicas stop at the same update."""
+        return self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience
 
     def _micro_step(self, window: dict[str, list[tuple[int, float, float]]]) -> None:
         """Sample a task, take its next batch (this replica's slice of it), compute the
@@ -593,8 +602,11 @@ class Trainer:
             append_json_line(os.path.join(self.output_dir, EVAL_LOG_FILE), record)
         if score > self.best_score:
             self.best_score, self.best_step = score, self.global_step
+            self.evals_since_best = 0
             if self.cfg.save_checkpoints:
                 self._save(os.path.join(self.output_dir, BEST_DIR), record)
+        else:
+            self.evals_since_best += 1
         if self.cfg.save_checkpoints:
             self._save_last(record)
         self.replicas.barrier()  # no replica runs ahead of a checkpoint being written
@@ -648,6 +660,10 @@ class Trainer:
             "select_metric": self.cfg.select_metric,
             "train_seconds": elapsed,
             "total_updates": self.plan.total_updates,
+            # the update training stopped at: total_updates unless patience ran out
+            "stopped_at": records[-1]["global_step"],
+            "stopped_early": self.out_of_patience() and records[-1]["global_step"] < self.plan.total_updates,
+            "patience": self.cfg.patience,
             "counters": counters,
             "replicas": self.replicas.world_size,
         }
@@ -682,8 +698,10 @@ def resume_checkpoint(output_dir: str) -> Optional[str]:
 
 
 # What a resumed run may set anew: how it runs and reports, not what it computes.
+# Settings that change no step already taken. Patience among them: resuming a run that
+# stopped early with a larger --patience trains on from where it stopped.
 RESETTABLE_ON_RESUME = ("num_threads", "eval_batch_size", "eval_every", "eval_teacher", "log_every",
-                        "keep_last")
+                        "keep_last", "patience")
 
 
 def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[str, TaskDef]) -> None:

@@ -155,6 +155,7 @@ def test_smart_mode_switches(mode, adv, breg):
     ({"max_steps": 0}, "max_steps"),
     ({"eval_every": -1}, "eval_every"),
     ({"num_threads": 0}, "num_threads"),  # not a silent "torch's default"
+    ({"patience": 0}, "patience"),
     ({"optim": {"lr": 0}}, "optim.lr"),
     ({"optim": {"warmup_fraction": 1.0}}, "optim.warmup_fraction"),
     ({"sampler": {"temperature": 0}}, "sampler.temperature"),

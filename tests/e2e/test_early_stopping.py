@@ -1,0 +1,60 @@
+"""--patience stops a run after N evaluations in a row without a better selection score,
+keeps the best checkpoint it had, and a resumed run respects (or, when raised, extends) it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mtsmart.cli import main
+from tiny_tasks import write_tiny_tasks
+
+# A learning rate too small to move a prediction: the first evaluation's accuracy is never
+# bettered, so every later evaluation counts against the patience.
+FROZEN = ["--tasks", "pairs", "--select-metric", "pairs/accuracy", "--lr", "1e-9",
+          "--max-steps", "8", "--eval-every", "1", "--batch-size", "4", "--quiet", "--num-threads", "1"]
+
+
+def train(task_file: Path, encoder: Path, out: Path, *flags: str) -> int:
+    return main(["train", str(task_file), "--encoder", str(encoder), "--output", str(out), *FROZEN, *flags])
+
+
+def evaluated_steps(out: Path) -> list[int]:
+    return [json.loads(line)["global_step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_patience_stops_the_run_and_keeps_the_best_checkpoint(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+
+    assert train(task_file, tiny_model_dir, tmp_path / "full") == 0
+    assert evaluated_steps(tmp_path / "full") == list(range(1, 9))  # without patience: to the end
+    scores = [json.loads(line)["selection_score"]
+              for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert max(scores[1:]) <= scores[0], "the frozen run improved: the premise of this test broke"
+    capsys.readouterr()
+
+    out = tmp_path / "patient"
+    assert train(task_file, tiny_model_dir, out, "--patience", "2") == 0
+    assert evaluated_steps(out) == [1, 2, 3]
+    summary = json.loads((out / "results.json").read_text())
+    assert (summary["stopped_at"], summary["stopped_early"], summary["total_updates"]) == (3, True, 8)
+    assert json.loads((out / "best" / "meta.json").read_text())["global_step"] == 1
+    assert json.loads((out / "last" / "meta.json").read_text())["global_step"] == 3
+    printed = capsys.readouterr().out
+    assert "stopped early at step 3 of 8" in printed and "trained 3 steps" in printed
+
+    # resumed as it was, it is finished; with more patience it trains on where it stopped
+    assert train(task_file, tiny_model_dir, out, "--patience", "2", "--resume") == 0
+    assert evaluated_steps(out) == [1, 2, 3]
+    assert train(task_file, tiny_model_dir, out, "--patience", "4", "--resume") == 0
+    assert evaluated_steps(out) == [1, 2, 3, 4, 5]
+    assert json.loads((out / "results.json").read_text())["stopped_at"] == 5
+
+
+def test_patience_must_be_at_least_one_evaluation(tmp_path, tiny_model_dir, capsys):
+    task_file = write_tiny_tasks(tmp_path)
+    assert train(task_file, tiny_model_dir, tmp_path / "run", "--patience", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mtsmart: error:") and "patience: must be >= 1" in err and "\n" not in err
+    assert not (tmp_path / "run" / "best").exists()
