@@ -23,6 +23,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "num_hidden_layers": ("training.num_hidden_layers", int),
     "pooling": ("training.pooling", str),
     "encoder_dropout": ("training.encoder_dropout", float),
+    "gradient_checkpointing": ("training.gradient_checkpointing", bool),
     "max_steps": ("training.max_steps", int),
     "epochs": ("training.epochs", float),
     "batch_size": ("training.batch_size", int),
@@ -119,6 +120,9 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder-dropout", type=float, metavar="P",
                         help="dropout inside the encoder (default: the encoder's own, 0.1 for "
                              "BERT-like models); heads keep their task's head_dropout")
+    parser.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                        help="recompute encoder activations in the backward pass: less memory, "
+                             "a slower step, the same gradients")
     parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer updates (wins over --epochs)")
     parser.add_argument("--epochs", type=float, metavar="N",
                         help="passes over the training data (one pass = every task's batches once); "

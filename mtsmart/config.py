@@ -154,6 +154,10 @@ class TrainConfig:
     # Dropout inside the encoder (embeddings, attention, feed-forward); None keeps the
     # encoder's own (0.1 for BERT-like models). A head's dropout is the task's head_dropout.
     encoder_dropout: Optional[float] = None
+    # Recompute each encoder layer in the backward pass instead of keeping its activations:
+    # less memory for a longer step. SMART's perturbed passes keep activations too, so
+    # this is what fits a large encoder on a small accelerator. The gradients are the same.
+    gradient_checkpointing: bool = False
     batch_size: int = 32
     eval_batch_size: int = 64
     epochs: float = 3.0

@@ -164,6 +164,23 @@ class MultiTaskModel(nn.Module):
             if isinstance(value, (int, float)) and not isinstance(value, bool):  # 0 may be an int
                 setattr(config, name, p)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each encoder layer's activations in the backward pass instead of
+        keeping them. Non-reentrant checkpointing, so gradients reach ``inputs_embeds``
+        (SMART's ascent needs them) and each layer's dropout masks are replayed from the
+        saved generator state: the gradients are those of the uncheckpointed pass."""
+        encoder = self.encoder
+        if not getattr(encoder, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"training.gradient_checkpointing: the encoder "
+                              f"({type(encoder).__name__}) does not support it; set it to false")
+        if getattr(encoder.config, "use_cache", False):
+            encoder.config.use_cache = False  # an encoder keeps no cache; said now, not warned per step
+        enable = getattr(encoder, "activation_checkpointing_enable", None)  # transformers >= 5.x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Word embeddings only (no position / type embeddings, no LayerNorm):
         [batch, seq] → [batch, seq, hidden]."""

@@ -242,6 +242,8 @@ class Trainer:
                 trust_remote_code=cfg.trust_remote_code, pooling=cfg.pooling)
         if cfg.encoder_dropout is not None:
             self.model.set_encoder_dropout(cfg.encoder_dropout)
+        if cfg.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
         self.model.to(self.device)
         self.model.train()
         self.pad_token_id = self.tokenizer.pad_token_id or 0
@@ -697,11 +699,11 @@ def resume_checkpoint(output_dir: str) -> Optional[str]:
     return os.path.join(history, complete[-1]) if complete else None
 
 
-# What a resumed run may set anew: how it runs and reports, not what it computes.
-# Settings that change no step already taken. Patience among them: resuming a run that
-# stopped early with a larger --patience trains on from where it stopped.
+# What a resumed run may set anew: how it runs and reports, not what it computes. A larger
+# patience trains a run that stopped early on from its stop; gradient checkpointing trades
+# memory for time and leaves the gradients as they were.
 RESETTABLE_ON_RESUME = ("num_threads", "eval_batch_size", "eval_every", "eval_teacher", "log_every",
-                        "keep_last", "patience")
+                        "keep_last", "patience", "gradient_checkpointing")
 
 
 def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[str, TaskDef]) -> None:

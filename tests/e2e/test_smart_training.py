@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from mtsmart.config import SmartConfig
@@ -14,9 +15,9 @@ from mtsmart.train import Trainer
 
 from tiny_tasks import write_tiny_tasks
 
-def run_trainer(task_file: Path, out: Path, encoder: Path, smart: SmartConfig) -> Trainer:
+def run_trainer(task_file: Path, out: Path, encoder: Path, smart: SmartConfig, **training) -> Trainer:
     loaded = load_task_file(str(task_file))
-    cfg = replace(loaded.training, encoder=str(encoder), smart=smart)
+    cfg = replace(loaded.training, encoder=str(encoder), smart=smart, **training)
     trainer = Trainer(loaded.tasks, cfg, loaded.data_dir, str(out), cache_dir=str(out.parent / "cache"),
                       show_progress=False)
     trainer.setup()
@@ -96,3 +97,22 @@ def test_gradient_accumulation_draws_micro_batches_per_update(tmp_path, tiny_mod
     assert trainer.global_step == 2 and trainer.micro_step == 6
     assert sum(v for k, v in summary["counters"].items() if k.startswith("batches/")) == 6
     assert trainer.optimizer.state_dict()["state"][0]["step"].item() == 2  # two updates
+
+
+@pytest.mark.parametrize("same_dropout_masks", [False, True])
+def test_gradient_checkpointing_trains_the_same_smart_run(tmp_path, tiny_model_dir, same_dropout_masks):
+    """Dropout on (fresh or replayed masks), the ascent's input gradient, the teacher: a
+    checkpointed encoder recomputes them all and ends where the uncheckpointed run ends."""
+    task_file = write_tiny_tasks(tmp_path)
+    smart = SmartConfig(mode="full", epsilon=1e-2, noise_std=1e-2, step_size=1e-1,
+                        same_dropout_masks=same_dropout_masks)
+    plain = run_trainer(task_file, tmp_path / "kept", tiny_model_dir, smart)
+    checkpointed = run_trainer(task_file, tmp_path / "recomputed", tiny_model_dir, smart,
+                               gradient_checkpointing=True)
+    layers_checkpointed = lambda model: [getattr(m, "gradient_checkpointing", False)
+                                         for m in model.encoder.modules() if hasattr(m, "gradient_checkpointing")]
+    assert all(layers_checkpointed(checkpointed.model)) and len(layers_checkpointed(checkpointed.model)) >= 2
+    assert not any(layers_checkpointed(plain.model))
+    for trained, kept in ((checkpointed.model, plain.model), (checkpointed.teacher.model, plain.teacher.model)):
+        for (name, a), b in zip(trained.state_dict().items(), kept.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
