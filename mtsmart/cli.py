@@ -162,6 +162,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", metavar="A,B", help="train only these tasks (comma-separated)")
     parser.add_argument("--encoder", help="Hugging Face model name or local directory")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check everything a run needs (settings, encoder, every split read and "
+                             "tokenized, the output folder) and print the plan; train and write nothing")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from last/, with the settings it started with")
     add_common_training_flags(parser)
 
@@ -323,6 +326,8 @@ def command_train(args: argparse.Namespace) -> int:
     task_file = load_task_file(args.task_file, overrides)
     tasks = select_tasks(task_file.tasks, args.tasks, "--tasks")
     data_dir = resolve_data_dir(args.data_dir, task_file)
+    if args.dry_run:
+        return dry_run(args, task_file.training, tasks, data_dir)
     replicas = Replicas.from_environment()
     try:
         # Only the main replica touches the output directory; the others learn its verdict.
@@ -360,6 +365,26 @@ def command_train(args: argparse.Namespace) -> int:
     print(f"\ntrained {summary['stopped_at']} steps in {summary['train_seconds']:.0f} s; "
           f"checkpoints in {args.output}/best and {args.output}/last")
     print(f"watch it in TensorBoard:  tensorboard --logdir {args.output}")
+    return 0
+
+
+def dry_run(args: argparse.Namespace, training, tasks, data_dir: str) -> int:
+    """Everything ``mtsmart train`` would check and build before its first step, then the
+    plan; the output folder is only inspected."""
+    from mtsmart.dry_run import describe
+    from mtsmart.train import Trainer, check_output_dir, check_resume_settings, resume_checkpoint
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--dry-run runs as a single process: run it without torchrun")
+    check_output_dir(args.output, overwrite=args.overwrite, resume=args.resume)
+    if args.resume:
+        check_resume_settings(args.output, training, tasks)
+    trainer = Trainer(tasks, training, data_dir, args.output, resume=args.resume,
+                      cache_dir=args.cache_dir, show_progress=False)
+    trainer.prepare()
+    print(describe(trainer, resume_checkpoint(args.output) if args.resume else training.encoder))
+    print(f"\ndry run: every setting, the encoder and every split checked; nothing trained, "
+          f"{args.output} untouched")
     return 0
 
 

@@ -151,24 +151,8 @@ class Trainer:
     def setup(self) -> None:
         """Build everything in dependency order: seed, tokenizer, data, model, teacher,
         optimizer, schedule, sampler, logger; then restore state when resuming."""
+        self.prepare()
         cfg = self.cfg
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        seed_everything(cfg.seed)
-        self.device = self.replicas.device()
-        if self.device.type == "cpu":
-            keep_freed_memory()  # before the first step allocates its activations
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        if cfg.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("training.precision: fp16 needs a CUDA device; use bf16 on CPU")
-        self._setup_model_and_tokenizer()
-        self.replicas.broadcast_parameters(self.model)
-        if self.replicas.enabled:
-            # Each replica sees other examples: give each its own dropout and noise draws.
-            torch.manual_seed(self._replica_seed())
-        self.side_stream = SideStream(self._replica_seed() + SIDE_STREAM_SEED_OFFSET, self.device)
-        self._setup_data()
-        self._setup_plan()
         # Fine-tuning from a checkpoint: the teacher starts as a copy of the loaded weights
         # (the proximal anchor is the starting point); a resumed run restores its own.
         self.teacher = MeanTeacher(self.model) if cfg.smart.use_bregman else None
@@ -190,7 +174,6 @@ class Trainer:
         self.best_step = None
         self.evals_since_best = 0  # for patience: evaluations in a row without a better score
         self.counters = defaultdict(int)
-        self.perturbation_scales = self._perturbation_scales()
         problem = None
         if self.replicas.is_main:
             try:
@@ -207,6 +190,30 @@ class Trainer:
         self.logger = MetricLogger(os.path.join(self.output_dir, TENSORBOARD_DIR)
                                    if self.replicas.is_main else None,
                                    purge_step=self.global_step + 1 if self.resume else None)
+
+    def prepare(self) -> None:
+        """What a dry run checks, reading only: threads, seed, device and precision; the
+        encoder (or checkpoint) and tokenizer; every split read and tokenized (the cache is
+        all it writes); the plan and ε's unit. Nothing is trained."""
+        cfg = self.cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        self.device = self.replicas.device()
+        if self.device.type == "cpu":
+            keep_freed_memory()  # before the first step allocates its activations
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        if cfg.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("training.precision: fp16 needs a CUDA device; use bf16 on CPU")
+        self._setup_model_and_tokenizer()
+        self.replicas.broadcast_parameters(self.model)
+        if self.replicas.enabled:
+            # Each replica sees other examples: give each its own dropout and noise draws.
+            torch.manual_seed(self._replica_seed())
+        self.side_stream = SideStream(self._replica_seed() + SIDE_STREAM_SEED_OFFSET, self.device)
+        self._setup_data()
+        self._setup_plan()
+        self.perturbation_scales = self._perturbation_scales()
 
     def _setup_model_and_tokenizer(self) -> None:
         cfg = self.cfg
@@ -738,12 +745,18 @@ def prepare_output_dir(path: str, overwrite: bool, resume: bool) -> None:
     if resume:
         for name in (LAST_DIR, BEST_DIR):
             recover_interrupted_save(os.path.join(path, name))
+    check_output_dir(path, overwrite, resume)
+    if not resume:
+        if os.path.isdir(path) and os.listdir(path):
+            shutil.rmtree(path)
+        os.makedirs(path, exist_ok=True)
+
+
+def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:
+    """prepare_output_dir's refusals, touching nothing (what --dry-run checks)."""
+    if resume:
         if resume_checkpoint(path) is None:
             raise ConfigError(f"{path}: nothing to resume (no '{LAST_DIR}' checkpoint)")
-        return
-    if os.path.isdir(path) and os.listdir(path):
-        if not overwrite:
-            raise ConfigError(f"{path}: output directory is not empty "
-                              "(pass --overwrite to replace it, or --resume to continue it)")
-        shutil.rmtree(path)
-    os.makedirs(path, exist_ok=True)
+    elif os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise ConfigError(f"{path}: output directory is not empty "
+                          "(pass --overwrite to replace it, or --resume to continue it)")

@@ -1,0 +1,60 @@
+"""`mtsmart train --dry-run` checks what a run needs and prints the plan the run would
+follow, from the same objects, while training and writing nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mtsmart.cli import main
+from tiny_tasks import write_tiny_tasks
+
+
+def dry_run(task_file: Path, encoder: Path, out: Path, *flags: str) -> int:
+    return main(["train", str(task_file), "--encoder", str(encoder), "--output", str(out), "--dry-run",
+                 "--num-threads", "1", *flags])
+
+
+def task_row(printed: str, task: str) -> list[str]:
+    return next(line.split(None, 8) for line in printed.splitlines() if line.startswith(f"{task} "))
+
+
+def test_the_plan_is_the_plan_the_run_follows(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "run"
+    flags = ["--smart", "full", "--epochs", "2", "--batch-size", "4", "tasks.score.smart.adv_weight=0"]
+
+    assert dry_run(task_file, tiny_model_dir, out, *flags) == 0
+    printed = capsys.readouterr().out
+    assert not out.exists()
+    pairs, score = task_row(printed, "pairs"), task_row(printed, "score")
+    assert pairs[:5] == ["pairs", "classification", "40", "train", "16"]
+    assert pairs[-1].startswith("full: λ_s 0.3 (ε 0.01 × ") and "μ 0.3" in pairs[-1]
+    assert score[-1].startswith("full: μ 0.3"), "the per-task override must show as no adversarial term"
+    assert "teacher   one EMA copy" in printed
+
+    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
+                 "--num-threads", "1", "--quiet", *flags]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert f"updates   {summary['total_updates']} (2.00 epochs of 20)" in printed
+
+
+def test_bad_input_and_an_occupied_folder_fail_as_a_run_would(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("keep me")
+    assert dry_run(task_file, tiny_model_dir, occupied) == 2
+    assert "output directory is not empty" in capsys.readouterr().err
+    assert dry_run(task_file, tiny_model_dir, occupied, "--overwrite") == 0
+    assert (occupied / "notes.txt").read_text() == "keep me"  # --overwrite is only checked
+
+    dev = tmp_path / "data" / "pairs_dev.tsv"
+    dev.write_text(dev.read_text() + "a cat\tthe dog\tmaybe\n")
+    capsys.readouterr()
+    assert dry_run(task_file, tiny_model_dir, tmp_path / "new") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pairs_dev.tsv" in err and "maybe" in err
+    assert not (tmp_path / "new").exists()
