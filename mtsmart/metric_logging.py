@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 
 class MetricLogger:
@@ -32,6 +32,26 @@ class MetricLogger:
             if value is not None:
                 self.writer.add_scalar(tag, float(value), step)
 
+    def log_hparams(self, settings: Mapping[str, object], metric_tags: Sequence[str]) -> None:
+        """The run's settings for TensorBoard's HParams tab, where runs side by side (plain
+        against SMART, seed against seed) are a table of settings and metrics. The metrics
+        are the scalar tags this logger writes anyway; the tab reads their values."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        experiment, session_start, _ = hparams(flatten_settings(settings), {tag: 0.0 for tag in metric_tags})
+        for summary in (experiment, session_start):
+            self.writer.file_writer.add_summary(summary)
+
+    def log_hparams_end(self) -> None:
+        """Marks the session finished; a run that died shows no end in the HParams tab."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        self.writer.file_writer.add_summary(hparams({}, {})[2])
+
     def flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()
@@ -39,6 +59,24 @@ class MetricLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def flatten_settings(settings: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """Nested settings → {"optim.lr": 1e-4, "smart.mode": "full", ...}: numbers and strings
+    as they are, booleans and lists as text (TensorBoard would show a boolean as 0 or 1);
+    unset (None) values are left out."""
+    flat: dict[str, object] = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_settings(value, f"{name}."))
+        elif isinstance(value, bool):
+            flat[name] = str(value).lower()
+        elif isinstance(value, (list, tuple)):
+            flat[name] = ", ".join(map(str, value))
+        elif value is not None:
+            flat[name] = value
+    return flat
 
 
 def append_json_line(path: str, record: Mapping) -> None:

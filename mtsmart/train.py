@@ -190,6 +190,14 @@ class Trainer:
         self.logger = MetricLogger(os.path.join(self.output_dir, TENSORBOARD_DIR)
                                    if self.replicas.is_main else None,
                                    purge_step=self.global_step + 1 if self.resume else None)
+        self.logger.log_hparams({**to_plain(cfg), "tasks": ",".join(self.tasks)}, self._metric_tags())
+
+    def _metric_tags(self) -> list[str]:
+        """The dev scalars every evaluation logs, student's and (with a teacher) teacher's."""
+        tags = ["dev/selection_score"] + [f"dev/{n}/{m}" for n, t in self.tasks.items() for m in t.metrics]
+        if self.teacher is not None and self.cfg.eval_teacher:
+            tags += [f"teacher/{n}/{m}" for n, t in self.tasks.items() for m in t.metrics]
+        return tags
 
     def prepare(self) -> None:
         """What a dry run checks, reading only: threads, seed, device and precision; the
@@ -682,6 +690,7 @@ class Trainer:
         if weighted:
             summary["class_weights"] = weighted
         write_json(os.path.join(self.output_dir, RESULTS_FILE), summary)
+        self.logger.log_hparams_end()
         return summary
 
     def cleanup(self) -> None:

@@ -440,6 +440,29 @@ def test_smart_full_writes_teacher_and_logs_smart_scalars(smart_run):
     assert all(set(r["teacher_results"]) == set(TASKS) for r in records)
 
 
+def test_hparams_tab_lists_the_settings_and_reads_the_logged_metrics(smart_run):
+    """TensorBoard's HParams tab: one session per run, its settings, metrics that name scalar
+    tags the run really logged (else the tab shows empty columns), and a finished status."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    accumulator = EventAccumulator(str(smart_run / "tensorboard"))
+    accumulator.Reload()
+    content = {tag: plugin_data_pb2.HParamsPluginData.FromString(raw)
+               for tag, raw in accumulator.PluginTagToContent("hparams").items()}
+    settings = content["_hparams_/session_start_info"].session_start_info.hparams
+    assert settings["smart.mode"].string_value == "full"
+    assert settings["smart.norm"].string_value == "inf"  # the paper preset, not the default
+    assert settings["max_steps"].number_value == 4
+    assert settings["tasks"].string_value == ",".join(TASKS)
+    assert settings["smart.same_dropout_masks"].string_value == "false"
+    metric_tags = {m.name.tag for m in content["_hparams_/experiment"].experiment.metric_infos}
+    assert {"dev/selection_score", "dev/pairs/accuracy", "teacher/pairs/accuracy"} <= metric_tags
+    assert any(tag.startswith("teacher/scores/") for tag in metric_tags)
+    assert metric_tags <= set(tensorboard_scalars(smart_run))
+    assert content["_hparams_/session_end_info"].session_end_info.status == api_pb2.STATUS_SUCCESS
+
+
 def test_evaluate_and_predict_with_the_teacher_weights(smart_run, tmp_path, cache):
     """--weights teacher scores what the trainer logged for the teacher, not the student."""
     from safetensors.torch import load_file
