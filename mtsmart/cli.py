@@ -29,6 +29,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "batch_size": ("training.batch_size", int),
     "grad_accum_steps": ("training.grad_accum_steps", int),
     "lr": ("training.optim.lr", float),
+    "layer_decay": ("training.optim.layer_decay", float),
+    "head_lr_scale": ("training.optim.head_lr_scale", float),
     "seed": ("training.seed", int),
     "eval_every": ("training.eval_every", int),
     "select_metric": ("training.select_metric", str),
@@ -132,6 +134,11 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-accum-steps", type=int, metavar="N",
                         help="micro-batches per optimizer update")
     parser.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
+    parser.add_argument("--layer-decay", type=float, metavar="D",
+                        help="layer-wise learning-rate decay: layer i of L trains at lr·D^(L+1−i), "
+                             "the embeddings at lr·D^(L+1), the heads at lr (default 1: off)")
+    parser.add_argument("--head-lr-scale", type=float, metavar="S",
+                        help="the task heads train at S times the learning rate (default 1)")
     parser.add_argument("--seed", type=int, metavar="N",
                         help="seeds initialisation, data order, task order, dropout and noise")
     parser.add_argument("--eval-every", type=int, metavar="N",

@@ -125,6 +125,10 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0
+    # Layer-wise decay: layer i of L trains at layer_decay^(L + 1 − i) times lr, the
+    # embeddings at layer_decay^(L + 1), the heads at lr (mtsmart/optim.py). 1 is off.
+    layer_decay: float = 1.0
+    head_lr_scale: float = 1.0  # the heads' rate is lr times this
     fused: bool = True  # use torch's fused AdamW kernel where the device supports it
 
 
@@ -356,6 +360,10 @@ def validate_train(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}.optim.lr: must be > 0, got {cfg.optim.lr}")
     if not 0 <= cfg.optim.warmup_fraction < 1:
         raise ConfigError(f"{where}.optim.warmup_fraction: must be in [0, 1)")
+    if not 0 < cfg.optim.layer_decay <= 1:
+        raise ConfigError(f"{where}.optim.layer_decay: must be in (0, 1] (1 is off), got {cfg.optim.layer_decay}")
+    if cfg.optim.head_lr_scale <= 0:
+        raise ConfigError(f"{where}.optim.head_lr_scale: must be > 0, got {cfg.optim.head_lr_scale}")
     if cfg.sampler.temperature <= 0:
         raise ConfigError(f"{where}.sampler.temperature: must be > 0")
     if cfg.encoder_dropout is not None and not 0 <= cfg.encoder_dropout < 1:

@@ -38,6 +38,7 @@ from mtsmart.losses import balanced_class_weights
 from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_after, write_json
 from mtsmart.model import MultiTaskModel, head_spec, load_tokenizer
 from mtsmart.objective import SideStream, batch_objective
+from mtsmart.optim import build_optimizer, linear_warmup_decay, scheduled_lr
 from mtsmart.provenance import check_same_data, record_session, session_record
 from mtsmart.sampling import TaskSampler
 from mtsmart.tasks import TaskDef, task_to_plain
@@ -53,13 +54,6 @@ EVAL_RECORDS_DIR = "metrics"  # one step-N.json per evaluation
 TENSORBOARD_DIR = "tensorboard"
 # SMART's own random stream is seeded apart from the global one (objective.SideStream).
 SIDE_STREAM_SEED_OFFSET = 104_729
-
-
-def linear_warmup_decay(update: int, warmup_updates: int, total_updates: int) -> float:
-    """LR multiplier: linear warm-up from 0 to 1, then linear decay to 0."""
-    if update < warmup_updates:
-        return (update + 1) / max(1, warmup_updates)
-    return max(0.0, (total_updates - update) / max(1, total_updates - warmup_updates))
 
 
 @dataclass(frozen=True)
@@ -79,25 +73,6 @@ def seed_everything(seed: int) -> None:
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    """AdamW with no weight decay on biases and LayerNorm weights; fused where torch has
-    a fused kernel for the device."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = dict(lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
-    if cfg.optim.fused:
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError):
-            pass  # no fused kernel for this device / dtype: the foreach path is next best
-    return torch.optim.AdamW(groups, **kwargs)
 
 
 class Trainer:
@@ -156,7 +131,7 @@ class Trainer:
         # Fine-tuning from a checkpoint: the teacher starts as a copy of the loaded weights
         # (the proximal anchor is the starting point); a resumed run restores its own.
         self.teacher = MeanTeacher(self.model) if cfg.smart.use_bregman else None
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda update: linear_warmup_decay(update, self.plan.warmup_updates,
@@ -461,7 +436,7 @@ class Trainer:
             progress.update(1)
             if self.global_step % cfg.log_every == 0 or self.global_step == self.plan.total_updates:
                 scalars = self._window_means(window)
-                scalars["train/lr"] = self.scheduler.get_last_lr()[0]
+                scalars["train/lr"] = scheduled_lr(self.optimizer)
                 scalars["train/grad_norm"] = grad_norm
                 scalars.update({f"train/{k}": v for k, v in self._global_counters().items()})
                 self.logger.log_dict(scalars, self.global_step)

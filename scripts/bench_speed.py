@@ -46,7 +46,7 @@ from mtsmart.losses import symmetric_kl  # noqa: E402
 from mtsmart.model import MultiTaskModel, quiet_transformers  # noqa: E402
 from mtsmart.objective import batch_objective  # noqa: E402
 from mtsmart.task_types import get_task_type  # noqa: E402
-from mtsmart.train import build_optimizer  # noqa: E402
+from mtsmart.optim import build_optimizer  # noqa: E402
 from mtsmart.config import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,7 +302,7 @@ def main() -> None:
     teacher = MeanTeacher(model)
     naive_teacher = MeanTeacher(model).model
     naive_teacher.requires_grad_(True)  # a naive teacher is just another module with grads
-    optimizer = build_optimizer(model, TrainConfig())
+    optimizer = build_optimizer(model, TrainConfig().optim)
     for group in optimizer.param_groups:
         group["lr"] = 1e-9  # keep the weights (and so the work per step) the same throughout
     cfg = SmartConfig(mode="full", epsilon=1e-3, noise_std=1e-3, step_size=1e-3)

@@ -157,6 +157,9 @@ def test_smart_mode_switches(mode, adv, breg):
     ({"num_threads": 0}, "num_threads"),  # not a silent "torch's default"
     ({"patience": 0}, "patience"),
     ({"optim": {"lr": 0}}, "optim.lr"),
+    ({"optim": {"layer_decay": 0}}, "optim.layer_decay"),
+    ({"optim": {"layer_decay": 1.2}}, "optim.layer_decay"),
+    ({"optim": {"head_lr_scale": 0}}, "optim.head_lr_scale"),
     ({"optim": {"warmup_fraction": 1.0}}, "optim.warmup_fraction"),
     ({"sampler": {"temperature": 0}}, "sampler.temperature"),
     ({"smart": {"epsilon": -1e-5}}, "smart.epsilon"),
@@ -323,7 +326,7 @@ def test_to_plain_round_trips():
 # ----------------------------------------------------------------------------- settings are read
 
 
-TRAINING_CODE = ("objective.py", "train.py", "smart.py")
+TRAINING_CODE = ("objective.py", "train.py", "smart.py", "optim.py")
 
 
 def _training_source() -> str:
