@@ -40,16 +40,19 @@ def describe(trainer, source: str) -> str:
         f"sampler {cfg.sampler.name}; seed {cfg.seed}",
         "",
     ]
-    shares = dict(zip(trainer.tasks, task_probabilities(
-        [len(trainer.streams[n]) for n in trainer.tasks],
-        [t.sampling_weight for t in trainer.tasks.values()], cfg.sampler)))
+    sizes = [len(trainer.streams[n]) for n in trainer.tasks]
+    weights = [t.sampling_weight for t in trainer.tasks.values()]
+    # the annealed sampler's shares move over the run: first and last
+    start, end = (task_probabilities(sizes, weights, cfg.sampler, progress) for progress in (0.0, 1.0))
+    shares = {name: f"{100 * a:.1f}%" + (f" → {100 * b:.1f}%" if cfg.sampler.name == "annealed" else "")
+              for name, a, b in zip(trainer.tasks, start, end)}
     header = ("task", "type", "train", "eval", "batches", "share", "SMART")
     rows = []
     for name, task in trainer.tasks.items():
         smart_cfg = task.smart_config(cfg.smart)
         rows.append((name, task.type, f"{len(trainer.train_splits[name])} {task.train_split}",
                      f"{len(trainer.eval_splits[name])} {task.eval_split}", str(len(trainer.streams[name])),
-                     f"{100 * shares[name]:.1f}%",
+                     shares[name],
                      smart_summary(smart_cfg, trainer.perturbation_scales[name])))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
     for row in (header, *rows):
