@@ -222,7 +222,11 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("checkpoint", help="a checkpoint directory")
     predict.add_argument("--task", required=True, metavar="NAME",
                          help="task name, comma-separated names, or 'all'")
-    predict.add_argument("--split", default="dev", metavar="NAME", help="split to predict (default dev)")
+    predict.add_argument("--split", metavar="NAME", help="split to predict (default dev)")
+    predict.add_argument("--input", metavar="FILE",
+                         help="predict a file of your own instead of a split: tsv, csv or jsonl "
+                              "(by extension) whose header names the task's text fields; "
+                              "one task; other columns are ignored")
     predict.add_argument("--data-dir", metavar="DIR", help="where the tasks' data paths are relative to")
     predict.add_argument("--out", required=True, metavar="PATH",
                          help="a .tsv file (one task) or a directory (one TASK.tsv per task)")
@@ -449,15 +453,22 @@ def command_predict(args: argparse.Namespace) -> int:
     from mtsmart.evaluation import predict_split
     from mtsmart.train import pick_device
 
+    if args.input is not None and args.split is not None:
+        raise ConfigError("--input and --split: predict either a file of your own or a split, not both")
+    if args.input is not None and not os.path.isfile(args.input):
+        raise ConfigError(f"--input {args.input}: no such file")
     device = pick_device()
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
     tasks, data_dir = _checkpoint_tasks(loaded, args, args.task, "--task")
+    split_name = args.split or "dev"
+    if args.input is not None:
+        tasks, split_name = _with_input_split(tasks, args.input), INPUT_SPLIT
     single_file = len(tasks) == 1 and args.out.endswith((".tsv", ".txt"))
     if not single_file:
         os.makedirs(args.out, exist_ok=True)
     for name, task in tasks.items():
         # Labels are not needed to predict: a test split without them reads too.
-        split = load_tokenized(task, args.split, loaded.tokenizer, data_dir, default_cache_dir(),
+        split = load_tokenized(task, split_name, loaded.tokenizer, data_dir, default_cache_dir(),
                                labeled=False)
         preds = predict_split(loaded.model, task, split, args.batch_size,
                               loaded.tokenizer.pad_token_id or 0, device)
@@ -471,6 +482,21 @@ def command_predict(args: argparse.Namespace) -> int:
         os.replace(tmp, path)
         print(f"{name}: {len(preds)} predictions → {path}")
     return 0
+
+
+INPUT_SPLIT = "--input"  # a split name no task file can hold, so it never shadows one
+
+
+def _with_input_split(tasks: dict, path: str) -> dict:
+    """The one task, with ``path`` as an extra split read by its header's column names."""
+    from dataclasses import replace
+
+    from mtsmart.tasks import FileSource
+
+    if len(tasks) != 1:
+        raise ConfigError(f"--input predicts one task; --task names {len(tasks)} ({', '.join(tasks)})")
+    (name, task), = tasks.items()
+    return {name: replace(task, splits={**task.splits, INPUT_SPLIT: FileSource(path=os.path.abspath(path))})}
 
 
 def _load_finetune_tasks(args: argparse.Namespace):

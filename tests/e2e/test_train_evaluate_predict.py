@@ -342,6 +342,39 @@ def test_predict_on_unlabeled_data_from_another_task_file(run_dir, tmp_path, cac
     assert not (tmp_path / "x.tsv").exists()
 
 
+def test_predict_a_file_of_ones_own_with_input(run_dir, tmp_path, cache, capsys):
+    """--input: a file whose header names the task's text fields, in any column order and
+    with other columns beside them, predicted without a task file."""
+    header, rows = read_tsv(E2E / "pairs" / "dev.tsv")
+    first, second = header.index("first"), header.index("second")
+    mine = tmp_path / "mine.csv"
+    with open(mine, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "second", "first"])
+        writer.writerows([i, r[second], r[first]] for i, r in enumerate(rows))
+    out_file = tmp_path / "mine.tsv"
+    assert main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--input", str(mine),
+                 "--out", str(out_file)]) == 0
+    predicted = [r[1] for r in read_tsv(out_file)[1]]
+    reference = reference_predictions(run_dir / "best", CLS_TASK, tmp_path / "ref-cache")
+    assert predicted == [LABELS[i] for i in reference]  # the dev texts, so the dev predictions
+
+    capsys.readouterr()
+    no_second = tmp_path / "no_second.tsv"
+    no_second.write_text("first\tother\nthe cat\tx\n")
+    for argv, says in (([ "--input", str(no_second)], [str(no_second), "'second'"]),
+                       (["--input", str(mine), "--split", "dev"], ["not both"]),
+                       (["--input", str(tmp_path / "absent.tsv")], ["absent.tsv", "no such file"])):
+        assert main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--out", str(tmp_path / "x.tsv"),
+                     *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and all(s in err[0] for s in says), err
+    assert main(["predict", str(run_dir / "best"), "--task", "all", "--input", str(mine),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--input predicts one task" in capsys.readouterr().err
+    assert not (tmp_path / "x.tsv").exists() and not (tmp_path / "x").exists()
+
+
 # ------------------------------------------------------------------------------ other runs
 def test_balanced_class_weights_come_from_the_training_labels(tiny_model_dir, tmp_path):
     output = tmp_path / "balanced"
