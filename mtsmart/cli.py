@@ -287,6 +287,20 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--out", required=True, metavar="DIR",
                         help="the Hugging Face model directory to write")
     add_weights_flag(export, "export")
+
+    summarize = sub.add_parser(
+        "summarize", help="finished runs as one table, seeds of a recipe pooled",
+        description="Read each run's results.json and print a markdown table: one row per recipe "
+                    "(runs whose settings differ only in the seed), each task's main metric as "
+                    "mean ± std over the seeds with every seed's value; recipes are labelled by "
+                    "the settings that differ between them.")
+    summarize.add_argument("runs", nargs="+", metavar="RUN",
+                           help="run directories, or a directory whose sub-directories are runs")
+    summarize.add_argument("--which", choices=("last", "best"), default="last",
+                           help="the last evaluation (default) or the best one, which is selected "
+                                "on the same dev set and so reads high")
+    summarize.add_argument("--weights", choices=CHECKPOINT_WEIGHTS, default="student",
+                           help="the student's scores (default) or the SMART teacher's")
     return parser
 
 
@@ -598,8 +612,27 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_summarize(args: argparse.Namespace) -> int:
+    from mtsmart.summary import RESULTS_FILE, read_run, summarize
+
+    paths = []
+    for path in args.runs:
+        if not os.path.isdir(path):
+            raise ConfigError(f"{path}: not a directory (give run directories)")
+        children = sorted(os.path.join(path, name) for name in os.listdir(path)
+                          if os.path.isfile(os.path.join(path, name, RESULTS_FILE)))
+        paths += children if children and not os.path.isfile(os.path.join(path, RESULTS_FILE)) else [path]
+    runs = [read_run(path, args.which, args.weights) for path in paths]
+    print(summarize(runs))
+    note = "last evaluation" if args.which == "last" else "best evaluation, selected on the same dev set"
+    print(f"\n{len(runs)} runs; {args.weights}'s main metric per task (×100) at the {note}; "
+          "mean ± sample std over seeds, every seed in brackets")
+    return 0
+
+
 COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict,
-            "finetune": command_finetune, "adapt": command_adapt, "export": command_export}
+            "finetune": command_finetune, "adapt": command_adapt, "export": command_export,
+            "summarize": command_summarize}
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:

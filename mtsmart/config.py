@@ -25,6 +25,12 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # Which weights of a checkpoint to run: the trained model, or SMART's mean teacher saved
 # beside it (with the Bregman term on).
 CHECKPOINT_WEIGHTS = ("student", "teacher")
+# Training settings that change how a run runs and reports, not what it computes: a
+# resumed run may set them anew, and `mtsmart summarize` groups runs across them. A larger
+# patience trains a run that stopped early on from its stop; gradient checkpointing trades
+# memory for time and leaves the gradients as they were.
+RUN_ONLY_SETTINGS = ("num_threads", "eval_batch_size", "eval_every", "eval_teacher", "log_every",
+                     "keep_last", "patience", "gradient_checkpointing")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from mtsmart import smart
 from mtsmart.checkpoint import (TRAINING_FILE, encoder_source_problem, load_checkpoint, load_checkpoint_tasks,
                                 load_trainer_state, recover_interrupted_save, save_checkpoint)
-from mtsmart.config import TrainConfig, differences, from_mapping, load_yaml, to_plain
+from mtsmart.config import RUN_ONLY_SETTINGS, TrainConfig, differences, from_mapping, load_yaml, to_plain
 from mtsmart.cpu_allocator import keep_freed_memory
 from mtsmart.data import TaskStream, default_cache_dir, load_tokenized
 from mtsmart.distributed import Replicas
@@ -658,6 +658,9 @@ class Trainer:
             "patience": self.cfg.patience,
             "counters": counters,
             "replicas": self.replicas.world_size,
+            # what produced these numbers, so a results file is read without its checkpoints
+            "training": to_plain(self.cfg),
+            "main_metrics": {n: t.selection_metric for n, t in self.tasks.items()},
         }
         if "teacher_results" in records[-1]:
             summary["last"]["teacher_results"] = records[-1]["teacher_results"]
@@ -690,13 +693,6 @@ def resume_checkpoint(output_dir: str) -> Optional[str]:
     return os.path.join(history, complete[-1]) if complete else None
 
 
-# What a resumed run may set anew: how it runs and reports, not what it computes. A larger
-# patience trains a run that stopped early on from its stop; gradient checkpointing trades
-# memory for time and leaves the gradients as they were.
-RESETTABLE_ON_RESUME = ("num_threads", "eval_batch_size", "eval_every", "eval_teacher", "log_every",
-                        "keep_last", "patience", "gradient_checkpointing")
-
-
 def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[str, TaskDef]) -> None:
     """--resume continues a run as it was started. Its weights, optimizer and schedule come
     from the checkpoint, so another learning rate, encoder or length would be ignored, and
@@ -707,7 +703,7 @@ def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[st
     started = {"training": to_plain(from_mapping(TrainConfig, load_yaml(where)["training"], where)),
                "tasks": {n: task_to_plain(t) for n, t in load_checkpoint_tasks(source).items()}}
     now = {"training": to_plain(training), "tasks": {n: task_to_plain(t) for n, t in tasks.items()}}
-    for key in RESETTABLE_ON_RESUME:
+    for key in RUN_ONLY_SETTINGS:
         started["training"].pop(key)
         now["training"].pop(key)
     if _same_directory(started["training"]["encoder"], now["training"]["encoder"]):

@@ -375,6 +375,17 @@ def test_predict_a_file_of_ones_own_with_input(run_dir, tmp_path, cache, capsys)
     assert not (tmp_path / "x.tsv").exists() and not (tmp_path / "x").exists()
 
 
+def test_summarize_reads_the_trainers_results(run_dir, capsys):
+    """results.json names its settings and main metrics: summarize needs nothing else."""
+    summary = json.loads((run_dir / "results.json").read_text())
+    assert summary["training"]["max_steps"] == 6 and set(summary["main_metrics"]) == set(TASKS)
+    assert main(["summarize", str(run_dir)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| all runs"))
+    for task in TASKS:
+        value = 100 * summary["last"]["results"][task][summary["main_metrics"][task]]
+        assert f"{value:.2f} [{value:.2f}]" in row, (task, row)
+
+
 # ------------------------------------------------------------------------------ other runs
 def test_balanced_class_weights_come_from_the_training_labels(tiny_model_dir, tmp_path):
     output = tmp_path / "balanced"

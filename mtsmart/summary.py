@@ -1,0 +1,140 @@
+"""`mtsmart summarize`: finished runs as one table, seeds of the same recipe pooled.
+
+Runs whose settings differ only in the seed (and in how they ran: threads, evaluation
+cadence, ...) are one recipe; each recipe's row gives every task's main metric as mean ±
+sample standard deviation over its seeds, with every seed's value, so a single lucky seed
+is never read as a result. Recipes are labelled by the settings that tell them apart.
+
+Must not import the trainer or the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from statistics import mean, stdev
+import yaml
+
+from mtsmart.config import RUN_ONLY_SETTINGS
+from mtsmart.errors import ConfigError
+from mtsmart.metric_logging import flatten_settings
+
+RESULTS_FILE = "results.json"
+NOT_RECIPE = {"seed", *RUN_ONLY_SETTINGS}
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    path: str
+    seed: int
+    recipe: dict  # flattened settings, the seed and run-only settings left out
+    scores: dict[str, float]  # task -> main metric
+    metrics: dict[str, str]  # task -> the main metric's name
+
+
+def read_run(path: str, which: str = "last", weights: str = "student") -> FinishedRun:
+    """One finished run's main metric per task, from its ``results.json``: the ``last``
+    evaluation or the ``best`` one (selected on the same dev set, so optimistic)."""
+    results_path = os.path.join(path, RESULTS_FILE)
+    if not os.path.isfile(results_path):
+        raise ConfigError(f"{path}: no {RESULTS_FILE}, so not a finished run (finish it with "
+                          "--resume, or leave it out)")
+    with open(results_path, encoding="utf-8") as handle:
+        summary = json.load(handle)
+    training = summary.get("training") or _training_from_checkpoint(path)
+    key = "teacher_results" if weights == "teacher" else "results"
+    results = summary[which].get(key)
+    if results is None:
+        raise ConfigError(f"{path}: no teacher results for the {which} evaluation (a run without "
+                          "the Bregman teacher, or --which best, which only the student has)")
+    metrics = summary.get("main_metrics") or _main_metrics_from_checkpoint(path)
+    settings = flatten_settings(training)
+    recipe = {k: v for k, v in settings.items() if k not in NOT_RECIPE}
+    # Single-task runs of one recipe share a row, a column per task; a multi-task run's
+    # task set is part of its recipe.
+    recipe["tasks"] = ",".join(sorted(results)) if len(results) > 1 else "one each"
+    return FinishedRun(path, int(training.get("seed", 0)), recipe,
+                       {task: 100 * results[task][metric] for task, metric in metrics.items()}, metrics)
+
+
+def _training_from_checkpoint(path: str) -> dict:
+    """Runs written before results.json held their settings: a checkpoint's copy."""
+    return _from_checkpoint(path, "training.yaml")["training"]
+
+
+def _main_metrics_from_checkpoint(path: str) -> dict[str, str]:
+    tasks = _from_checkpoint(path, "tasks.yaml")["tasks"]
+    return {name: task.get("main_metric") or task["metrics"][0] for name, task in tasks.items()}
+
+
+def _from_checkpoint(path: str, name: str) -> dict:
+    for checkpoint in ("last", "best"):
+        candidate = os.path.join(path, checkpoint, name)
+        if os.path.isfile(candidate):
+            with open(candidate, encoding="utf-8") as handle:
+                return yaml.safe_load(handle)
+    raise ConfigError(f"{path}: {RESULTS_FILE} is from an older mtsmart and names no settings, "
+                      f"and no checkpoint of the run holds its {name}")
+
+
+def summarize(runs: list[FinishedRun]) -> str:
+    """A markdown table: one row per recipe, one column per task (mean ± std [each seed])."""
+    recipes: dict[str, list[FinishedRun]] = {}
+    for run in runs:
+        recipes.setdefault(json.dumps(run.recipe, sort_keys=True, default=str), []).append(run)
+    groups = list(recipes.values())
+    tasks = sorted({task for run in runs for task in run.scores})
+    labels = _labels([group[0].recipe for group in groups])
+    header = ["recipe", "seeds"] + [f"{task} ({_metric_name(runs, task)})" for task in tasks]
+    average_column = len(tasks) > 1
+    if average_column:
+        header.append("average")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, group in zip(labels, groups):
+        per_task = {task: _by_seed(label, task, group) for task in tasks}
+        seed_sets = {tuple(values) for values in per_task.values() if values}
+        seeds = sorted({seed for values in per_task.values() for seed in values})
+        cells = [label, ", ".join(map(str, seeds))]
+        for task in tasks:
+            values = list(per_task[task].values())
+            cells.append(f"{_mean_std(values)} [{', '.join(f'{v:.2f}' for v in values)}]" if values else "–")
+        if average_column:
+            # per seed, the mean over tasks; only where every task ran the same seeds
+            same = len(seed_sets) == 1 and all(per_task[t] for t in tasks)
+            cells.append(_mean_std([mean(per_task[t][s] for t in tasks) for s in seeds]) if same else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _by_seed(label: str, task: str, group: list[FinishedRun]) -> dict[int, float]:
+    """seed -> score of ``task`` in one recipe's runs, in seed order; a seed twice is an error."""
+    scores: dict[int, float] = {}
+    for run in sorted(group, key=lambda r: r.seed):
+        if task in run.scores:
+            if run.seed in scores:
+                raise ConfigError(f"recipe {label!r}: task {task!r} has seed {run.seed} in more than one "
+                                  f"run ({', '.join(r.path for r in group if r.seed == run.seed)}); a "
+                                  "recipe's runs of a task must be different seeds")
+            scores[run.seed] = run.scores[task]
+    return scores
+
+
+def _labels(recipes: list[dict]) -> list[str]:
+    """Each recipe named by the settings whose values differ between recipes."""
+    if len(recipes) == 1:
+        return ["all runs"]
+    keys = sorted({k for recipe in recipes for k in recipe})
+    varying = [k for k in keys if len({json.dumps(r.get(k), default=str) for r in recipes}) > 1]
+    return [", ".join(f"{k}={recipe.get(k)}" for k in varying) for recipe in recipes]
+
+
+def _metric_name(runs: list[FinishedRun], task: str) -> str:
+    names = sorted({run.metrics[task] for run in runs if task in run.metrics})
+    return "/".join(names)
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{mean(values):.2f} ± {stdev(values):.2f}"

@@ -1,0 +1,76 @@
+"""`mtsmart summarize`: runs pooled by recipe (settings other than the seed), mean ± std
+over seeds with every seed's value, recipes named by the settings that tell them apart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import mean, stdev
+
+import pytest
+
+from mtsmart.cli import main
+from mtsmart.config import TrainConfig, to_plain
+from mtsmart.errors import ConfigError
+from mtsmart.summary import read_run, summarize
+
+
+def write_run(path: Path, seed: int, scores: dict[str, float], mode: str = "off", threads: int = 1,
+              teacher: dict[str, float] | None = None) -> Path:
+    """A results.json as the trainer writes it (main metric accuracy for every task)."""
+    training = to_plain(TrainConfig(seed=seed, num_threads=threads))
+    training["smart"]["mode"] = mode
+    last = {"global_step": 10, "results": {t: {"accuracy": v, "f1": 0.0} for t, v in scores.items()}}
+    if teacher:
+        last["teacher_results"] = {t: {"accuracy": v, "f1": 0.0} for t, v in teacher.items()}
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({
+        "best": {"global_step": 5, "results": {t: {"accuracy": 0.9, "f1": 0.0} for t in scores}},
+        "last": last, "training": training, "main_metrics": {t: "accuracy" for t in scores}}))
+    return path
+
+
+def rows(table: str) -> dict[str, list[str]]:
+    return {cells[0]: cells[1:] for line in table.splitlines()[2:]
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+
+
+def test_seeds_pool_into_one_row_per_recipe_and_single_task_runs_share_it(tmp_path):
+    runs = [write_run(tmp_path / "p1", 1, {"rte": 0.60}), write_run(tmp_path / "p2", 2, {"rte": 0.50}, threads=2),
+            write_run(tmp_path / "p1c", 1, {"cola": 0.30}), write_run(tmp_path / "p2c", 2, {"cola": 0.34}),
+            write_run(tmp_path / "s1", 1, {"rte": 0.62}, mode="full")]
+    table = rows(summarize([read_run(str(p)) for p in runs]))
+    assert set(table) == {"smart.mode=off", "smart.mode=full"}  # threads are not a recipe
+    seeds, cola, rte, average = table["smart.mode=off"]
+    assert seeds == "1, 2"
+    assert rte == f"55.00 ± {stdev([60.0, 50.0]):.2f} [60.00, 50.00]"
+    assert cola == f"32.00 ± {stdev([30.0, 34.0]):.2f} [30.00, 34.00]"
+    assert average == f"{mean([45.0, 42.0]):.2f} ± {stdev([45.0, 42.0]):.2f}"  # per seed over tasks
+    assert table["smart.mode=full"] == ["1", "–", "62.00 [62.00]", "–"]
+
+
+def test_best_and_teacher_scores_are_read_when_asked(tmp_path):
+    run = write_run(tmp_path / "r", 3, {"rte": 0.55}, mode="full", teacher={"rte": 0.57})
+    assert read_run(str(run)).scores["rte"] == pytest.approx(55.0)
+    assert read_run(str(run), which="best").scores["rte"] == pytest.approx(90.0)
+    assert read_run(str(run), weights="teacher").scores["rte"] == pytest.approx(57.0)
+    with pytest.raises(ConfigError, match="no teacher results for the best evaluation"):
+        read_run(str(run), which="best", weights="teacher")
+
+
+def test_a_seed_twice_in_a_recipe_and_an_unfinished_run_are_refused(tmp_path, capsys):
+    a, b = write_run(tmp_path / "a", 1, {"rte": 0.6}), write_run(tmp_path / "b", 1, {"rte": 0.5})
+    with pytest.raises(ConfigError, match=r"task 'rte' has seed 1 in more than one run"):
+        summarize([read_run(str(a)), read_run(str(b))])
+    (tmp_path / "unfinished").mkdir()
+    assert main(["summarize", str(a), str(tmp_path / "unfinished")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unfinished: no results.json" in err
+
+
+def test_a_folder_of_runs_is_read_as_its_runs(tmp_path, capsys):
+    write_run(tmp_path / "grid" / "s1", 1, {"rte": 0.6})
+    write_run(tmp_path / "grid" / "s2", 2, {"rte": 0.5})
+    assert main(["summarize", str(tmp_path / "grid")]) == 0
+    printed = capsys.readouterr().out
+    assert "| all runs | 1, 2 | 55.00 ±" in printed and "2 runs;" in printed
