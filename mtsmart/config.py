@@ -460,6 +460,24 @@ def differences(before: Any, after: Any, prefix: str = "") -> list[tuple[str, An
     return [] if before == after else [(prefix, before, after)]
 
 
+def flatten_settings(settings: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """Nested settings → {"optim.lr": 1e-4, "smart.mode": "full", ...}: numbers and strings
+    as they are, booleans and lists as text (TensorBoard would show a boolean as 0 or 1);
+    unset (None) values are left out."""
+    flat: dict[str, object] = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_settings(value, f"{name}."))
+        elif isinstance(value, bool):
+            flat[name] = str(value).lower()
+        elif isinstance(value, (list, tuple)):
+            flat[name] = ", ".join(map(str, value))
+        elif value is not None:
+            flat[name] = value
+    return flat
+
+
 def to_plain(obj: Any) -> Any:
     """Dataclasses → plain dicts/lists for YAML or JSON."""
     if is_dataclass(obj):

@@ -10,6 +10,8 @@ import os
 import time
 from typing import Mapping, Optional, Sequence
 
+from mtsmart.config import flatten_settings
+
 
 class MetricLogger:
     """TensorBoard scalars under ``log_dir`` (None writes nothing: non-zero ranks)."""
@@ -59,24 +61,6 @@ class MetricLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def flatten_settings(settings: Mapping[str, object], prefix: str = "") -> dict[str, object]:
-    """Nested settings → {"optim.lr": 1e-4, "smart.mode": "full", ...}: numbers and strings
-    as they are, booleans and lists as text (TensorBoard would show a boolean as 0 or 1);
-    unset (None) values are left out."""
-    flat: dict[str, object] = {}
-    for key, value in settings.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_settings(value, f"{name}."))
-        elif isinstance(value, bool):
-            flat[name] = str(value).lower()
-        elif isinstance(value, (list, tuple)):
-            flat[name] = ", ".join(map(str, value))
-        elif value is not None:
-            flat[name] = value
-    return flat
 
 
 def append_json_line(path: str, record: Mapping) -> None:

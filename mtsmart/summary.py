@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from statistics import mean, stdev
 import yaml
 
-from mtsmart.config import RUN_ONLY_SETTINGS
+from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings
 from mtsmart.errors import ConfigError
-from mtsmart.metric_logging import flatten_settings
 
 RESULTS_FILE = "results.json"
 NOT_RECIPE = {"seed", *RUN_ONLY_SETTINGS}
