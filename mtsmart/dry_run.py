@@ -89,7 +89,8 @@ def teacher_summary(cfg: SmartConfig, total_updates: int) -> str:
 
     first_late = math.ceil(cfg.teacher_early_fraction * total_updates)
     if 0 < first_late < total_updates:
-        schedule = f"β {beta(0):.4g} for the first {first_late} updates, then {beta(first_late):.4g}"
+        updates = "update" if first_late == 1 else f"{first_late} updates"
+        schedule = f"β {beta(0):.4g} for the first {updates}, then {beta(first_late):.4g}"
     else:
         schedule = f"β {beta(0):.4g} throughout"
     if cfg.teacher_horizon_fraction is not None:
