@@ -10,8 +10,6 @@ import os
 import time
 from typing import Mapping, Optional, Sequence
 
-from mtsmart.config import flatten_settings
-
 
 class MetricLogger:
     """TensorBoard scalars under ``log_dir`` (None writes nothing: non-zero ranks)."""
@@ -35,14 +33,15 @@ class MetricLogger:
                 self.writer.add_scalar(tag, float(value), step)
 
     def log_hparams(self, settings: Mapping[str, object], metric_tags: Sequence[str]) -> None:
-        """The run's settings for TensorBoard's HParams tab, where runs side by side (plain
-        against SMART, seed against seed) are a table of settings and metrics. The metrics
-        are the scalar tags this logger writes anyway; the tab reads their values."""
+        """The run's settings (flat name → number, string or boolean) for TensorBoard's
+        HParams tab, where runs side by side (plain against SMART, seed against seed) are a
+        table of settings and metrics. The metrics are the scalar tags this logger writes
+        anyway; the tab reads their values."""
         if self.writer is None:
             return
         from torch.utils.tensorboard.summary import hparams
 
-        experiment, session_start, _ = hparams(flatten_settings(settings), {tag: 0.0 for tag in metric_tags})
+        experiment, session_start, _ = hparams(dict(settings), {tag: 0.0 for tag in metric_tags})
         for summary in (experiment, session_start):
             self.writer.file_writer.add_summary(summary)
 

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from mtsmart import smart
 from mtsmart.checkpoint import (TRAINING_FILE, encoder_source_problem, load_checkpoint, load_checkpoint_tasks,
                                 load_trainer_state, recover_interrupted_save, save_checkpoint)
-from mtsmart.config import RUN_ONLY_SETTINGS, TrainConfig, differences, from_mapping, load_yaml, to_plain
+from mtsmart.config import (RUN_ONLY_SETTINGS, TrainConfig, differences, flatten_settings, from_mapping,
+                            load_yaml, to_plain)
 from mtsmart.cpu_allocator import keep_freed_memory
 from mtsmart.data import TaskStream, default_cache_dir, load_tokenized
 from mtsmart.distributed import Replicas
@@ -165,7 +166,8 @@ class Trainer:
         self.logger = MetricLogger(os.path.join(self.output_dir, TENSORBOARD_DIR)
                                    if self.replicas.is_main else None,
                                    purge_step=self.global_step + 1 if self.resume else None)
-        self.logger.log_hparams({**to_plain(cfg), "tasks": ",".join(self.tasks)}, self._metric_tags())
+        self.logger.log_hparams(flatten_settings({**to_plain(cfg), "tasks": ",".join(self.tasks)}),
+                                self._metric_tags())
 
     def _metric_tags(self) -> list[str]:
         """The dev scalars every evaluation logs, student's and (with a teacher) teacher's."""
