@@ -20,7 +20,10 @@ from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings
 from mtsmart.errors import ConfigError
 
 RESULTS_FILE = "results.json"
-NOT_RECIPE = {"seed", *RUN_ONLY_SETTINGS}
+# Not part of a recipe: the seed, and what changes how a run runs but not its numbers.
+# Patience (where a run stops) and evaluation cadence (which evaluation is best, where
+# patience counts) do change them, though --resume may reset both.
+NOT_RECIPE = {"seed", *RUN_ONLY_SETTINGS} - {"patience", "eval_every"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def _labels(recipes: list[dict]) -> list[str]:
         return ["all runs"]
     keys = sorted({k for recipe in recipes for k in recipe})
     varying = [k for k in keys if len({json.dumps(r.get(k), default=str) for r in recipes}) > 1]
-    return [", ".join(f"{k}={recipe.get(k)}" for k in varying) for recipe in recipes]
+    return [", ".join(f"{k}={recipe.get(k, 'unset')}" for k in varying) for recipe in recipes]
 
 
 def _metric_name(runs: list[FinishedRun], task: str) -> str:

@@ -16,9 +16,9 @@ from mtsmart.summary import read_run, summarize
 
 
 def write_run(path: Path, seed: int, scores: dict[str, float], mode: str = "off", threads: int = 1,
-              teacher: dict[str, float] | None = None) -> Path:
+              teacher: dict[str, float] | None = None, patience: int | None = None) -> Path:
     """A results.json as the trainer writes it (main metric accuracy for every task)."""
-    training = to_plain(TrainConfig(seed=seed, num_threads=threads))
+    training = to_plain(TrainConfig(seed=seed, num_threads=threads, patience=patience))
     training["smart"]["mode"] = mode
     last = {"global_step": 10, "results": {t: {"accuracy": v, "f1": 0.0} for t, v in scores.items()}}
     if teacher:
@@ -41,6 +41,8 @@ def test_seeds_pool_into_one_row_per_recipe_and_single_task_runs_share_it(tmp_pa
             write_run(tmp_path / "s1", 1, {"rte": 0.62}, mode="full")]
     table = rows(summarize([read_run(str(p)) for p in runs]))
     assert set(table) == {"smart.mode=off", "smart.mode=full"}  # threads are not a recipe
+    stopped = write_run(tmp_path / "p3", 3, {"rte": 0.40}, patience=1)
+    assert "patience=1" in summarize([read_run(str(p)) for p in (*runs, stopped)])  # patience is
     seeds, cola, rte, average = table["smart.mode=off"]
     assert seeds == "1, 2"
     assert rte == f"55.00 ± {stdev([60.0, 50.0]):.2f} [60.00, 50.00]"
