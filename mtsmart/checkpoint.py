@@ -161,12 +161,21 @@ def save_trainer_state(directory: str, state: dict) -> None:
 
 def load_trainer_state(path: str) -> dict:
     directory = os.path.join(path, TRAINER_STATE_DIR)
-    if not os.path.isdir(directory):
+    tensors_path = os.path.join(directory, "tensors.pt")
+    if not os.path.isfile(tensors_path):
         raise CheckpointError(f"{path}: has no trainer state; it cannot be resumed")
-    tensors = torch.load(os.path.join(directory, "tensors.pt"), map_location="cpu",
-                         weights_only=True)
-    with open(os.path.join(directory, "state.json"), encoding="utf-8") as handle:
-        return {"tensors": tensors, "json": json.load(handle)}
+    tensors = torch.load(tensors_path, map_location="cpu", weights_only=True)
+    return {"tensors": tensors, "json": load_trainer_state_json(path)}
+
+
+def load_trainer_state_json(path: str) -> dict:
+    """The JSON half of a trainer state (steps, sampler, streams, counters), without the
+    optimizer's tensors."""
+    state_path = os.path.join(path, TRAINER_STATE_DIR, "state.json")
+    if not os.path.isfile(state_path):
+        raise CheckpointError(f"{path}: has no trainer state; it cannot be resumed")
+    with open(state_path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def is_checkpoint(path: str) -> bool:

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from mtsmart import smart
 from mtsmart.checkpoint import (TRAINING_FILE, encoder_source_problem, load_checkpoint, load_checkpoint_tasks,
-                                load_trainer_state, recover_interrupted_save, save_checkpoint)
+                                load_trainer_state, load_trainer_state_json, recover_interrupted_save,
+                                save_checkpoint)
 from mtsmart.config import (RUN_ONLY_SETTINGS, TrainConfig, differences, flatten_settings, from_mapping,
                             load_yaml, to_plain)
 from mtsmart.cpu_allocator import keep_freed_memory
@@ -199,6 +200,11 @@ class Trainer:
         self._setup_data()
         self._setup_plan()
         self.perturbation_scales = self._perturbation_scales()
+        if self.resume:
+            # ε's unit is measured on the weights the run STARTED from, not re-measured on
+            # trained ones (a dry run of a resume shows the unit the run will use)
+            saved = load_trainer_state_json(resume_checkpoint(self.output_dir)).get("perturbation_scales", {})
+            self.perturbation_scales.update({k: v for k, v in saved.items() if k in self.perturbation_scales})
 
     def _setup_model_and_tokenizer(self) -> None:
         cfg = self.cfg
@@ -347,8 +353,6 @@ class Trainer:
         self.best_step = info["best_step"]
         self.evals_since_best = info.get("evals_since_best", 0)  # older checkpoints: count afresh
         self.sampler.load_state_dict(info["sampler"])
-        self.perturbation_scales.update({k: v for k, v in info.get("perturbation_scales", {}).items()
-                                         if k in self.perturbation_scales})
         for name, stream_state in info["streams"].items():
             self.streams[name].load_state_dict(stream_state)
         self.counters.update({k: v for k, v in info["counters"].items()

@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mtsmart.checkpoint import load_trainer_state_json
 from mtsmart.cli import main
+from mtsmart.config import load_yaml, parse_train_config
+from mtsmart.tasks import load_task_file
+from mtsmart.train import Trainer
 from tiny_tasks import write_tiny_tasks
 
 
@@ -38,6 +42,22 @@ def test_the_plan_is_the_plan_the_run_follows(tmp_path, tiny_model_dir, monkeypa
                  "--num-threads", "1", "--quiet", *flags]) == 0
     summary = json.loads((out / "results.json").read_text())
     assert f"updates   {summary['total_updates']} (2.00 epochs of 20)" in printed
+
+    # a dry run of --resume plans from last/, with the ε unit the run measured at its start
+    capsys.readouterr()
+    assert dry_run(task_file, tiny_model_dir, out, *flags, "--resume") == 0
+    resumed = capsys.readouterr().out
+    assert task_row(resumed, "pairs")[-1] == pairs[-1]
+    assert f"encoder   {out / 'last'}" in resumed
+    # to every digit, where the trained embeddings would give another unit
+    checkpoint = out / "last"
+    cfg = parse_train_config(load_yaml(str(checkpoint / "training.yaml"))["training"], "training.yaml")
+    trainer = Trainer(load_task_file(str(checkpoint / "tasks.yaml")).tasks, cfg, str(tmp_path / "data"), str(out),
+                      resume=True, cache_dir=str(tmp_path / "cache"), show_progress=False)
+    trainer.prepare()
+    started = load_trainer_state_json(str(checkpoint))["perturbation_scales"]
+    assert trainer.perturbation_scales == started
+    assert trainer._perturbation_scales() != started
 
 
 def test_bad_input_and_an_occupied_folder_fail_as_a_run_would(tmp_path, tiny_model_dir, monkeypatch, capsys):
