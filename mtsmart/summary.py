@@ -39,6 +39,9 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     """One finished run's main metric per task, from its ``results.json``: the ``last``
     evaluation or the ``best`` one (selected on the same dev set, so optimistic)."""
     results_path = os.path.join(path, RESULTS_FILE)
+    if os.path.isfile(os.path.join(path, "meta.json")) and not os.path.isfile(results_path):
+        raise ConfigError(f"{path}: a checkpoint, not a run; give its run folder "
+                          f"({os.path.dirname(os.path.abspath(path))})")
     if not os.path.isfile(results_path):
         raise ConfigError(f"{path}: no {RESULTS_FILE}, so not a finished run (finish it with "
                           "--resume, or leave it out)")

@@ -64,6 +64,10 @@ def test_a_seed_twice_in_a_recipe_and_an_unfinished_run_are_refused(tmp_path, ca
     a, b = write_run(tmp_path / "a", 1, {"rte": 0.6}), write_run(tmp_path / "b", 1, {"rte": 0.5})
     with pytest.raises(ConfigError, match=r"task 'rte' has seed 1 in more than one run"):
         summarize([read_run(str(a)), read_run(str(b))])
+    (a / "best").mkdir()
+    (a / "best" / "meta.json").write_text("{}")
+    assert main(["summarize", str(a / "best")]) == 2
+    assert f"a checkpoint, not a run; give its run folder ({a})" in capsys.readouterr().err
     (tmp_path / "unfinished").mkdir()
     assert main(["summarize", str(a), str(tmp_path / "unfinished")]) == 2
     err = capsys.readouterr().err.strip()
