@@ -11,8 +11,8 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mtsmart.config import (CHECKPOINT_WEIGHTS, NORMS, PRECISIONS, SAMPLERS, SMART_MODES, SMART_PRESETS,
-                            load_yaml, parse_override)
+from mtsmart.config import (CHECKPOINT_WEIGHTS, LR_SCHEDULES, NORMS, PRECISIONS, SAMPLERS, SMART_MODES,
+                            SMART_PRESETS, load_yaml, parse_override)
 from mtsmart.errors import ConfigError, MtsmartError
 
 EXIT_USAGE = 2
@@ -29,6 +29,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "batch_size": ("training.batch_size", int),
     "grad_accum_steps": ("training.grad_accum_steps", int),
     "lr": ("training.optim.lr", float),
+    "lr_schedule": ("training.optim.schedule", str),
     "layer_decay": ("training.optim.layer_decay", float),
     "head_lr_scale": ("training.optim.head_lr_scale", float),
     "seed": ("training.seed", int),
@@ -134,6 +135,8 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-accum-steps", type=int, metavar="N",
                         help="micro-batches per optimizer update")
     parser.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                        help="after the warm-up: linear decay to 0 (default), cosine decay to 0, or constant")
     parser.add_argument("--layer-decay", type=float, metavar="D",
                         help="layer-wise learning-rate decay: layer i of L trains at lr·D^(L+1−i), "
                              "the embeddings at lr·D^(L+1), the heads at lr (default 1: off)")

@@ -22,6 +22,7 @@ SMART_MODES = ("off", "adversarial", "bregman", "full")
 SAMPLERS = ("proportional", "temperature", "uniform", "annealed")
 NORMS = ("inf", "l2")
 PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("linear", "cosine", "constant")
 # Which weights of a checkpoint to run: the trained model, or SMART's mean teacher saved
 # beside it (with the Bregman term on).
 CHECKPOINT_WEIGHTS = ("student", "teacher")
@@ -130,6 +131,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_fraction: float = 0.1
+    # after the warm-up: linear decay to 0, cosine decay to 0, or constant
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float = 1.0
     # Layer-wise decay: layer i of L trains at layer_decay^(L + 1 − i) times lr, the
     # embeddings at layer_decay^(L + 1), the heads at lr (mtsmart/optim.py). 1 is off.

@@ -34,8 +34,9 @@ def describe(trainer, source: str) -> str:
         f"updates   {plan.total_updates} ({plan.total_updates / updates_per_epoch:.2f} epochs of "
         f"{updates_per_epoch}), warm-up {plan.warmup_updates}, evaluation every {plan.eval_every}"
         + (f", patience {cfg.patience} evaluations" if cfg.patience else ""),
-        f"batches   {cfg.batch_size} examples × {cfg.grad_accum_steps} per update; lr {cfg.optim.lr:g}"
-        + (f" (layer decay {cfg.optim.layer_decay:g})" if cfg.optim.layer_decay != 1 else "")
+        f"batches   {cfg.batch_size} examples × {cfg.grad_accum_steps} per update; lr {cfg.optim.lr:g} "
+        f"({cfg.optim.schedule} after the warm-up"
+        + (f", layer decay {cfg.optim.layer_decay:g})" if cfg.optim.layer_decay != 1 else ")")
         + (f", heads ×{cfg.optim.head_lr_scale:g}" if cfg.optim.head_lr_scale != 1 else "") + "; "
         f"sampler {cfg.sampler.name}; seed {cfg.seed}",
         "",

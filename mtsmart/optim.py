@@ -7,6 +7,7 @@ Must not import the trainer or the CLI.
 
 from __future__ import annotations
 
+import math
 import re
 import torch
 
@@ -23,6 +24,17 @@ def linear_warmup_decay(update: int, warmup_updates: int, total_updates: int) ->
     if update < warmup_updates:
         return (update + 1) / max(1, warmup_updates)
     return max(0.0, (total_updates - update) / max(1, total_updates - warmup_updates))
+
+
+def lr_multiplier(update: int, warmup_updates: int, total_updates: int, schedule: str = "linear") -> float:
+    """The peak rate's multiple after ``update`` updates: linear warm-up from 0 to 1, then
+    ``linear`` decay to 0, half a ``cosine`` down to 0, or ``constant`` at 1."""
+    if update < warmup_updates or schedule == "linear":
+        return linear_warmup_decay(update, warmup_updates, total_updates)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (update - warmup_updates) / max(1, total_updates - warmup_updates))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def lr_scales(model: torch.nn.Module, cfg: OptimConfig) -> dict[str, float]:

@@ -40,7 +40,7 @@ from mtsmart.losses import balanced_class_weights
 from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_after, write_json
 from mtsmart.model import MultiTaskModel, head_spec, load_tokenizer
 from mtsmart.objective import SideStream, batch_objective
-from mtsmart.optim import build_optimizer, linear_warmup_decay, scheduled_lr
+from mtsmart.optim import build_optimizer, lr_multiplier, scheduled_lr
 from mtsmart.provenance import check_same_data, record_session, session_record
 from mtsmart.sampling import TaskSampler
 from mtsmart.tasks import TaskDef, task_to_plain
@@ -136,8 +136,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda update: linear_warmup_decay(update, self.plan.warmup_updates,
-                                               self.plan.total_updates))
+            lambda update: lr_multiplier(update, self.plan.warmup_updates, self.plan.total_updates,
+                                         cfg.optim.schedule))
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         names = [n for n in self.tasks]
         self.sampler = TaskSampler(

@@ -160,6 +160,7 @@ def test_smart_mode_switches(mode, adv, breg):
     ({"optim": {"layer_decay": 0}}, "optim.layer_decay"),
     ({"optim": {"layer_decay": 1.2}}, "optim.layer_decay"),
     ({"optim": {"head_lr_scale": 0}}, "optim.head_lr_scale"),
+    ({"optim": {"schedule": "exponential"}}, "optim.schedule"),
     ({"optim": {"warmup_fraction": 1.0}}, "optim.warmup_fraction"),
     ({"sampler": {"temperature": 0}}, "sampler.temperature"),
     ({"smart": {"epsilon": -1e-5}}, "smart.epsilon"),

@@ -13,7 +13,7 @@ from transformers import BertConfig, BertModel
 from mtsmart.config import OptimConfig
 from mtsmart.errors import ConfigError
 from mtsmart.model import MultiTaskModel, TaskHead
-from mtsmart.optim import build_optimizer, linear_warmup_decay, lr_scales, scheduled_lr
+from mtsmart.optim import build_optimizer, linear_warmup_decay, lr_multiplier, lr_scales, scheduled_lr
 
 
 def tiny_model(layers: int = 3) -> MultiTaskModel:
@@ -89,3 +89,16 @@ def test_the_embeddings_move_least_after_a_step():
     assert math.isclose(moved["encoder.embeddings.word_embeddings.weight"], 1e-2 * 0.5 ** 3, rel_tol=1e-3)
     assert math.isclose(moved["encoder.encoder.layer.1.output.dense.weight"], 1e-2 * 0.5, rel_tol=1e-3)
     assert math.isclose(moved["heads.a.linear.weight"], 1e-2, rel_tol=1e-3)
+
+
+def test_schedules_share_the_warm_up_and_end_as_named():
+    warmup, total = 10, 110
+    for schedule in ("linear", "cosine", "constant"):
+        assert [lr_multiplier(u, warmup, total, schedule) for u in range(warmup)] == \
+            [(u + 1) / warmup for u in range(warmup)]
+    assert [lr_multiplier(u, warmup, total) for u in range(total)] == \
+        [linear_warmup_decay(u, warmup, total) for u in range(total)]  # the default is the old one
+    assert lr_multiplier(60, warmup, total, "cosine") == pytest.approx(0.5)  # halfway down
+    assert lr_multiplier(35, warmup, total, "cosine") > lr_multiplier(35, warmup, total, "linear")
+    assert lr_multiplier(total, warmup, total, "cosine") == pytest.approx(0.0)
+    assert {lr_multiplier(u, warmup, total, "constant") for u in range(warmup, total)} == {1.0}
