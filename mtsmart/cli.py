@@ -215,6 +215,9 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--out", metavar="FILE",
                           help="JSON file (default: CHECKPOINT/eval_SPLIT.json; "
                                "eval_SPLIT_teacher.json with --weights teacher)")
+    evaluate.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                          help="also a 95%% interval of each metric from N resamples of the examples "
+                               "(e.g. 1000; seeded, so reproducible)")
     evaluate.add_argument("--batch-size", type=int, default=64, metavar="N",
                           help="examples per forward pass (default 64)")
     add_weights_flag(evaluate, "score")
@@ -437,14 +440,16 @@ def _checkpoint_tasks(loaded, args: argparse.Namespace, names: Optional[str], wh
 def command_evaluate(args: argparse.Namespace) -> int:
     from mtsmart.checkpoint import load_checkpoint
     from mtsmart.data import default_cache_dir, load_tokenized
-    from mtsmart.evaluation import format_table, predict_split, score_split
+    from mtsmart.evaluation import bootstrap_intervals, format_table, predict_split, score_split
     from mtsmart.metric_logging import write_json
     from mtsmart.train import pick_device
 
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap: the number of resamples must be >= 0 (0 is off), got {args.bootstrap}")
     device = pick_device()
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
     tasks, data_dir = _checkpoint_tasks(loaded, args, args.tasks, "--tasks")
-    results, split_names = {}, {}
+    results, split_names, intervals = {}, {}, {}
     for name, task in tasks.items():
         split_name = args.split or task.eval_split
         split = load_tokenized(task, split_name, loaded.tokenizer, data_dir, default_cache_dir())
@@ -452,14 +457,19 @@ def command_evaluate(args: argparse.Namespace) -> int:
                               loaded.tokenizer.pad_token_id or 0, device)
         results[name] = score_split(task, preds, split)
         split_names[name] = split_name
+        if args.bootstrap:
+            intervals[name] = bootstrap_intervals(task, preds, split.targets, args.bootstrap)
     label = args.split or "eval"
     teacher = args.weights == "teacher"
     if teacher:
         print(f"{args.checkpoint}: the SMART mean teacher's weights")
-    print(format_table(results, label))
+    print(format_table(results, label, intervals))
+    if intervals:
+        print(f"\n[95% interval: percentile bootstrap over {args.bootstrap} resamples of each split's examples]")
     out = args.out or os.path.join(args.checkpoint, f"eval_{label}{'_teacher' if teacher else ''}.json")
     write_json(out, {"checkpoint": args.checkpoint, "weights": args.weights, "splits": split_names,
-                     "results": results})
+                     "results": results,
+                     **({"intervals_95": intervals, "bootstrap_resamples": args.bootstrap} if intervals else {})})
     print(f"\nwrote {out}")
     return 0
 

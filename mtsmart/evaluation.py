@@ -43,6 +43,23 @@ def score_split(task: TaskDef, preds: np.ndarray, split: TokenizedSplit) -> dict
     return task.task_type.compute_metrics(task.metrics, preds, split.targets)
 
 
+def bootstrap_intervals(task: TaskDef, preds: np.ndarray, targets: np.ndarray, resamples: int,
+                        level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of each metric: the examples resampled with
+    replacement ``resamples`` times (seeded, so the interval is reproducible). On a dev set
+    of a few hundred examples one example moves accuracy by a third of a point, and the
+    interval says how far the score could move with another draw of the same size."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {metric: [] for metric in task.metrics}
+    for _ in range(resamples):
+        index = rng.integers(0, len(preds), len(preds))
+        for metric, value in task.task_type.compute_metrics(task.metrics, preds[index], targets[index]).items():
+            draws[metric].append(value)
+    tail = 100 * (1 - level) / 2
+    return {metric: (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+            for metric, values in draws.items()}
+
+
 def selection_score(results: dict[str, dict[str, float]], tasks: dict[str, TaskDef],
                     select_metric: str) -> float:
     """``average``: the mean of each task's main metric; ``TASK/METRIC``: that one value."""
@@ -52,10 +69,15 @@ def selection_score(results: dict[str, dict[str, float]], tasks: dict[str, TaskD
     return float(results[task_name][metric])
 
 
-def format_table(results: dict[str, dict[str, float]], split: str) -> str:
-    """A per-task table of metrics, values in percent as GLUE reports them."""
+def format_table(results: dict[str, dict[str, float]], split: str,
+                 intervals: Optional[dict[str, dict[str, tuple[float, float]]]] = None) -> str:
+    """A per-task table of metrics, values in percent as GLUE reports them, each with its
+    interval where ``intervals`` gives one."""
     lines = [f"{'task':<12} {'split':<8} metrics", "-" * 56]
     for name, values in results.items():
-        cells = "  ".join(f"{k}={100 * v:.2f}" for k, v in values.items())
+        bounds = (intervals or {}).get(name, {})
+        cells = "  ".join(f"{k}={100 * v:.2f}" + (f" [{100 * bounds[k][0]:.2f}, {100 * bounds[k][1]:.2f}]"
+                                                  if k in bounds else "")
+                          for k, v in values.items())
         lines.append(f"{name:<12} {split:<8} {cells}")
     return "\n".join(lines)

@@ -271,6 +271,23 @@ def test_evaluate_reproduces_best_dev_metrics(run_dir, tmp_path, cache, capsys):
             assert f"{metric}={100 * value:.2f}" in row
 
 
+def test_evaluate_with_bootstrap_intervals(run_dir, tmp_path, cache, capsys):
+    out_file = tmp_path / "eval.json"
+    assert main(["evaluate", str(run_dir / "best"), "--data-dir", str(E2E), "--out", str(out_file),
+                 "--bootstrap", "200"]) == 0
+    stdout = capsys.readouterr().out
+    report = read_json(out_file)
+    assert report["bootstrap_resamples"] == 200
+    for task, values in report["results"].items():
+        row = next(line for line in stdout.splitlines() if line.split()[:1] == [task])
+        for metric, value in values.items():
+            low, high = report["intervals_95"][task][metric]
+            assert low <= value <= high and high > low, (task, metric)
+            assert f"{metric}={100 * value:.2f} [{100 * low:.2f}, {100 * high:.2f}]" in row
+    assert main(["evaluate", str(run_dir / "best"), "--bootstrap", "-1"]) == 2
+    assert "--bootstrap: the number of resamples must be >= 0" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ predict
 def test_predict_one_task_to_a_file(run_dir, tmp_path, cache):
     out_file = tmp_path / "preds.tsv"

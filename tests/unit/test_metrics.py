@@ -109,3 +109,42 @@ def test_compute_metrics_and_tables():
     assert out == {"accuracy": pytest.approx(2 / 3), "f1": pytest.approx(2 / 3)}
     assert set(metrics.CLASSIFICATION_METRICS) == {"accuracy", "f1", "mcc", "acc_and_f1"}
     assert set(metrics.REGRESSION_METRICS) == {"pearson", "spearman", "pearson_and_spearman"}
+
+
+def _task(kind: str, metrics_: tuple[str, ...]):
+    from mtsmart.tasks import TaskDef
+
+    if kind == "classification":
+        return TaskDef(name="t", type=kind, text_fields=("a",), splits={}, label_field="y",
+                       labels=("no", "yes"), metrics=metrics_)
+    return TaskDef(name="t", type=kind, text_fields=("a",), splits={}, target_field="y", metrics=metrics_)
+
+
+def test_bootstrap_interval_brackets_the_score_and_narrows_with_more_examples():
+    from mtsmart.evaluation import bootstrap_intervals
+
+    task = _task("classification", ("accuracy", "mcc"))
+    gen = np.random.default_rng(3)
+    targets = gen.integers(0, 2, 300)
+    preds = np.where(gen.random(300) < 0.7, targets, 1 - targets)  # about 70% right
+    small = bootstrap_intervals(task, preds, targets, resamples=400)
+    assert small == bootstrap_intervals(task, preds, targets, resamples=400)  # seeded: reproducible
+    for metric, (low, high) in small.items():
+        point = task.task_type.compute_metrics((metric,), preds, targets)[metric]
+        assert low < point < high, metric
+    # a 95% interval of accuracy is about ±1.96·sqrt(p(1-p)/n)
+    expected = 2 * 1.96 * math.sqrt(0.7 * 0.3 / 300)
+    assert 0.7 * expected < small["accuracy"][1] - small["accuracy"][0] < 1.3 * expected
+    large = bootstrap_intervals(task, np.tile(preds, 4), np.tile(targets, 4), resamples=400)
+    assert large["accuracy"][1] - large["accuracy"][0] < 0.7 * (small["accuracy"][1] - small["accuracy"][0])
+    assert bootstrap_intervals(task, targets, targets, resamples=50)["accuracy"] == (1.0, 1.0)
+
+
+def test_bootstrap_interval_of_a_regression_metric():
+    from mtsmart.evaluation import bootstrap_intervals
+
+    gen = np.random.default_rng(4)
+    targets = gen.normal(size=200)
+    preds = targets + gen.normal(scale=0.5, size=200)
+    low, high = bootstrap_intervals(_task("regression", ("pearson",)), preds, targets, resamples=300)["pearson"]
+    assert low < pearsonr(preds, targets)[0] < high < 1.0
