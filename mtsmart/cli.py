@@ -294,6 +294,28 @@ def build_parser() -> ArgumentParser:
                         help="the Hugging Face model directory to write")
     add_weights_flag(export, "export")
 
+    compare = sub.add_parser(
+        "compare", help="is checkpoint B better than A? a paired bootstrap on the same examples",
+        description="Score two checkpoints on the same split and resample its examples: for each "
+                    "metric, A, B, B − A with its 95%% interval, and the share of resamples in which "
+                    "B does not beat A (a one-sided p-value). The same checkpoint twice with "
+                    "--weights-b teacher compares a SMART run's student with its teacher.")
+    compare.add_argument("checkpoint", help="checkpoint A (the baseline)")
+    compare.add_argument("other", metavar="checkpoint_b", help="checkpoint B")
+    compare.add_argument("--tasks", metavar="A,B", help="only these tasks (default: all of A's)")
+    compare.add_argument("--split", metavar="NAME", help="the split to score (default: each task's eval split)")
+    compare.add_argument("--data-dir", metavar="DIR", help="where the tasks' data paths are relative to")
+    compare.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                         help="resamples of the examples (default 1000; seeded, so reproducible)")
+    compare.add_argument("--weights-a", choices=CHECKPOINT_WEIGHTS, default="student",
+                         help="A's student (default) or its SMART teacher")
+    compare.add_argument("--weights-b", choices=CHECKPOINT_WEIGHTS, default="student",
+                         help="B's student (default) or its SMART teacher")
+    compare.add_argument("--out", metavar="FILE", help="also write the comparison as JSON")
+    compare.add_argument("--batch-size", type=int, default=64, metavar="N",
+                         help="examples per forward pass (default 64)")
+    add_task_defs_flag(compare)
+
     summarize = sub.add_parser(
         "summarize", help="finished runs as one table, seeds of a recipe pooled",
         description="Read each run's results.json and print a markdown table: one row per recipe "
@@ -625,6 +647,48 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_compare(args: argparse.Namespace) -> int:
+    from mtsmart.checkpoint import load_checkpoint
+    from mtsmart.data import default_cache_dir, load_tokenized
+    from mtsmart.evaluation import paired_bootstrap, predict_split
+    from mtsmart.metric_logging import write_json
+    from mtsmart.tasks import check_same_head
+    from mtsmart.train import pick_device
+
+    if args.bootstrap < 1:
+        raise ConfigError(f"--bootstrap: the number of resamples must be >= 1, got {args.bootstrap}")
+    device = pick_device()
+    loaded_a = load_checkpoint(args.checkpoint, device, weights=args.weights_a)
+    loaded_b = load_checkpoint(args.other, device, weights=args.weights_b)
+    tasks, data_dir = _checkpoint_tasks(loaded_a, args, args.tasks, "--tasks")
+    for name, task in tasks.items():
+        if name not in loaded_b.tasks:
+            raise ConfigError(f"{args.other}: has no head for task {name!r} (its tasks: "
+                              f"{', '.join(loaded_b.tasks)}); pick shared tasks with --tasks")
+        check_same_head(task, loaded_b.tasks[name], args.other)
+    report = {}
+    for name, task in tasks.items():
+        split_name = args.split or task.eval_split
+        preds = []
+        for loaded in (loaded_a, loaded_b):  # each with its own tokenizer: the encoders may differ
+            split = load_tokenized(task, split_name, loaded.tokenizer, data_dir, default_cache_dir())
+            preds.append(predict_split(loaded.model, task, split, args.batch_size,
+                                       loaded.tokenizer.pad_token_id or 0, device))
+        report[name] = paired_bootstrap(task, preds[0], preds[1], split.targets, args.bootstrap)
+        for metric, r in report[name].items():
+            print(f"{name} {split_name} {metric}: A {100 * r['a']:.2f}, B {100 * r['b']:.2f}, "
+                  f"B − A {100 * r['b_minus_a']:+.2f} [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}], "
+                  f"P(B − A ≤ 0) = {r['p_b_not_better']:.3f}")
+    print(f"\nA = {args.checkpoint} ({args.weights_a}), B = {args.other} ({args.weights_b}); 95% "
+          f"intervals and P from a paired bootstrap over {args.bootstrap} resamples of the examples")
+    if args.out:
+        write_json(args.out, {"a": args.checkpoint, "b": args.other, "weights_a": args.weights_a,
+                              "weights_b": args.weights_b, "bootstrap_resamples": args.bootstrap,
+                              "results": report})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def command_summarize(args: argparse.Namespace) -> int:
     from mtsmart.summary import RESULTS_FILE, read_run, summarize
 
@@ -645,7 +709,7 @@ def command_summarize(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict,
             "finetune": command_finetune, "adapt": command_adapt, "export": command_export,
-            "summarize": command_summarize}
+            "compare": command_compare, "summarize": command_summarize}
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:

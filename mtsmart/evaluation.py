@@ -60,6 +60,28 @@ def bootstrap_intervals(task: TaskDef, preds: np.ndarray, targets: np.ndarray, r
             for metric, values in draws.items()}
 
 
+def paired_bootstrap(task: TaskDef, preds_a: np.ndarray, preds_b: np.ndarray, targets: np.ndarray,
+                     resamples: int, level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """B against A on the same examples: for each metric, both scores, B − A, the
+    percentile-bootstrap interval of B − A (the SAME resampled examples score both, so what
+    the two share cancels), and the share of resamples in which B does not beat A, a
+    one-sided p-value for "B is better"."""
+    rng = np.random.default_rng(seed)
+    score = task.task_type.compute_metrics
+    point_a, point_b = score(task.metrics, preds_a, targets), score(task.metrics, preds_b, targets)
+    gaps: dict[str, list[float]] = {metric: [] for metric in task.metrics}
+    for _ in range(resamples):
+        index = rng.integers(0, len(targets), len(targets))
+        a, b = score(task.metrics, preds_a[index], targets[index]), score(task.metrics, preds_b[index], targets[index])
+        for metric in task.metrics:
+            gaps[metric].append(b[metric] - a[metric])
+    tail = 100 * (1 - level) / 2
+    return {metric: {"a": point_a[metric], "b": point_b[metric], "b_minus_a": point_b[metric] - point_a[metric],
+                     "low": float(np.percentile(values, tail)), "high": float(np.percentile(values, 100 - tail)),
+                     "p_b_not_better": float(np.mean(np.asarray(values) <= 0))}
+            for metric, values in gaps.items()}
+
+
 def selection_score(results: dict[str, dict[str, float]], tasks: dict[str, TaskDef],
                     select_metric: str) -> float:
     """``average``: the mean of each task's main metric; ``TASK/METRIC``: that one value."""

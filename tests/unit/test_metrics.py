@@ -148,3 +148,23 @@ def test_bootstrap_interval_of_a_regression_metric():
     preds = targets + gen.normal(scale=0.5, size=200)
     low, high = bootstrap_intervals(_task("regression", ("pearson",)), preds, targets, resamples=300)["pearson"]
     assert low < pearsonr(preds, targets)[0] < high < 1.0
+
+
+def test_paired_bootstrap_sees_a_real_gain_and_pairs_the_examples():
+    from mtsmart.evaluation import bootstrap_intervals, paired_bootstrap
+
+    task = _task("classification", ("accuracy",))
+    gen = np.random.default_rng(5)
+    targets = gen.integers(0, 2, 300)
+    preds_a = np.where(gen.random(300) < 0.7, targets, 1 - targets)
+    preds_b = preds_a.copy()
+    wrong = np.flatnonzero(preds_a != targets)
+    preds_b[wrong[: len(wrong) // 4]] = targets[wrong[: len(wrong) // 4]]  # B fixes a quarter of A's errors
+    r = paired_bootstrap(task, preds_a, preds_b, targets, resamples=400)["accuracy"]
+    assert r["b_minus_a"] == pytest.approx(np.mean(preds_b == targets) - np.mean(preds_a == targets))
+    assert 0 < r["low"] < r["b_minus_a"] < r["high"] and r["p_b_not_better"] < 0.01
+    # paired, the gap's interval is far narrower than either score's own
+    own = bootstrap_intervals(task, preds_a, targets, resamples=400)["accuracy"]
+    assert r["high"] - r["low"] < 0.75 * (own[1] - own[0])
+    swapped = paired_bootstrap(task, preds_b, preds_a, targets, resamples=400)["accuracy"]
+    assert swapped["p_b_not_better"] > 0.99

@@ -1,0 +1,49 @@
+"""`mtsmart compare A B`: both checkpoints scored on the same examples, B − A with a paired
+bootstrap interval and a one-sided p-value."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mtsmart.cli import main
+from tiny_tasks import train_tiny_run
+
+
+def test_compare_student_with_teacher_and_a_checkpoint_with_itself(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file, run = train_tiny_run(tmp_path, tiny_model_dir, "smart", "--smart", "full", "--smart-preset", "paper")
+    data = ["--data-dir", str(task_file.parent / "data")]
+    ckpt = str(run / "last")
+
+    scores = {}
+    for weights in ("student", "teacher"):
+        assert main(["evaluate", ckpt, *data, "--weights", weights, "--out", str(tmp_path / f"{weights}.json")]) == 0
+        scores[weights] = json.loads((tmp_path / f"{weights}.json").read_text())["results"]
+    out = tmp_path / "compare.json"
+    assert main(["compare", ckpt, ckpt, *data, "--weights-b", "teacher", "--bootstrap", "200", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())["results"]
+    assert set(report) == set(scores["student"])
+    for task, metrics in report.items():
+        for metric, r in metrics.items():
+            assert r["a"] == pytest.approx(scores["student"][task][metric], abs=1e-9)
+            assert r["b"] == pytest.approx(scores["teacher"][task][metric], abs=1e-9)
+            assert r["low"] <= r["b_minus_a"] <= r["high"] and 0 <= r["p_b_not_better"] <= 1
+    printed = capsys.readouterr().out
+    assert "B − A" in printed and "paired bootstrap over 200 resamples" in printed
+
+    assert main(["compare", ckpt, ckpt, *data, "--bootstrap", "50", "--out", str(out)]) == 0
+    for metrics in json.loads(out.read_text())["results"].values():
+        for r in metrics.values():  # the same model twice: nothing between them, never better
+            assert (r["b_minus_a"], r["low"], r["high"], r["p_b_not_better"]) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_compare_needs_the_task_in_both(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    _, both = train_tiny_run(tmp_path, tiny_model_dir, "both")
+    _, one = train_tiny_run(tmp_path, tiny_model_dir, "one", "--tasks", "pairs")
+    capsys.readouterr()
+    assert main(["compare", str(both / "best"), str(one / "best"), "--tasks", "score"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "has no head for task 'score' (its tasks: pairs)" in err
