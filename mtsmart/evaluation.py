@@ -49,15 +49,8 @@ def bootstrap_intervals(task: TaskDef, preds: np.ndarray, targets: np.ndarray, r
     replacement ``resamples`` times (seeded, so the interval is reproducible). On a dev set
     of a few hundred examples one example moves accuracy by a third of a point, and the
     interval says how far the score could move with another draw of the same size."""
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {metric: [] for metric in task.metrics}
-    for _ in range(resamples):
-        index = rng.integers(0, len(preds), len(preds))
-        for metric, value in task.task_type.compute_metrics(task.metrics, preds[index], targets[index]).items():
-            draws[metric].append(value)
-    tail = 100 * (1 - level) / 2
-    return {metric: (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
-            for metric, values in draws.items()}
+    (draws,) = _resampled_metrics(task, [preds], targets, resamples, seed)
+    return {metric: _interval(values, level) for metric, values in draws.items()}
 
 
 def paired_bootstrap(task: TaskDef, preds_a: np.ndarray, preds_b: np.ndarray, targets: np.ndarray,
@@ -66,20 +59,35 @@ def paired_bootstrap(task: TaskDef, preds_a: np.ndarray, preds_b: np.ndarray, ta
     percentile-bootstrap interval of B − A (the SAME resampled examples score both, so what
     the two share cancels), and the share of resamples in which B does not beat A, a
     one-sided p-value for "B is better"."""
-    rng = np.random.default_rng(seed)
     score = task.task_type.compute_metrics
     point_a, point_b = score(task.metrics, preds_a, targets), score(task.metrics, preds_b, targets)
-    gaps: dict[str, list[float]] = {metric: [] for metric in task.metrics}
+    draws_a, draws_b = _resampled_metrics(task, [preds_a, preds_b], targets, resamples, seed)
+    report = {}
+    for metric in task.metrics:
+        gaps = np.asarray(draws_b[metric]) - np.asarray(draws_a[metric])
+        low, high = _interval(gaps, level)
+        report[metric] = {"a": point_a[metric], "b": point_b[metric], "b_minus_a": point_b[metric] - point_a[metric],
+                          "low": low, "high": high, "p_b_not_better": float(np.mean(gaps <= 0))}
+    return report
+
+
+def _resampled_metrics(task: TaskDef, predictions: list[np.ndarray], targets: np.ndarray, resamples: int,
+                       seed: int) -> list[dict[str, list[float]]]:
+    """Every metric of each prediction array on the same ``resamples`` draws of the
+    examples with replacement."""
+    rng = np.random.default_rng(seed)
+    draws = [{metric: [] for metric in task.metrics} for _ in predictions]
     for _ in range(resamples):
         index = rng.integers(0, len(targets), len(targets))
-        a, b = score(task.metrics, preds_a[index], targets[index]), score(task.metrics, preds_b[index], targets[index])
-        for metric in task.metrics:
-            gaps[metric].append(b[metric] - a[metric])
+        for preds, into in zip(predictions, draws):
+            for metric, value in task.task_type.compute_metrics(task.metrics, preds[index], targets[index]).items():
+                into[metric].append(value)
+    return draws
+
+
+def _interval(values, level: float) -> tuple[float, float]:
     tail = 100 * (1 - level) / 2
-    return {metric: {"a": point_a[metric], "b": point_b[metric], "b_minus_a": point_b[metric] - point_a[metric],
-                     "low": float(np.percentile(values, tail)), "high": float(np.percentile(values, 100 - tail)),
-                     "p_b_not_better": float(np.mean(np.asarray(values) <= 0))}
-            for metric, values in gaps.items()}
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
 def selection_score(results: dict[str, dict[str, float]], tasks: dict[str, TaskDef],

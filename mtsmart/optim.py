@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+
 import torch
 
 from mtsmart.config import OptimConfig

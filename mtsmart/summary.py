@@ -1,7 +1,7 @@
 """`mtsmart summarize`: finished runs as one table, seeds of the same recipe pooled.
 
-Runs whose settings differ only in the seed (and in how they ran: threads, evaluation
-cadence, ...) are one recipe; each recipe's row gives every task's main metric as mean ±
+Runs whose settings differ only in the seed (and in how they ran: threads, logging,
+gradient checkpointing) are one recipe; each recipe's row gives every task's main metric as mean ±
 sample standard deviation over its seeds, with every seed's value, so a single lucky seed
 is never read as a result. Recipes are labelled by the settings that tell them apart.
 
@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from statistics import mean, stdev
+
 import yaml
 
 from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings
