@@ -533,7 +533,7 @@ def command_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-INPUT_SPLIT = "--input"  # a split name no task file can hold, so it never shadows one
+INPUT_SPLIT = "--input"  # named after the flag, so it does not shadow a split a task file declares
 
 
 def _with_input_split(tasks: dict, path: str) -> dict:
