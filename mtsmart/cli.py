@@ -459,10 +459,18 @@ def _checkpoint_tasks(loaded, args: argparse.Namespace, names: Optional[str], wh
     return select_tasks(tasks, None if names == "all" else names, where), data_dir
 
 
+def _predict(loaded, task, split_name: str, data_dir: str, batch_size: int, device, labeled: bool = True):
+    """A loaded checkpoint's predictions on one task's split (file order), and the split."""
+    from mtsmart.data import default_cache_dir, load_tokenized
+    from mtsmart.evaluation import predict_split
+
+    split = load_tokenized(task, split_name, loaded.tokenizer, data_dir, default_cache_dir(), labeled=labeled)
+    return predict_split(loaded.model, task, split, batch_size, loaded.tokenizer.pad_token_id or 0, device), split
+
+
 def command_evaluate(args: argparse.Namespace) -> int:
     from mtsmart.checkpoint import load_checkpoint
-    from mtsmart.data import default_cache_dir, load_tokenized
-    from mtsmart.evaluation import bootstrap_intervals, format_table, predict_split, score_split
+    from mtsmart.evaluation import bootstrap_intervals, format_table, score_split
     from mtsmart.metric_logging import write_json
     from mtsmart.train import pick_device
 
@@ -474,9 +482,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     results, split_names, intervals = {}, {}, {}
     for name, task in tasks.items():
         split_name = args.split or task.eval_split
-        split = load_tokenized(task, split_name, loaded.tokenizer, data_dir, default_cache_dir())
-        preds = predict_split(loaded.model, task, split, args.batch_size,
-                              loaded.tokenizer.pad_token_id or 0, device)
+        preds, split = _predict(loaded, task, split_name, data_dir, args.batch_size, device)
         results[name] = score_split(task, preds, split)
         split_names[name] = split_name
         if args.bootstrap:
@@ -498,8 +504,6 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def command_predict(args: argparse.Namespace) -> int:
     from mtsmart.checkpoint import load_checkpoint
-    from mtsmart.data import default_cache_dir, load_tokenized
-    from mtsmart.evaluation import predict_split
     from mtsmart.train import pick_device
 
     if args.input is not None and args.split is not None:
@@ -517,10 +521,7 @@ def command_predict(args: argparse.Namespace) -> int:
         os.makedirs(args.out, exist_ok=True)
     for name, task in tasks.items():
         # Labels are not needed to predict: a test split without them reads too.
-        split = load_tokenized(task, split_name, loaded.tokenizer, data_dir, default_cache_dir(),
-                               labeled=False)
-        preds = predict_split(loaded.model, task, split, args.batch_size,
-                              loaded.tokenizer.pad_token_id or 0, device)
+        preds, _ = _predict(loaded, task, split_name, data_dir, args.batch_size, device, labeled=False)
         path = args.out if single_file else os.path.join(args.out, f"{name}.tsv")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp"
@@ -649,8 +650,7 @@ def command_export(args: argparse.Namespace) -> int:
 
 def command_compare(args: argparse.Namespace) -> int:
     from mtsmart.checkpoint import load_checkpoint
-    from mtsmart.data import default_cache_dir, load_tokenized
-    from mtsmart.evaluation import paired_bootstrap, predict_split
+    from mtsmart.evaluation import paired_bootstrap
     from mtsmart.metric_logging import write_json
     from mtsmart.tasks import check_same_head
     from mtsmart.train import pick_device
@@ -669,12 +669,10 @@ def command_compare(args: argparse.Namespace) -> int:
     report = {}
     for name, task in tasks.items():
         split_name = args.split or task.eval_split
-        preds = []
-        for loaded in (loaded_a, loaded_b):  # each with its own tokenizer: the encoders may differ
-            split = load_tokenized(task, split_name, loaded.tokenizer, data_dir, default_cache_dir())
-            preds.append(predict_split(loaded.model, task, split, args.batch_size,
-                                       loaded.tokenizer.pad_token_id or 0, device))
-        report[name] = paired_bootstrap(task, preds[0], preds[1], split.targets, args.bootstrap)
+        # each with its own tokenizer: the encoders may differ
+        (preds_a, split), (preds_b, _) = (_predict(loaded, task, split_name, data_dir, args.batch_size, device)
+                                          for loaded in (loaded_a, loaded_b))
+        report[name] = paired_bootstrap(task, preds_a, preds_b, split.targets, args.bootstrap)
         for metric, r in report[name].items():
             print(f"{name} {split_name} {metric}: A {100 * r['a']:.2f}, B {100 * r['b']:.2f}, "
                   f"B − A {100 * r['b_minus_a']:+.2f} [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}], "

@@ -95,7 +95,9 @@ def teacher_summary(cfg: SmartConfig, total_updates: int) -> str:
     else:
         schedule = f"β {beta(0):.4g} throughout"
     if cfg.teacher_horizon_fraction is not None:
-        cap = 1.0 - 1.0 / max(1.0, cfg.teacher_horizon_fraction * total_updates)
+        # the cap alone: what the schedule gives a β of 1
+        cap = smart.teacher_momentum(0, total_updates, 1.0, 1.0, cfg.teacher_early_fraction,
+                                     cfg.teacher_horizon_fraction)
         schedule += (f" (a horizon of {100 * cfg.teacher_horizon_fraction:g}% of the run "
                      f"caps β at {cap:.4g})")
     return f"teacher   one EMA copy of the whole model, shared by every task: {schedule}"

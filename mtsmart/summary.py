@@ -15,9 +15,8 @@ import os
 from dataclasses import dataclass
 from statistics import mean, stdev
 
-import yaml
-
-from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings
+from mtsmart.checkpoint import TRAINING_FILE, is_checkpoint, load_checkpoint_tasks
+from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings, load_yaml
 from mtsmart.errors import ConfigError
 
 RESULTS_FILE = "results.json"
@@ -40,7 +39,7 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     """One finished run's main metric per task, from its ``results.json``: the ``last``
     evaluation or the ``best`` one (selected on the same dev set, so optimistic)."""
     results_path = os.path.join(path, RESULTS_FILE)
-    if os.path.isfile(os.path.join(path, "meta.json")) and not os.path.isfile(results_path):
+    if is_checkpoint(path) and not os.path.isfile(results_path):
         raise ConfigError(f"{path}: a checkpoint, not a run; give its run folder "
                           f"({os.path.dirname(os.path.abspath(path))})")
     if not os.path.isfile(results_path):
@@ -66,22 +65,19 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
 
 def _training_from_checkpoint(path: str) -> dict:
     """Runs written before results.json held their settings: a checkpoint's copy."""
-    return _from_checkpoint(path, "training.yaml")["training"]
+    return load_yaml(os.path.join(_a_checkpoint(path), TRAINING_FILE))["training"]
 
 
 def _main_metrics_from_checkpoint(path: str) -> dict[str, str]:
-    tasks = _from_checkpoint(path, "tasks.yaml")["tasks"]
-    return {name: task.get("main_metric") or task["metrics"][0] for name, task in tasks.items()}
+    return {name: task.selection_metric for name, task in load_checkpoint_tasks(_a_checkpoint(path)).items()}
 
 
-def _from_checkpoint(path: str, name: str) -> dict:
-    for checkpoint in ("last", "best"):
-        candidate = os.path.join(path, checkpoint, name)
-        if os.path.isfile(candidate):
-            with open(candidate, encoding="utf-8") as handle:
-                return yaml.safe_load(handle)
+def _a_checkpoint(path: str) -> str:
+    for name in ("last", "best"):
+        if is_checkpoint(os.path.join(path, name)):
+            return os.path.join(path, name)
     raise ConfigError(f"{path}: {RESULTS_FILE} is from an older mtsmart and names no settings, "
-                      f"and no checkpoint of the run holds its {name}")
+                      "and the run has no checkpoint that holds them")
 
 
 def summarize(runs: list[FinishedRun]) -> str:
