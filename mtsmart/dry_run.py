@@ -50,7 +50,7 @@ def describe(trainer, source: str) -> str:
     header = ("task", "type", "train", "eval", "batches", "share", "SMART")
     rows = []
     for name, task in trainer.tasks.items():
-        smart_cfg = task.smart_config(cfg.smart)
+        smart_cfg = trainer.task_smart[name]
         rows.append((name, task.type, f"{len(trainer.train_splits[name])} {task.train_split}",
                      f"{len(trainer.eval_splits[name])} {task.eval_split}", str(len(trainer.streams[name])),
                      shares[name],
@@ -58,7 +58,7 @@ def describe(trainer, source: str) -> str:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
     for row in (header, *rows):
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
-    if cfg.smart.use_bregman:
+    if trainer.uses_teacher:
         lines += ["", teacher_summary(cfg.smart, plan.total_updates)]
     return "\n".join(lines)
 

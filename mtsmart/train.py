@@ -132,7 +132,7 @@ class Trainer:
         cfg = self.cfg
         # Fine-tuning from a checkpoint: the teacher starts as a copy of the loaded weights
         # (the proximal anchor is the starting point); a resumed run restores its own.
-        self.teacher = MeanTeacher(self.model) if cfg.smart.use_bregman else None
+        self.teacher = MeanTeacher(self.model) if self.uses_teacher else None
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -199,6 +199,7 @@ class Trainer:
         self.side_stream = SideStream(self._replica_seed() + SIDE_STREAM_SEED_OFFSET, self.device)
         self._setup_data()
         self._setup_plan()
+        self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
         self.perturbation_scales = self._perturbation_scales()
         if self.resume:
             # ε's unit is measured on the weights the run STARTED from, not re-measured on
@@ -289,11 +290,16 @@ class Trainer:
             eval_every=cfg.eval_every or updates_per_epoch,
         )
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether any task's Bregman term is on, the global setting or a task's own
+        ``smart:`` override: one teacher serves them all, and none is built for nobody."""
+        return any(smart_cfg.use_bregman for smart_cfg in self.task_smart.values())
+
     def _perturbation_scales(self) -> dict[str, float]:
         scales = {}
         weight = self.model.encoder.get_input_embeddings().weight
-        for name, task in self.tasks.items():
-            smart_cfg = task.smart_config(self.cfg.smart)
+        for name, smart_cfg in self.task_smart.items():
             scales[name] = (smart.embedding_scale(weight, smart_cfg.norm)
                             if smart_cfg.relative_to_embedding_norm else 1.0)
         return scales
@@ -414,18 +420,17 @@ class Trainer:
         smart_cfg = self.task_smart[task_name]
         adv = smart_cfg.adv_weight if smart_cfg.use_adversarial else 0.0
         prox = 0.0
-        if smart_cfg.use_bregman and self.teacher is not None:
+        if smart_cfg.use_bregman:
             prox = smart.ramp_weight(update, self.plan.total_updates, smart_cfg.prox_weight,
                                      smart_cfg.prox_warmup_fraction)
         return adv, prox
 
     def train(self) -> Optional[dict]:
         cfg = self.cfg
-        self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
         # Skip counters start at zero, so TensorBoard draws a flat line from the first
         # log: "nothing skipped" is visible, not inferred from a missing curve.
         for name, smart_cfg in self.task_smart.items():
-            if smart_cfg.use_adversarial or (smart_cfg.use_bregman and self.teacher is not None):
+            if smart_cfg.use_adversarial or smart_cfg.use_bregman:
                 self.counters.setdefault(f"regularizer_skipped/{name}", 0)
         for key in ("nonfinite_loss_skipped", "nonfinite_grad_skipped"):
             self.counters.setdefault(key, 0)

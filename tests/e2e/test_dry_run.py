@@ -78,3 +78,16 @@ def test_bad_input_and_an_occupied_folder_fail_as_a_run_would(tmp_path, tiny_mod
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "pairs_dev.tsv" in err and "maybe" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_the_teacher_line_follows_the_tasks_own_bregman_weights(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    assert dry_run(task_file, tiny_model_dir, tmp_path / "a", "--smart", "full", "--prox-weight", "0",
+                   "tasks.score.smart.prox_weight=0.3") == 0
+    printed = capsys.readouterr().out
+    assert "μ 0.3" in task_row(printed, "score")[-1] and "μ" not in task_row(printed, "pairs")[-1]
+    assert "teacher   one EMA copy" in printed
+    assert dry_run(task_file, tiny_model_dir, tmp_path / "b", "--smart", "full",
+                   "tasks.score.smart.prox_weight=0", "tasks.pairs.smart.prox_weight=0") == 0
+    assert "teacher   one EMA copy" not in capsys.readouterr().out

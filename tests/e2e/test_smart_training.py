@@ -116,3 +116,43 @@ def test_gradient_checkpointing_trains_the_same_smart_run(tmp_path, tiny_model_d
     for trained, kept in ((checkpointed.model, plain.model), (checkpointed.teacher.model, plain.teacher.model)):
         for (name, a), b in zip(trained.state_dict().items(), kept.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _spy_on_objective(monkeypatch) -> list[tuple[str, object, float]]:
+    import mtsmart.objective as objective
+
+    seen = []
+    original = objective.batch_objective
+
+    def spy(model, teacher, task, *args, **kwargs):
+        seen.append((task, teacher, kwargs["prox_weight"]))
+        return original(model, teacher, task, *args, **kwargs)
+
+    monkeypatch.setattr("mtsmart.train.batch_objective", spy)
+    return seen
+
+
+@pytest.mark.parametrize("global_mu, task_mu", [(0.0, 0.3), (0.3, 0.0)])
+def test_the_teacher_exists_exactly_when_some_task_uses_the_bregman_term(
+        tmp_path, tiny_model_dir, monkeypatch, global_mu, task_mu):
+    """A task's own ``prox_weight`` switches its Bregman term on (or off) whatever the
+    global weight: the one teacher is built when any task needs it, and only then."""
+    task_file = write_tiny_tasks(tmp_path)
+    loaded = load_task_file(str(task_file))
+    tasks = {name: replace(task, smart={"prox_weight": task_mu}) for name, task in loaded.tasks.items()}
+    seen = _spy_on_objective(monkeypatch)
+    cfg = replace(loaded.training, encoder=str(tiny_model_dir),
+                  smart=SmartConfig(mode="full", adv_weight=0.0, prox_weight=global_mu,
+                                    prox_warmup_fraction=0.0))
+    trainer = Trainer(tasks, cfg, loaded.data_dir, str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                      show_progress=False)
+    trainer.setup()
+    trainer.train()
+    trainer.cleanup()
+    assert len(seen) == 6
+    if task_mu > 0:
+        assert trainer.teacher is not None and trainer.teacher.num_updates == 6
+        assert all(teacher is trainer.teacher and mu == task_mu for _, teacher, mu in seen)
+    else:
+        assert trainer.teacher is None
+        assert all(mu == 0.0 for _, _, mu in seen)
