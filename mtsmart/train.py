@@ -543,13 +543,14 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
         grad_norm = float(grad_norm)
+        if not math.isfinite(grad_norm):
+            # skipped either way: here, or inside the fp16 scaler's step (which also lowers its scale)
+            self.counters["nonfinite_grad_skipped"] += 1
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         elif math.isfinite(grad_norm):
             self.optimizer.step()
-        else:
-            self.counters["nonfinite_grad_skipped"] += 1
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.teacher is not None:

@@ -60,3 +60,33 @@ def test_nonfinite_losses_and_gradients_are_skipped_and_counted(tmp_path, tiny_m
     start = load_file(str(tiny_model_dir / "model.safetensors"))
     trained = load_file(str(out / "last" / "encoder" / "model.safetensors"))
     assert any(not torch.equal(start[k], trained[k]) for k in start), "the finite updates still train"
+
+
+def test_an_update_the_gradient_scaler_skips_is_counted(tmp_path, tiny_model_dir, monkeypatch):
+    """Under fp16 the scaler, not the trainer, skips a non-finite update; it is counted all
+    the same. fp16 needs CUDA, so the scaler here is torch's CPU one, swapped in after setup."""
+    from dataclasses import replace
+
+    from mtsmart.tasks import load_task_file
+    from mtsmart.train import Trainer
+
+    classification = type(get_task_type("classification"))
+    real_loss = classification.loss
+    poisoned = []
+
+    def nan_gradient_sometimes(self, outputs, targets, class_weights=None):
+        loss = real_loss(self, outputs, targets, class_weights)
+        poisoned.append(len(poisoned) % 2 == 1)
+        return _NanGradient.apply(loss) if poisoned[-1] else loss
+
+    monkeypatch.setattr(classification, "loss", nan_gradient_sometimes)
+    loaded = load_task_file(str(write_tiny_tasks(tmp_path)))
+    cfg = replace(loaded.training, encoder=str(tiny_model_dir), max_steps=10, eval_every=10)
+    trainer = Trainer(loaded.tasks, cfg, loaded.data_dir, str(tmp_path / "run"),
+                      cache_dir=str(tmp_path / "cache"), show_progress=False)
+    trainer.setup()
+    trainer.scaler = torch.amp.GradScaler("cpu")
+    trainer.train()
+    trainer.cleanup()
+    assert sum(poisoned) >= 1 and trainer.scaler.get_scale() < 2.0 ** 16  # the scaler did skip
+    assert trainer.counters["nonfinite_grad_skipped"] == sum(poisoned)
