@@ -79,12 +79,15 @@ class VersionAction(argparse.Action):
 
 
 def add_smart_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("SMART (see docs/smart.md; flags override the YAML)")
+    group = parser.add_argument_group(
+        "SMART (see docs/smart.md; flags override training.smart; a task's own smart: keys "
+        "win for that task, with a note naming it)")
     group.add_argument("--smart", choices=SMART_MODES,
                        help="which SMART terms to use: off (plain fine-tuning), adversarial "
                             "(λ_s·R_s only), bregman (μ·D_Breg only) or full")
     group.add_argument("--smart-preset", choices=sorted(SMART_PRESETS),
-                       help="start the SMART settings from a named preset (paper: Jiang et al. 2020)")
+                       help="replace the task file's (or the checkpoint's) SMART settings with a named "
+                            "preset (paper: Jiang et al. 2020); flags and KEY=VALUE still win over it")
     group.add_argument("--adv-weight", type=float, metavar="λ_s", help="weight of the adversarial term")
     group.add_argument("--prox-weight", type=float, metavar="μ", help="weight of the Bregman term")
     group.add_argument("--epsilon", type=float, metavar="ε", help="radius of each token's perturbation ball")
@@ -297,7 +300,7 @@ def build_parser() -> ArgumentParser:
     compare = sub.add_parser(
         "compare", help="is checkpoint B better than A? a paired bootstrap on the same examples",
         description="Score two checkpoints on the same split and resample its examples: for each "
-                    "metric, A, B, B − A with its 95%% interval, and the share of resamples in which "
+                    "metric, A, B, B − A with its 95% interval, and the share of resamples in which "
                     "B does not beat A (a one-sided p-value). The same checkpoint twice with "
                     "--weights-b teacher compares a SMART run's student with its teacher.")
     compare.add_argument("checkpoint", help="checkpoint A (the baseline)")
@@ -334,7 +337,12 @@ def build_parser() -> ArgumentParser:
 
 # ------------------------------------------------------------------------- commands
 def collect_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any, str]]:
+    """The settings the command line gives, in the order they apply (a later one wins):
+    --config's, --smart-preset's, KEY=VALUE, then the flags. Each comes with the text that
+    set it, for error messages."""
     overrides = [(*parse_override(text), text) for text in args.overrides]
+    if args.smart_preset:
+        overrides.insert(0, (["training", "smart", "preset"], args.smart_preset, "--smart-preset"))
     if args.config:
         raw = load_yaml(args.config)
         if raw is None:
@@ -347,8 +355,6 @@ def collect_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any, st
                 raise ConfigError(f"{args.config}: unknown top-level key {extra[0]!r} (valid: training)")
             raw = raw["training"] or {}
         overrides[:0] = _flatten(["training"], raw, f"--config {args.config}")
-    if args.smart_preset:
-        overrides.append((["training", "smart", "preset"], args.smart_preset, "--smart-preset"))
     for flag, (path, _) in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -356,7 +362,35 @@ def collect_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any, st
     if args.epochs is not None and args.max_steps is None:
         # --epochs alone means epochs: an inherited max_steps would otherwise win silently.
         overrides.append((["training", "max_steps"], None, "--epochs"))
-    return overrides
+    return [expanded for override in overrides for expanded in _expand_preset(*override)]
+
+
+def _expand_preset(path: list[str], value: Any, text: str) -> list[tuple[list[str], Any, str]]:
+    """A preset named on the command line is its keys, set where it stands: over the task
+    file's (or an inherited checkpoint's) SMART settings, under the flags and KEY=VALUE."""
+    if [*path[-2:]] != ["smart", "preset"] or path[:-2] not in ([], ["training"]):
+        return [(path, value, text)]
+    if value not in SMART_PRESETS:
+        raise ConfigError(f"{text}: unknown preset {value!r} (valid: {', '.join(SMART_PRESETS)})")
+    where = f"{text} {value}" if text.startswith("--") else text
+    return [(["training", "smart", key], preset_value, where) for key, preset_value in SMART_PRESETS[value].items()]
+
+
+def note_shadowed_smart_settings(tasks: dict, overrides: list[tuple[list[str], Any, str]]) -> None:
+    """A SMART setting given for the whole run on the command line does not reach a task
+    whose own ``smart:`` block sets the same key (the task's value is the more specific
+    one): say so, and how to reach it, instead of letting it miss that task silently."""
+    per_task = {tuple(path) for path, _, _ in overrides if path[0] == "tasks"}
+    for path, value, text in overrides:
+        path = path if path[0] in ("training", "tasks", "data_dir") else ["training", *path]
+        if len(path) != 3 or path[:2] != ["training", "smart"]:
+            continue
+        key = path[2]
+        for name, task in tasks.items():
+            if key in task.smart and task.smart[key] != value and ("tasks", name, "smart", key) not in per_task:
+                logging.warning("training.smart.%s = %s (%s) does not reach task %r: its smart: block "
+                                "in %s sets %s: %s; tasks.%s.smart.%s=VALUE overrides that",
+                                key, value, text, name, task.defined_in, key, task.smart[key], name, key)
 
 
 def _flatten(prefix, value, text):
@@ -378,6 +412,7 @@ def command_train(args: argparse.Namespace) -> int:
     overrides = collect_overrides(args)
     task_file = load_task_file(args.task_file, overrides)
     tasks = select_tasks(task_file.tasks, args.tasks, "--tasks")
+    note_shadowed_smart_settings(tasks, overrides)
     data_dir = resolve_data_dir(args.data_dir, task_file)
     if args.dry_run:
         return dry_run(args, task_file.training, tasks, data_dir)
@@ -577,6 +612,7 @@ def command_finetune(args: argparse.Namespace) -> int:
     checkpoint_tasks = load_checkpoint_tasks(args.checkpoint)
     names = ",".join(checkpoint_tasks) if args.task == "all" else args.task
     tasks = select_tasks(task_file.tasks, names, "--task")
+    note_shadowed_smart_settings(tasks, collect_overrides(args))
     data_dir = resolve_data_dir(args.data_dir, task_file)
     several = len(tasks) > 1
     prepare_output_dir(args.output, overwrite=args.overwrite, resume=False)
@@ -600,12 +636,25 @@ def command_finetune(args: argparse.Namespace) -> int:
 
 
 def command_adapt(args: argparse.Namespace) -> int:
-    from mtsmart.adaptation import parse_start, run_adaptation
+    from mtsmart.adaptation import SET_PER_RUN, parse_start, run_adaptation
     from mtsmart.checkpoint import TASKS_FILE, encoder_source_problem
     from mtsmart.tasks import build_task_file, load_task_file, resolve_data_dir
 
+    # argparse hands every positional before the first flag to START; one that sets a
+    # dotted key (training.optim.lr=2e-5, tasks.NAME.KEY=...) is an override, as elsewhere.
+    is_override = [text.split("=", 1)[0].startswith(("training.", "tasks.")) for text in args.starts]
+    args.overrides = [t for t, moved in zip(args.starts, is_override) if moved] + args.overrides
+    args.starts = [t for t, moved in zip(args.starts, is_override) if not moved]
+    if not args.starts:
+        raise ConfigError("adapt: no START given (checkpoint directories or encoders, before the flags)")
     starts = [parse_start(text) for text in args.starts]
     overrides = collect_overrides(args)
+    for path, value, text in overrides:
+        path = path if path[0] in ("training", "tasks", "data_dir") else ["training", *path]
+        if (len(path) == 2 and path[0] == "training" and path[1] in SET_PER_RUN
+                and not (text == "--epochs" and value is None)):  # --epochs clearing max_steps
+            raise ConfigError(f"{text}: adapt sets training.{path[1]} for each run itself "
+                              f"({SET_PER_RUN[path[1]]})")
     if args.task_defs:
         task_file = load_task_file(args.task_defs, overrides)
     else:
@@ -619,6 +668,7 @@ def command_adapt(args: argparse.Namespace) -> int:
     if args.task not in task_file.tasks:
         raise ConfigError(f"--task: no task {args.task!r} in {task_file.path} "
                           f"(tasks: {', '.join(task_file.tasks)})")
+    note_shadowed_smart_settings({args.task: task_file.tasks[args.task]}, overrides)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:

@@ -23,9 +23,10 @@ def describe(trainer, source: str) -> str:
     trained = [n for n, t in trainer.tasks.items() if t.sampling_weight > 0]
     batches_per_epoch = sum(len(trainer.streams[n]) for n in trained)
     updates_per_epoch = max(1, batches_per_epoch // cfg.grad_accum_steps)
+    layers = getattr(config, "num_hidden_layers", "?")
     lines = [
         f"encoder   {source} ({type(model.encoder).__name__}: "
-        f"{getattr(config, 'num_hidden_layers', '?')} layers, hidden {config.hidden_size}, "
+        f"{layers} layer{'' if layers == 1 else 's'}, hidden {config.hidden_size}, "
         f"{_count(parameters)} parameters with the heads), pooling {model.pooling}, "
         + (f"encoder dropout {cfg.encoder_dropout:g}" if cfg.encoder_dropout is not None
            else f"the encoder's own dropout ({getattr(config, 'hidden_dropout_prob', '?')})"),

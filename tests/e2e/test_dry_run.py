@@ -91,3 +91,24 @@ def test_the_teacher_line_follows_the_tasks_own_bregman_weights(tmp_path, tiny_m
     assert dry_run(task_file, tiny_model_dir, tmp_path / "b", "--smart", "full",
                    "tasks.score.smart.prox_weight=0", "tasks.pairs.smart.prox_weight=0") == 0
     assert "teacher   one EMA copy" not in capsys.readouterr().out
+
+
+def test_a_run_wide_smart_setting_a_task_overrides_is_named(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """--epsilon does not reach a task whose own smart: block sets epsilon (the task's
+    value is the more specific): the run says so instead of missing it silently."""
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    task_file.write_text(task_file.read_text().replace(
+        "    target_field: score\n", "    target_field: score\n    smart: {epsilon: 0.05}\n"))
+
+    def notes(*flags: str) -> list[str]:
+        caplog.clear()
+        assert dry_run(task_file, tiny_model_dir, tmp_path / "out", "--smart", "full", *flags) == 0
+        return [r.getMessage() for r in caplog.records if "does not reach" in r.getMessage()]
+
+    shadowed, = notes("--epsilon", "0.001")
+    assert all(part in shadowed for part in ("epsilon = 0.001 (--epsilon)", "task 'score'", str(task_file),
+                                             "epsilon: 0.05", "tasks.score.smart.epsilon=VALUE"))
+    assert notes("--epsilon", "0.001", "tasks.score.smart.epsilon=0.002") == []  # both given: no surprise
+    assert notes("--epsilon", "0.05") == []  # the same value reaches it anyway
+    assert any("task 'score'" in note for note in notes("--smart-preset", "paper"))

@@ -254,3 +254,25 @@ def test_export_refuses_a_checkpoint_without_pooler_pooling(tmp_path, tiny_model
     assert main(["export", str(out / "best"), "--task", "pairs", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pooling" in err[0] and not (tmp_path / "x").exists()
+
+
+def test_a_preset_replaces_the_checkpoints_smart_settings_under_the_flags(mt_checkpoint, tmp_path):
+    """finetune inherits every setting of its checkpoint; --smart-preset must still set the
+    preset's values over them (a flag given with it wins over the preset)."""
+    from mtsmart.cli import _load_finetune_tasks, _parse, build_parser
+    from mtsmart.config import SMART_PRESETS, SmartConfig
+
+    _, ckpt = mt_checkpoint
+
+    def smart_settings(*flags: str) -> SmartConfig:
+        args = _parse(build_parser(), ["finetune", str(ckpt), "--task", "pairs", "--output", str(tmp_path / "ft"),
+                                       "--smart", "full", *flags])
+        return _load_finetune_tasks(args).training.smart
+
+    inherited = smart_settings()
+    paper = SMART_PRESETS["paper"]
+    assert (inherited.epsilon, inherited.norm) != (paper["epsilon"], paper["norm"])
+    preset = smart_settings("--smart-preset", "paper")
+    assert all(getattr(preset, key) == value for key, value in paper.items())
+    assert smart_settings("--smart-preset", "paper", "--epsilon", "0.003").epsilon == 0.003
+    assert smart_settings("training.smart.epsilon=0.003", "--smart-preset", "paper").epsilon == 0.003

@@ -261,3 +261,28 @@ def test_subprocess_label_error(workdir, tiny_model_dir):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.endswith("\n"), proc.stderr
     assert f"{workdir / 'train.tsv'} line 5" in proc.stderr and "'maybe'" in proc.stderr
+
+
+@pytest.mark.parametrize("given, setting", [
+    (["--seed", "3"], "training.seed"),
+    (["--max-steps", "50"], "training.max_steps"),
+    (["training.eval_every=10"], "training.eval_every"),
+    (["patience=2"], "training.patience"),
+    (["--keep-last", "2"], "training.keep_last"),
+])
+def test_adapt_refuses_a_setting_it_sets_for_each_run_itself(workdir, tiny_model_dir, capsys, given, setting):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(["adapt", f"raw={tiny_model_dir}", "--task", "tiny", "--task-defs", str(task_file),
+                          "--train-sizes", "2", "--output", str(workdir / "adapt"), *given], capsys)
+    assert_one_line(code, err, given[0].split("=")[0], setting, "each run")
+    assert not (workdir / "adapt").exists()
+
+
+def test_adapt_reads_a_dotted_key_value_before_the_flags_as_an_override(workdir, tiny_model_dir, capsys):
+    """argparse would hand it to START; the error shows it reached the settings instead."""
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(["adapt", f"raw={tiny_model_dir}", "training.optim.lr=-1", "--task", "tiny",
+                          "--task-defs", str(task_file), "--train-sizes", "2",
+                          "--output", str(workdir / "adapt")], capsys)
+    assert_one_line(code, err, "training.optim.lr", "training.optim.lr=-1")
+    assert "START" not in err
