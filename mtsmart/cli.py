@@ -119,7 +119,8 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
                         help="where data paths are relative to (default: $MTSMART_DATA_DIR, the "
                              "file's data_dir, or the task file's directory)")
     parser.add_argument("--num-hidden-layers", type=int, metavar="N",
-                        help="keep only the first N encoder layers of a raw encoder (fast smoke runs)")
+                        help="keep only the first N encoder layers of a raw encoder (fast smoke runs); "
+                             "a checkpoint keeps its own")
     parser.add_argument("--pooling", choices=("cls", "mean", "pooler"),
                         help="one vector per example from the encoder: first token, mean of "
                              "tokens, or the encoder's pooler (needed by export)")

@@ -222,6 +222,10 @@ class Trainer:
                 # The checkpoint owns the architecture: its heads were trained on its pooling.
                 logger.warning("the checkpoint's pooling %r wins over training.pooling %r",
                                loaded.model.pooling, cfg.pooling)
+            layers = loaded.model.encoder.config.num_hidden_layers
+            if cfg.num_hidden_layers is not None and cfg.num_hidden_layers != layers:
+                logger.warning("the checkpoint's encoder keeps its %d layers: training.num_hidden_layers "
+                               "(%d) truncates raw encoders only", layers, cfg.num_hidden_layers)
             for name, task in self.tasks.items():
                 if name not in self.model.heads:
                     self.model.add_head(name, *head_spec(task))

@@ -276,3 +276,17 @@ def test_a_preset_replaces_the_checkpoints_smart_settings_under_the_flags(mt_che
     assert all(getattr(preset, key) == value for key, value in paper.items())
     assert smart_settings("--smart-preset", "paper", "--epsilon", "0.003").epsilon == 0.003
     assert smart_settings("training.smart.epsilon=0.003", "--smart-preset", "paper").epsilon == 0.003
+
+
+def test_a_layer_count_a_checkpoint_cannot_take_is_named(mt_checkpoint, tmp_path, caplog):
+    _, ckpt = mt_checkpoint
+    assert main(["finetune", str(ckpt), "--task", "pairs", "--output", str(tmp_path / "ft"),
+                 "--data-dir", str(tmp_path / "data"), "--max-steps", "1", "--num-hidden-layers", "1",
+                 "--quiet"]) == 0
+    note, = [r.getMessage() for r in caplog.records if "num_hidden_layers" in r.getMessage()]
+    assert "keeps its 2 layers" in note and "(1)" in note
+    caplog.clear()  # the checkpoint's own count, inherited, is no news
+    assert main(["finetune", str(ckpt), "--task", "pairs", "--output", str(tmp_path / "ft2"),
+                 "--data-dir", str(tmp_path / "data"), "--max-steps", "1", "--num-hidden-layers", "2",
+                 "--quiet"]) == 0
+    assert not [r for r in caplog.records if "num_hidden_layers" in r.getMessage()]
