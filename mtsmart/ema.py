@@ -53,8 +53,10 @@ class MeanTeacher:
             t.copy_(s)
 
     def forward(self, task: str, **kwargs) -> torch.Tensor:
-        """The teacher's outputs with no graph and no dropout (eval mode)."""
-        with torch.no_grad():
+        """The teacher's outputs with no graph and no dropout (eval mode). Inference mode
+        (SMART.md) also skips autograd's version counting; the outputs may still enter the
+        student's graph as constants, since nothing saves them for backward."""
+        with torch.inference_mode():
             return self.model(task, **kwargs)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -223,8 +223,13 @@ def test_teacher_forward_has_no_graph_and_no_dropout():
                   attention_mask=batch["attention_mask"])
     out1 = teacher.forward("cls", **kwargs)
     out2 = teacher.forward("cls", **kwargs)
-    assert not out1.requires_grad
+    assert not out1.requires_grad and out1.is_inference()  # SMART.md: inference mode
     assert torch.equal(out1, out2)
+    # ...and its outputs still serve as D's constant side in the student's backward
+    student_out = student("cls", inputs_embeds=student.embed(batch["input_ids"]),
+                          attention_mask=batch["attention_mask"])
+    smart.bregman_proximal(student_out, out1, symmetric_kl).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
 
 
 def test_a_fresh_teachers_divergence_is_the_students_dropout():
