@@ -12,7 +12,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from mtsmart.config import (CHECKPOINT_WEIGHTS, LR_SCHEDULES, NORMS, PRECISIONS, SAMPLERS, SMART_MODES,
-                            SMART_PRESETS, load_yaml, parse_override)
+                            SMART_PRESETS, SmartConfig, load_yaml, parse_override)
 from mtsmart.errors import ConfigError, MtsmartError
 
 EXIT_USAGE = 2
@@ -51,10 +51,12 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "norm": ("training.smart.norm", str),
     "teacher_beta": ("training.smart.teacher_beta", float),
     "teacher_beta_early": ("training.smart.teacher_beta_early", float),
+    "teacher_early_fraction": ("training.smart.teacher_early_fraction", float),
     "prox_warmup_fraction": ("training.smart.prox_warmup_fraction", float),
     "teacher_horizon_fraction": ("training.smart.teacher_horizon_fraction", float),
     "relative_epsilon": ("training.smart.relative_to_embedding_norm", bool),
     "same_dropout_masks": ("training.smart.same_dropout_masks", bool),
+    "memory_efficient": ("training.smart.memory_efficient", bool),
 }
 
 
@@ -88,23 +90,41 @@ def add_smart_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--smart-preset", choices=sorted(SMART_PRESETS),
                        help="replace the task file's (or the checkpoint's) SMART settings with a named "
                             "preset (paper: Jiang et al. 2020); flags and KEY=VALUE still win over it")
-    group.add_argument("--adv-weight", type=float, metavar="λ_s", help="weight of the adversarial term")
-    group.add_argument("--prox-weight", type=float, metavar="μ", help="weight of the Bregman term")
-    group.add_argument("--epsilon", type=float, metavar="ε", help="radius of each token's perturbation ball")
-    group.add_argument("--noise-std", type=float, metavar="σ", help="std of the initial noise")
-    group.add_argument("--step-size", type=float, metavar="η", help="ascent step size")
-    group.add_argument("--num-steps", type=int, metavar="K", help="ascent steps")
-    group.add_argument("--norm", choices=NORMS, help="per-token norm for normalisation and projection")
-    group.add_argument("--teacher-beta", type=float, metavar="β", help="teacher momentum after the early phase")
-    group.add_argument("--teacher-beta-early", type=float, metavar="β0", help="teacher momentum early on")
+    default = SmartConfig()  # the help shows the defaults: several differ from the paper's
+    group.add_argument("--adv-weight", type=float, metavar="λ_s",
+                       help=f"weight of the adversarial term (default {default.adv_weight:g})")
+    group.add_argument("--prox-weight", type=float, metavar="μ",
+                       help=f"weight of the Bregman term (default {default.prox_weight:g})")
+    group.add_argument("--epsilon", type=float, metavar="ε",
+                       help=f"radius of each token's perturbation ball (default {default.epsilon:g})")
+    group.add_argument("--noise-std", type=float, metavar="σ",
+                       help=f"std of the initial noise (default {default.noise_std:g})")
+    group.add_argument("--step-size", type=float, metavar="η", help=f"ascent step size (default {default.step_size:g})")
+    group.add_argument("--num-steps", type=int, metavar="K", help=f"ascent steps (default {default.num_steps})")
+    group.add_argument("--norm", choices=NORMS,
+                       help=f"per-token norm for normalisation and projection (default {default.norm})")
+    group.add_argument("--teacher-beta", type=float, metavar="β",
+                       help=f"teacher momentum after the early phase (default {default.teacher_beta:g})")
+    group.add_argument("--teacher-beta-early", type=float, metavar="β0",
+                       help=f"teacher momentum during the early phase (default {default.teacher_beta_early:g})")
+    group.add_argument("--teacher-early-fraction", type=float, metavar="F",
+                       help=f"the early phase: this fraction of the updates (default {default.teacher_early_fraction:g})")
     group.add_argument("--prox-warmup-fraction", type=float, metavar="F",
-                       help="ramp μ from 0 over this fraction of the updates")
+                       help=f"ramp μ from 0 over this fraction of the updates (default {default.prox_warmup_fraction:g})")
     group.add_argument("--teacher-horizon-fraction", type=float, metavar="H",
-                       help="cap β at 1 - 1/(H x total updates): the teacher averages over ~H of the run")
+                       help="cap β at 1 - 1/(H x total updates): the teacher averages over ~H of the run "
+                            f"(default {default.teacher_horizon_fraction:g}; "
+                            "training.smart.teacher_horizon_fraction=null: no cap)")
     group.add_argument("--relative-epsilon", action=argparse.BooleanOptionalAction, default=None,
-                       help="measure ε, σ and η in units of the mean per-token word-embedding norm")
+                       help="measure ε, σ and η in units of the mean per-token word-embedding norm "
+                            f"(default: {'on' if default.relative_to_embedding_norm else 'off'})")
     group.add_argument("--same-dropout-masks", action=argparse.BooleanOptionalAction, default=None,
-                       help="run the perturbed passes with the clean pass's dropout masks")
+                       help="run the perturbed passes with the clean pass's dropout masks "
+                            f"(default: {'on' if default.same_dropout_masks else 'off'})")
+    group.add_argument("--memory-efficient", action=argparse.BooleanOptionalAction, default=None,
+                       help="run each batch with the adversarial term in two halves: about 1.14x "
+                            "plain's peak memory instead of 2x, for about 3%% more time "
+                            f"(default: {'on' if default.memory_efficient else 'off'})")
 
 
 def add_common_training_flags(parser: argparse.ArgumentParser) -> None:

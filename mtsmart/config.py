@@ -88,11 +88,13 @@ class SmartConfig:
         return self.mode in ("bregman", "full") and self.prox_weight > 0
 
 
-# The fields a task may override: the teacher is one object shared by every task, so its
-# momentum and the mode are global.
+# The fields a task may override: every knob but the teacher's momentum schedule, which
+# belongs to the one teacher every task shares.
 PER_TASK_SMART_KEYS = (
+    "mode",
     "adv_weight",
     "prox_weight",
+    "prox_warmup_fraction",
     "epsilon",
     "noise_std",
     "step_size",
@@ -100,6 +102,7 @@ PER_TASK_SMART_KEYS = (
     "norm",
     "relative_to_embedding_norm",
     "same_dropout_masks",
+    "memory_efficient",
 )
 
 SMART_PRESETS: dict[str, dict[str, Any]] = {

@@ -112,3 +112,19 @@ def test_a_run_wide_smart_setting_a_task_overrides_is_named(tmp_path, tiny_model
     assert notes("--epsilon", "0.001", "tasks.score.smart.epsilon=0.002") == []  # both given: no surprise
     assert notes("--epsilon", "0.05") == []  # the same value reaches it anyway
     assert any("task 'score'" in note for note in notes("--smart-preset", "paper"))
+
+
+def test_a_task_may_choose_its_own_smart_mode(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """SMART.md: every knob per task, the mode and the μ ramp included (the teacher's
+    momentum alone is run-wide: one teacher)."""
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    assert dry_run(task_file, tiny_model_dir, tmp_path / "a", "--smart", "off", "tasks.score.smart.mode=bregman",
+                   "tasks.score.smart.prox_warmup_fraction=0.5") == 0
+    printed = capsys.readouterr().out
+    assert task_row(printed, "pairs")[-1] == "off"
+    assert task_row(printed, "score")[-1] == "bregman: μ 0.3 (ramped over 50% of updates)"
+    assert "teacher   one EMA copy" in printed
+    assert main(["train", str(task_file), "--output", str(tmp_path / "b"), "--smart", "full",
+                 "tasks.score.smart.teacher_beta=0.9"]) == 2
+    assert "'teacher_beta' cannot be set per task" in capsys.readouterr().err

@@ -40,3 +40,33 @@ def test_version_names_mtsmart_and_the_libraries_a_bug_report_needs(capsys):
     # the installed distribution's version: pyproject reads it from mtsmart.__version__
     assert line.startswith(f"mtsmart {metadata.version('mtsmart')} (")
     assert f"torch {torch.__version__}" in line and "transformers " in line
+
+
+@pytest.mark.parametrize("command", ["train", "finetune", "adapt"])
+def test_every_smart_setting_has_a_flag_that_sets_it(command):
+    """SMART.md: every knob is settable from the command line. Each SmartConfig field is
+    given through its flag and read back from the parsed settings."""
+    import dataclasses
+
+    from mtsmart.cli import _parse, collect_overrides
+    from mtsmart.config import SmartConfig, parse_smart
+
+    base = SmartConfig(mode="full")
+    given = {"mode": "bregman", "norm": "inf"}  # the choices other than base's
+    argv = {"train": ["train", "tasks.yaml", "-o", "out"], "finetune": ["finetune", "ckpt", "--task", "t", "-o", "out"],
+            "adapt": ["adapt", "enc", "--task", "t", "--train-sizes", "2", "-o", "out"]}[command]
+    flags = {"mode": "--smart", "relative_to_embedding_norm": "--relative-epsilon"}
+    for field in dataclasses.fields(SmartConfig):
+        value = getattr(base, field.name)
+        flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
+        if isinstance(value, bool):
+            argv += [flag if not value else "--no-" + flag[2:]]
+            given[field.name] = not value
+        elif field.name not in given:
+            given[field.name] = 0.5 if isinstance(value, float) or value is None else value + 1
+            argv += [flag, str(given[field.name])]
+        else:
+            argv += [flag, given[field.name]]
+    smart = {path[-1]: value for path, value, _ in collect_overrides(_parse(build_parser(), argv))
+             if path[:2] == ["training", "smart"]}
+    assert dataclasses.asdict(parse_smart(smart, "flags", base)) == given
