@@ -54,6 +54,7 @@ class LoadedCheckpoint:
     training: TrainConfig
     meta: dict
     teacher_state: Optional[dict[str, torch.Tensor]]
+    data_dir: Optional[str] = None  # where the run read its data (None: written before it was kept)
 
 
 def _state_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,8 +64,10 @@ def _state_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str, TaskDef],
                     training: TrainConfig, meta: dict, teacher_state: Optional[dict] = None,
-                    trainer_state: Optional[dict] = None) -> None:
-    """Write a complete checkpoint at ``path`` atomically (replacing any older one)."""
+                    trainer_state: Optional[dict] = None, data_dir: Optional[str] = None) -> None:
+    """Write a complete checkpoint at ``path`` atomically (replacing any older one).
+    ``data_dir`` goes into its tasks.yaml, so commands that read the checkpoint find the
+    data where the run did, without --data-dir."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=parent)
@@ -77,8 +80,8 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
                       for k, v in head.state_dict().items()}
         save_file(_state_for_safetensors(head_state), os.path.join(tmp, HEADS_FILE))
         with open(os.path.join(tmp, TASKS_FILE), "w", encoding="utf-8") as handle:
-            yaml.safe_dump({"tasks": {n: task_to_plain(t) for n, t in tasks.items()}}, handle,
-                           sort_keys=False)
+            yaml.safe_dump({**({"data_dir": os.path.abspath(data_dir)} if data_dir else {}),
+                            "tasks": {n: task_to_plain(t) for n, t in tasks.items()}}, handle, sort_keys=False)
         with open(os.path.join(tmp, TRAINING_FILE), "w", encoding="utf-8") as handle:
             yaml.safe_dump({"training": to_plain(training)}, handle, sort_keys=False)
         if teacher_state is not None:
@@ -229,9 +232,12 @@ def read_meta(path: str) -> dict:
 
 def load_checkpoint_tasks(path: str) -> dict[str, TaskDef]:
     tasks_path = os.path.join(path, TASKS_FILE)
-    with open(tasks_path, encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle)
-    return {name: parse_task(name, spec, tasks_path) for name, spec in raw["tasks"].items()}
+    return {name: parse_task(name, spec, tasks_path) for name, spec in _read_tasks_file(path)["tasks"].items()}
+
+
+def _read_tasks_file(path: str) -> dict:
+    with open(os.path.join(path, TASKS_FILE), encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
 
 
 def load_checkpoint(path: str, device: str | torch.device = "cpu",
@@ -274,4 +280,5 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
             raise CheckpointError(f"{os.path.join(path, TEACHER_FILE)}: does not fit the "
                                   f"checkpoint's model ({first[0].strip()})") from None
     model.to(device)
-    return LoadedCheckpoint(path, model, tokenizer, tasks, training, meta, teacher_state)
+    return LoadedCheckpoint(path, model, tokenizer, tasks, training, meta, teacher_state,
+                            data_dir=_read_tasks_file(path).get("data_dir"))

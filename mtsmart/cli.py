@@ -209,6 +209,13 @@ def add_weights_flag(parser: argparse.ArgumentParser, use: str) -> None:
                              "teacher saved beside it (runs with the Bregman term)")
 
 
+def add_checkpoint_data_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="where the tasks' data paths are relative to (default: $MTSMART_DATA_DIR, "
+                             "else where the run that wrote the checkpoint read its data, else the "
+                             "current directory)")
+
+
 def add_task_defs_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-defs", metavar="FILE",
                         help="a task-definition file whose tasks replace the checkpoint's own of "
@@ -232,7 +239,7 @@ def build_parser() -> ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="score a checkpoint on each task's split",
                               description="Print a per-task metrics table and write it as JSON.")
     evaluate.add_argument("checkpoint", help="a checkpoint directory (e.g. runs/x/best)")
-    evaluate.add_argument("--data-dir", metavar="DIR", help="where the tasks' data paths are relative to")
+    add_checkpoint_data_dir_flag(evaluate)
     evaluate.add_argument("--tasks", metavar="A,B", help="only these tasks")
     evaluate.add_argument("--split", default=None, metavar="NAME",
                           help="split to score (default: each task's eval_split)")
@@ -252,12 +259,12 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("checkpoint", help="a checkpoint directory")
     predict.add_argument("--task", required=True, metavar="NAME",
                          help="task name, comma-separated names, or 'all'")
-    predict.add_argument("--split", metavar="NAME", help="split to predict (default dev)")
+    predict.add_argument("--split", metavar="NAME", help="split to predict (default: each task's eval_split)")
     predict.add_argument("--input", metavar="FILE",
                          help="predict a file of your own instead of a split: tsv, csv or jsonl "
                               "(by extension) whose header names the task's text fields; "
                               "one task; other columns are ignored")
-    predict.add_argument("--data-dir", metavar="DIR", help="where the tasks' data paths are relative to")
+    add_checkpoint_data_dir_flag(predict)
     predict.add_argument("--out", required=True, metavar="PATH",
                          help="a .tsv file (one task) or a directory (one TASK.tsv per task)")
     predict.add_argument("--batch-size", type=int, default=64, metavar="N",
@@ -328,7 +335,7 @@ def build_parser() -> ArgumentParser:
     compare.add_argument("other", metavar="checkpoint_b", help="checkpoint B")
     compare.add_argument("--tasks", metavar="A,B", help="only these tasks (default: all of A's)")
     compare.add_argument("--split", metavar="NAME", help="the split to score (default: each task's eval split)")
-    compare.add_argument("--data-dir", metavar="DIR", help="where the tasks' data paths are relative to")
+    add_checkpoint_data_dir_flag(compare)
     compare.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                          help="resamples of the examples (default 1000; seeded, so reproducible)")
     compare.add_argument("--weights-a", choices=CHECKPOINT_WEIGHTS, default="student",
@@ -504,7 +511,7 @@ def _checkpoint_tasks(loaded, args: argparse.Namespace, names: Optional[str], wh
     from mtsmart.tasks import DATA_DIR_ENV, check_same_head, load_task_file, resolve_data_dir, select_tasks
 
     tasks = dict(loaded.tasks)
-    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or os.getcwd()
+    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or loaded.data_dir or os.getcwd()
     if args.task_defs:
         task_file = load_task_file(args.task_defs)
         for name, task in task_file.tasks.items():
@@ -569,14 +576,14 @@ def command_predict(args: argparse.Namespace) -> int:
     device = pick_device()
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
     tasks, data_dir = _checkpoint_tasks(loaded, args, args.task, "--task")
-    split_name = args.split or "dev"
     if args.input is not None:
-        tasks, split_name = _with_input_split(tasks, args.input), INPUT_SPLIT
+        tasks = _with_input_split(tasks, args.input)
     single_file = len(tasks) == 1 and args.out.endswith((".tsv", ".txt"))
     if not single_file:
         os.makedirs(args.out, exist_ok=True)
     for name, task in tasks.items():
         # Labels are not needed to predict: a test split without them reads too.
+        split_name = INPUT_SPLIT if args.input is not None else args.split or task.eval_split
         preds, _ = _predict(loaded, task, split_name, data_dir, args.batch_size, device, labeled=False)
         path = args.out if single_file else os.path.join(args.out, f"{name}.tsv")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

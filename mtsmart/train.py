@@ -649,7 +649,7 @@ class Trainer:
                 "select_metric": record["select_metric"]}
         save_checkpoint(path, self.model, self.tokenizer, self.tasks, self.cfg, meta,
                         teacher_state=self.teacher.state_dict() if self.teacher else None,
-                        trainer_state=trainer_state)
+                        trainer_state=trainer_state, data_dir=self.data_dir)
 
     def _finish(self, elapsed: float) -> Optional[dict]:
         """The run's summary (written to results.json); None on replicas other than the

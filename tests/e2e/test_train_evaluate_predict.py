@@ -615,3 +615,37 @@ def test_same_seed_gives_identical_results(bert_run, run_dir, tiny_model_dir, tm
     heads_c = load_file(str(other / "last" / "heads.safetensors"))
     assert not np.array_equal(heads_a["pairs.linear.weight"].numpy(),
                               heads_c["pairs.linear.weight"].numpy())
+
+
+def test_predict_without_split_reads_each_tasks_eval_split(run_dir, tmp_path, cache):
+    """As evaluate does: a task whose evaluation split is not called 'dev' needs no --split."""
+    spec = yaml.safe_load((E2E / "tasks.yaml").read_text())
+    splits = spec["tasks"]["pairs"]["splits"]
+    splits["validation"] = splits.pop("dev")
+    spec["tasks"]["pairs"]["eval_split"] = "validation"
+    task_file = tmp_path / "validation.yaml"
+    task_file.write_text(yaml.safe_dump(spec))
+    out_file = tmp_path / "preds.tsv"
+    assert main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--task-defs", str(task_file),
+                 "--data-dir", str(E2E), "--out", str(out_file)]) == 0
+    reference = reference_predictions(run_dir / "best", CLS_TASK, tmp_path / "ref-cache")
+    assert [r[1] for r in read_tsv(out_file)[1]] == [LABELS[i] for i in reference]
+
+
+def test_a_checkpoint_finds_its_data_without_data_dir(run_dir, tmp_path, cache, monkeypatch, capsys):
+    """The checkpoint keeps where its run read the data: evaluate, predict and finetune run
+    from any directory without --data-dir."""
+    monkeypatch.delenv("MTSMART_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out_file = tmp_path / "eval.json"
+    assert main(["evaluate", str(run_dir / "best"), "--out", str(out_file)]) == 0
+    meta = read_json(run_dir / "best" / "meta.json")
+    assert read_json(out_file)["results"][CLS_TASK]["accuracy"] == pytest.approx(
+        meta["dev"][CLS_TASK]["accuracy"], abs=1e-6)
+    assert main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--out", str(tmp_path / "p.tsv")]) == 0
+    assert main(["finetune", str(run_dir / "best"), "--task", CLS_TASK, "--output", str(tmp_path / "ft"),
+                 "--max-steps", "1", "--quiet"]) == 0
+    # --data-dir still wins: here, a folder without the files
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir / "best"), "--data-dir", str(tmp_path), "--out", str(out_file)]) == 2
+    assert "file not found" in capsys.readouterr().err
