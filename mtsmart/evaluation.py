@@ -40,7 +40,12 @@ def predict_split(model: MultiTaskModel, task: TaskDef, split: TokenizedSplit, b
 
 
 def score_split(task: TaskDef, preds: np.ndarray, split: TokenizedSplit) -> dict[str, float]:
-    return task.task_type.compute_metrics(task.metrics, preds, split.targets)
+    return score(task, preds, split.targets)
+
+
+def score(task: TaskDef, preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Every metric of ``task`` on these predictions (F1's averaging from the task's labels)."""
+    return task.task_type.compute_metrics(task.metrics, preds, targets, task.labels)
 
 
 def bootstrap_intervals(task: TaskDef, preds: np.ndarray, targets: np.ndarray, resamples: int,
@@ -59,8 +64,7 @@ def paired_bootstrap(task: TaskDef, preds_a: np.ndarray, preds_b: np.ndarray, ta
     percentile-bootstrap interval of B − A (the SAME resampled examples score both, so what
     the two share cancels), and the share of resamples in which B does not beat A, a
     one-sided p-value for "B is better"."""
-    score = task.task_type.compute_metrics
-    point_a, point_b = score(task.metrics, preds_a, targets), score(task.metrics, preds_b, targets)
+    point_a, point_b = score(task, preds_a, targets), score(task, preds_b, targets)
     draws_a, draws_b = _resampled_metrics(task, [preds_a, preds_b], targets, resamples, seed)
     report = {}
     for metric in task.metrics:
@@ -80,7 +84,7 @@ def _resampled_metrics(task: TaskDef, predictions: list[np.ndarray], targets: np
     for _ in range(resamples):
         index = rng.integers(0, len(targets), len(targets))
         for preds, into in zip(predictions, draws):
-            for metric, value in task.task_type.compute_metrics(task.metrics, preds[index], targets[index]).items():
+            for metric, value in score(task, preds[index], targets[index]).items():
                 into[metric].append(value)
     return draws
 

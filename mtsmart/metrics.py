@@ -7,7 +7,8 @@ scipy. Must not import torch or any other mtsmart module.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from functools import partial
+from typing import Callable, Optional
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -20,11 +21,16 @@ def accuracy(preds: np.ndarray, targets: np.ndarray) -> float:
     return float(accuracy_score(targets, preds))
 
 
-def f1(preds: np.ndarray, targets: np.ndarray) -> float:
-    """Binary F1 of class 1 for two-class tasks (as GLUE's MRPC), macro F1 otherwise."""
-    classes = np.union1d(np.unique(targets), np.unique(preds))
-    average = "binary" if len(classes) <= 2 and set(classes.tolist()) <= {0, 1} else "macro"
-    return float(f1_score(targets, preds, average=average, zero_division=0))
+def f1(preds: np.ndarray, targets: np.ndarray, num_classes: Optional[int] = None) -> float:
+    """Binary F1 of class 1 for two-class tasks (as GLUE's MRPC), macro F1 otherwise.
+    ``num_classes``, the task's label count, decides which; without it, the classes the
+    arrays hold do (a three-label task whose split lacks one label would read as binary)."""
+    if num_classes is None:
+        classes = np.union1d(np.unique(targets), np.unique(preds))
+        binary = len(classes) <= 2 and set(classes.tolist()) <= {0, 1}
+    else:
+        binary = num_classes == 2
+    return float(f1_score(targets, preds, average="binary" if binary else "macro", zero_division=0))
 
 
 def mcc(preds: np.ndarray, targets: np.ndarray) -> float:
@@ -48,8 +54,8 @@ def spearman(preds: np.ndarray, targets: np.ndarray) -> float:
     return _correlation(spearmanr, preds, targets)
 
 
-def acc_and_f1(preds: np.ndarray, targets: np.ndarray) -> float:
-    return (accuracy(preds, targets) + f1(preds, targets)) / 2
+def acc_and_f1(preds: np.ndarray, targets: np.ndarray, num_classes: Optional[int] = None) -> float:
+    return (accuracy(preds, targets) + f1(preds, targets, num_classes)) / 2
 
 
 def pearson_and_spearman(preds: np.ndarray, targets: np.ndarray) -> float:
@@ -67,6 +73,14 @@ REGRESSION_METRICS: dict[str, MetricFn] = {
     "spearman": spearman,
     "pearson_and_spearman": pearson_and_spearman,
 }
+
+
+def classification_metrics(num_classes: int) -> dict[str, MetricFn]:
+    """CLASSIFICATION_METRICS for a task with ``num_classes`` labels: F1's averaging follows
+    the task, not the classes one split (or one bootstrap resample) happens to hold."""
+    return {**CLASSIFICATION_METRICS,
+            "f1": partial(f1, num_classes=num_classes),
+            "acc_and_f1": partial(acc_and_f1, num_classes=num_classes)}
 
 
 def compute_metrics(names: tuple[str, ...], table: dict[str, MetricFn],

@@ -55,8 +55,8 @@ class TaskType(ABC):
     def format_prediction(self, value, labels: Sequence[str] | None) -> str:
         ...
 
-    def compute_metrics(self, names: Sequence[str], preds: np.ndarray,
-                        targets: np.ndarray) -> dict[str, float]:
+    def compute_metrics(self, names: Sequence[str], preds: np.ndarray, targets: np.ndarray,
+                        labels: Sequence[str] | None = None) -> dict[str, float]:
         return metrics.compute_metrics(tuple(names), self.metric_table, preds, targets)
 
 
@@ -105,6 +105,10 @@ class Classification(TaskType):
 
     def format_prediction(self, value, labels):
         return labels[int(value)]
+
+    def compute_metrics(self, names, preds, targets, labels=None):
+        table = metrics.classification_metrics(len(labels)) if labels else self.metric_table
+        return metrics.compute_metrics(tuple(names), table, preds, targets)
 
 
 @register

@@ -168,3 +168,22 @@ def test_paired_bootstrap_sees_a_real_gain_and_pairs_the_examples():
     assert r["high"] - r["low"] < 0.75 * (own[1] - own[0])
     swapped = paired_bootstrap(task, preds_b, preds_a, targets, resamples=400)["accuracy"]
     assert swapped["p_b_not_better"] > 0.99
+
+
+def test_f1_averages_by_the_tasks_labels_not_by_the_classes_a_split_holds():
+    """A three-label task whose split (or bootstrap resample) holds only labels 0 and 1 is
+    still scored with macro F1, as on its full dev set; a two-label task stays binary."""
+    from dataclasses import replace
+
+    from mtsmart.evaluation import score
+
+    targets = np.array([0, 0, 1, 1, 1, 0, 1, 0])
+    preds = np.array([0, 1, 1, 1, 0, 0, 1, 1])
+    three = replace(_task("classification", ("f1", "acc_and_f1")), labels=("a", "b", "c"))
+    scores = score(three, preds, targets)
+    macro = f1_score(targets, preds, average="macro")
+    assert macro != pytest.approx(f1_score(targets, preds))  # the two averages differ here
+    assert scores["f1"] == pytest.approx(macro)
+    assert scores["acc_and_f1"] == pytest.approx((accuracy_score(targets, preds) + macro) / 2)
+    two = _task("classification", ("f1",))
+    assert score(two, preds, targets)["f1"] == pytest.approx(f1_score(targets, preds))
