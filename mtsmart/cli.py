@@ -1,4 +1,5 @@
-"""Command line: ``mtsmart train | evaluate | predict``. The only reader of sys.argv.
+"""Command line: ``mtsmart train | evaluate | predict | finetune | adapt | export | compare |
+summarize``. The only reader of sys.argv.
 
 Every user error ends as one line on stderr and exit code 2.
 """
@@ -12,7 +13,8 @@ import sys
 from typing import Any, Optional, Sequence
 
 from mtsmart.config import (CHECKPOINT_WEIGHTS, LR_SCHEDULES, NORMS, PRECISIONS, SAMPLERS, SMART_MODES,
-                            SMART_PRESETS, SmartConfig, load_yaml, parse_override)
+                            RUN_ONLY_SETTINGS, SMART_PRESETS, SamplerConfig, SmartConfig, load_yaml,
+                            parse_override)
 from mtsmart.errors import ConfigError, MtsmartError
 
 EXIT_USAGE = 2
@@ -143,11 +145,11 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
                              "a checkpoint keeps its own")
     parser.add_argument("--pooling", choices=("cls", "mean", "pooler"),
                         help="one vector per example from the encoder: first token, mean of "
-                             "tokens, or the encoder's pooler (needed by export)")
+                             "tokens, or the encoder's pooler (needed by export); a checkpoint keeps its own")
     parser.add_argument("--encoder-dropout", type=float, metavar="P",
                         help="dropout inside the encoder (default: the encoder's own, 0.1 for "
                              "BERT-like models); heads keep their task's head_dropout")
-    parser.add_argument("--gradient-checkpointing", action="store_true", default=None,
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute encoder activations in the backward pass: less memory, "
                              "a slower step, the same gradients")
     parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer updates (wins over --epochs)")
@@ -175,15 +177,21 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, metavar="N",
                         help="stop early after N evaluations in a row without a better "
                              "--select-metric score (default: train to the end)")
-    parser.add_argument("--sampler", choices=SAMPLERS, help="task-sampling scheme")
+    parser.add_argument("--sampler", choices=SAMPLERS,
+                        help="which task each batch comes from, with n_k a task's batches and w_k its "
+                             "sampling_weight: proportional ∝ n_k·w_k (default), temperature ∝ "
+                             f"(n_k·w_k)^(1/T) (training.sampler.temperature, {SamplerConfig().temperature:g}), "
+                             "uniform ∝ w_k, annealed ∝ n_k^α·w_k with α from 1 to "
+                             f"training.sampler.anneal_final_alpha ({SamplerConfig().anneal_final_alpha:g})")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="bf16: autocast on CPU or GPU; fp16: autocast with a gradient "
                              "scaler, GPU only; losses and divergences stay float32")
     parser.add_argument("--num-threads", type=int, metavar="N", help="torch CPU threads")
-    parser.add_argument("--cache-dir", metavar="DIR", help="tokenized-data cache (default ~/.cache/mtsmart)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="tokenized-data cache (default: $MTSMART_CACHE, else ~/.cache/mtsmart)")
     parser.add_argument("--keep-last", type=int, metavar="N",
                         help="resumable checkpoints to keep: last/ plus N-1 under checkpoints/")
-    parser.add_argument("--trust-remote-code", action="store_true", default=None,
+    parser.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=None,
                         help="allow an encoder's own Python code from the hub (off unless given)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_smart_flags(parser)
@@ -198,8 +206,12 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--dry-run", action="store_true",
                         help="check everything a run needs (settings, encoder, every split read and "
-                             "tokenized, the output folder) and print the plan; train and write nothing")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output from last/, with the settings it started with")
+                             "tokenized, the output folder) and print the plan; trains nothing and "
+                             "writes nothing but the tokenization cache")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --output from last/; give the command it started with "
+                             "(other settings are refused, except the run-only "
+                             f"{', '.join(RUN_ONLY_SETTINGS)})")
     add_common_training_flags(parser)
 
 

@@ -70,3 +70,14 @@ def test_every_smart_setting_has_a_flag_that_sets_it(command):
     smart = {path[-1]: value for path, value, _ in collect_overrides(_parse(build_parser(), argv))
              if path[:2] == ["training", "smart"]}
     assert dataclasses.asdict(parse_smart(smart, "flags", base)) == given
+
+
+@pytest.mark.parametrize("flag, key", [("gradient-checkpointing", "gradient_checkpointing"),
+                                       ("trust-remote-code", "trust_remote_code")])
+def test_an_inherited_switch_can_be_turned_off(flag, key):
+    """finetune inherits its checkpoint's settings: a switch that was on must be able to go off."""
+    from mtsmart.cli import _parse, collect_overrides
+
+    for given, value in ((f"--{flag}", True), (f"--no-{flag}", False)):
+        args = _parse(build_parser(), ["finetune", "ckpt", "--task", "t", "-o", "out", given])
+        assert (["training", key], value) in [(path, v) for path, v, _ in collect_overrides(args)]
