@@ -151,7 +151,7 @@ def assert_names(err, *parts):
     (spec(CLS, metrics=[]), "'metrics'"),
     (spec(CLS, metrics=["accuracy"], main_metric="f1"), "'main_metric'"),
     (spec(CLS, smart={"teacher_beta": 0.9}), "'teacher_beta'"),
-    (spec(CLS, smart={"mode": "full"}), "'mode'"),
+    (spec(CLS, smart={"mode": "sometimes"}), "mode"),
     (spec(CLS, smart={"num_steps": 0}), "num_steps"),
     (spec(CLS, smart={"norm": "l1"}), "norm"),
     (spec(CLS, smart="full"), "'smart'"),
