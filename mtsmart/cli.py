@@ -486,7 +486,7 @@ def command_train(args: argparse.Namespace) -> int:
 
     print(f"\nbest checkpoint (step {summary['best']['global_step']}, "
           f"{summary['select_metric']}={100 * summary['best']['selection_score']:.2f}):")
-    print(format_table(summary["best"]["results"], "dev"))
+    print(format_table(summary["best"]["results"], {n: t.eval_split for n, t in tasks.items()}))
     if summary["stopped_early"]:
         print(f"\nstopped early at step {summary['stopped_at']} of {summary['total_updates']}: "
               f"no better {summary['select_metric']} in the last {summary['patience']} evaluations")
@@ -562,11 +562,12 @@ def command_evaluate(args: argparse.Namespace) -> int:
         split_names[name] = split_name
         if args.bootstrap:
             intervals[name] = bootstrap_intervals(task, preds, split.targets, args.bootstrap)
-    label = args.split or "eval"
+    # the file is named after the split: each task's own, when they all share one name
+    label = args.split or "+".join(sorted(set(split_names.values())))
     teacher = args.weights == "teacher"
     if teacher:
         print(f"{args.checkpoint}: the SMART mean teacher's weights")
-    print(format_table(results, label, intervals))
+    print(format_table(results, split_names, intervals))
     if intervals:
         print(f"\n[95% interval: percentile bootstrap over {args.bootstrap} resamples of each split's examples]")
     out = args.out or os.path.join(args.checkpoint, f"eval_{label}{'_teacher' if teacher else ''}.json")
@@ -670,7 +671,8 @@ def command_finetune(args: argparse.Namespace) -> int:
             trainer.cleanup()
     from mtsmart.evaluation import format_table
 
-    print(format_table({n: s["best"]["results"][n] for n, s in summaries.items()}, "dev"))
+    print(format_table({n: s["best"]["results"][n] for n, s in summaries.items()},
+                       {n: t.eval_split for n, t in tasks.items()}))
     print(f"\nfine-tuned checkpoints in {args.output}" + ("/TASK/best" if several else "/best"))
     return 0
 

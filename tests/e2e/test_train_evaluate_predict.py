@@ -649,3 +649,14 @@ def test_a_checkpoint_finds_its_data_without_data_dir(run_dir, tmp_path, cache, 
     capsys.readouterr()
     assert main(["evaluate", str(run_dir / "best"), "--data-dir", str(tmp_path), "--out", str(out_file)]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_evaluate_names_its_file_and_table_rows_after_the_split(run_dir, tmp_path, cache, capsys):
+    import shutil
+
+    checkpoint = tmp_path / "best"
+    shutil.copytree(run_dir / "best", checkpoint)
+    assert main(["evaluate", str(checkpoint), "--data-dir", str(E2E)]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["pairs"], ["scores"])]
+    assert rows == [["pairs", "dev"], ["scores", "dev"]]
+    assert read_json(checkpoint / "eval_dev.json")["splits"] == {"pairs": "dev", "scores": "dev"}
