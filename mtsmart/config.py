@@ -359,6 +359,9 @@ def validate_train(cfg: TrainConfig, where: str) -> None:
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise ConfigError(f"{where}.num_threads: must be >= 1, got {cfg.num_threads} "
                           "(leave it unset for torch's default)")
+    if cfg.num_hidden_layers is not None and cfg.num_hidden_layers < 1:
+        raise ConfigError(f"{where}.num_hidden_layers: must be >= 1, got {cfg.num_hidden_layers} "
+                          "(leave it unset to keep every layer)")
     if cfg.patience is not None and cfg.patience < 1:
         raise ConfigError(f"{where}.patience: must be >= 1 evaluation, got {cfg.patience} "
                           "(leave it unset to train to the end)")

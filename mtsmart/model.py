@@ -132,13 +132,20 @@ class MultiTaskModel(nn.Module):
     def from_pretrained(cls, name_or_path: str, tasks: Iterable[TaskDef],
                         num_hidden_layers: Optional[int] = None,
                         trust_remote_code: bool = False, pooling: str = "cls") -> "MultiTaskModel":
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
 
         kwargs = {"trust_remote_code": trust_remote_code}
-        if num_hidden_layers is not None:
-            kwargs["num_hidden_layers"] = num_hidden_layers
         try:
             with quiet_transformers():
+                if num_hidden_layers is not None:
+                    # Truncation only: more layers than the encoder has would be new random
+                    # ones, and transformers' warning about them is silenced here.
+                    available = getattr(AutoConfig.from_pretrained(name_or_path, **kwargs),
+                                        "num_hidden_layers", None)
+                    if available is not None and num_hidden_layers > available:
+                        raise ConfigError(f"training.num_hidden_layers: {num_hidden_layers}, but the encoder "
+                                          f"{name_or_path} has {available} layers (valid: 1 to {available})")
+                    kwargs["num_hidden_layers"] = num_hidden_layers
                 encoder = AutoModel.from_pretrained(name_or_path, **kwargs)
         except LOAD_ERRORS as err:
             raise _encoder_load_error(name_or_path, err) from None

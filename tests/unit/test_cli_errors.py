@@ -286,3 +286,12 @@ def test_adapt_reads_a_dotted_key_value_before_the_flags_as_an_override(workdir,
                           "--output", str(workdir / "adapt")], capsys)
     assert_one_line(code, err, "training.optim.lr", "training.optim.lr=-1")
     assert "START" not in err
+
+
+@pytest.mark.parametrize("layers, expected", [("3", ["has 2 layers", "valid: 1 to 2"]), ("0", ["must be >= 1"])])
+def test_num_hidden_layers_only_truncates(workdir, tiny_model_dir, capsys, layers, expected):
+    """More layers than the encoder has would be new random layers; refused, as is 0."""
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--num-hidden-layers", layers), capsys)
+    assert_one_line(code, err, "num_hidden_layers", *expected)
+    assert not (workdir / "out").exists() or not any((workdir / "out").iterdir())
