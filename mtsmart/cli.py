@@ -276,6 +276,9 @@ def build_parser() -> ArgumentParser:
                          help="predict a file of your own instead of a split: tsv, csv or jsonl "
                               "(by extension) whose header names the task's text fields; "
                               "one task; other columns are ignored")
+    predict.add_argument("--quoting", choices=("minimal", "none"),
+                         help="--input's quotes: minimal (csv quoting) or none (quotes are text, as in "
+                              "GLUE's tsv files); default: as the task's own eval split is read")
     add_checkpoint_data_dir_flag(predict)
     predict.add_argument("--out", required=True, metavar="PATH",
                          help="a .tsv file (one task) or a directory (one TASK.tsv per task)")
@@ -590,7 +593,9 @@ def command_predict(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
     tasks, data_dir = _checkpoint_tasks(loaded, args, args.task, "--task")
     if args.input is not None:
-        tasks = _with_input_split(tasks, args.input)
+        tasks = _with_input_split(tasks, args.input, args.quoting)
+    elif args.quoting is not None:
+        raise ConfigError("--quoting applies to --input: a split is read as its task definition says")
     single_file = len(tasks) == 1 and args.out.endswith((".tsv", ".txt"))
     if not single_file:
         os.makedirs(args.out, exist_ok=True)
@@ -613,8 +618,9 @@ def command_predict(args: argparse.Namespace) -> int:
 INPUT_SPLIT = "--input"  # named after the flag, so it does not shadow a split a task file declares
 
 
-def _with_input_split(tasks: dict, path: str) -> dict:
-    """The one task, with ``path`` as an extra split read by its header's column names."""
+def _with_input_split(tasks: dict, path: str, quoting: Optional[str]) -> dict:
+    """The one task, with ``path`` as an extra split read by its header's column names and,
+    unless ``quoting`` says otherwise, with the quoting of the task's own eval split."""
     from dataclasses import replace
 
     from mtsmart.tasks import FileSource
@@ -622,7 +628,10 @@ def _with_input_split(tasks: dict, path: str) -> dict:
     if len(tasks) != 1:
         raise ConfigError(f"--input predicts one task; --task names {len(tasks)} ({', '.join(tasks)})")
     (name, task), = tasks.items()
-    return {name: replace(task, splits={**task.splits, INPUT_SPLIT: FileSource(path=os.path.abspath(path))})}
+    own = task.splits.get(task.eval_split)
+    quoting = quoting or (own.quoting if isinstance(own, FileSource) else FileSource.quoting)
+    source = FileSource(path=os.path.abspath(path), quoting=quoting)
+    return {name: replace(task, splits={**task.splits, INPUT_SPLIT: source})}
 
 
 def _load_finetune_tasks(args: argparse.Namespace):

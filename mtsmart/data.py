@@ -71,9 +71,17 @@ def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
     quoting = csv.QUOTE_NONE if src.quoting == "none" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     try:
+        start = 1
         for row in reader:
+            if fmt == "tsv" and quoting == csv.QUOTE_MINIMAL and reader.line_num > start:
+                # A quote that opens a field and runs over line ends: in a tsv file that is
+                # a literal quote (GLUE's files have them), and reading on would merge rows.
+                raise DataError(f"{src.path} line {start}: a double quote opens a field that runs on to "
+                                f"line {reader.line_num}, merging rows; if quotes are literal text in "
+                                "this file, read it with quoting: none (predict --input: --quoting none)")
             if row and any(field.strip() for field in row):
                 yield reader.line_num, row
+            start = reader.line_num + 1
     except csv.Error as err:
         raise DataError(f"{src.path} line {reader.line_num}: malformed {fmt}: {err}") from None
 

@@ -660,3 +660,19 @@ def test_evaluate_names_its_file_and_table_rows_after_the_split(run_dir, tmp_pat
     rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["pairs"], ["scores"])]
     assert rows == [["pairs", "dev"], ["scores", "dev"]]
     assert read_json(checkpoint / "eval_dev.json")["splits"] == {"pairs": "dev", "scores": "dev"}
+
+
+def test_predict_input_with_literal_quotes_loses_no_row(run_dir, tmp_path, cache, capsys):
+    """A tsv whose quotes are text (as in GLUE's files): --quoting none reads every row;
+    csv quoting would merge rows at the stray quote, which is an error, never a short file."""
+    stray = tmp_path / "stray.tsv"
+    stray.write_text('first\tsecond\n"the cat\tsat\na dog\tran"\nthe man\twalked\n', encoding="utf-8")
+    assert main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--input", str(stray),
+                 "--quoting", "none", "--out", str(tmp_path / "p.tsv")]) == 0
+    assert len(read_tsv(tmp_path / "p.tsv")[1]) == 3
+    capsys.readouterr()
+    assert main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--input", str(stray),
+                 "--quoting", "minimal", "--out", str(tmp_path / "q.tsv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line 2" in err[0] and "--quoting none" in err[0], err
+    assert not (tmp_path / "q.tsv").exists()

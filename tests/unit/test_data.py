@@ -109,7 +109,19 @@ def test_minimal_quoting_swallows_lines_after_an_unbalanced_quote():
                     labels=("entailment", "not_entailment"))
     with pytest.raises(DataError) as err:
         read(task)
-    assert "rte_like.tsv line 5" in str(err.value)
+    assert "rte_like.tsv line 3" in str(err.value) and "quoting: none" in str(err.value)
+
+
+def test_a_quote_that_merges_tsv_rows_is_an_error_not_a_lost_row(tmp_path):
+    """The rows a stray quote merges can look like one good row (two fields here): the
+    reader stops at the quote instead of silently reading two examples as one."""
+    (tmp_path / "q.tsv").write_text('sentence\tlabel\n"a b\t1\nc d"\t0\ne f\t1\n', encoding="utf-8")
+    task = cls_task({"path": "q.tsv", "quoting": "minimal"}, text_fields=("sentence",))
+    with pytest.raises(DataError) as err:
+        read_split(task, "train", str(tmp_path))
+    assert "q.tsv line 2" in str(err.value) and "line 3" in str(err.value)
+    task = cls_task({"path": "q.tsv", "quoting": "none"}, text_fields=("sentence",))
+    assert len(read_split(task, "train", str(tmp_path)).texts) == 3
 
 
 def test_mrpc_like_bom_header_and_named_columns():
