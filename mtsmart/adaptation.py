@@ -30,17 +30,6 @@ PLOT_PNG = "plot.png"
 # TrainConfig fields that do not change what a run learns (or that each run sets itself).
 _NOT_RECIPE = ("encoder", "seed", "max_steps", "eval_every", "eval_batch_size", "log_every",
                "num_threads", "eval_teacher", "save_checkpoints", "keep_last")
-# The settings each run sets for itself (below, in run_adaptation), and why a value the user
-# gives for one would do nothing: the command line refuses them.
-SET_PER_RUN = {
-    "seed": "each run's seed is one of --seeds",
-    "max_steps": "each run's updates come from --epochs and --min-steps",
-    "eval_every": "each run is evaluated once, at its end",
-    "patience": "each run is evaluated once, at its end",
-    "eval_teacher": "it scores the student only",
-    "save_checkpoints": "it keeps no checkpoints",
-    "keep_last": "it keeps no checkpoints",
-}
 _INT_COLUMNS = ("n_train", "seed", "steps")
 _TEXT_COLUMNS = ("start", "start_path", "task", "size", "recipe")
 
@@ -122,6 +111,7 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                 indices = stratified_subset(pool.targets, n, seed, stratify=is_classification)
                 batches_per_epoch = -(-n // cfg.batch_size)
                 steps = max(min_steps, int(np.ceil(cfg.epochs * batches_per_epoch)))
+                # config.ADAPT_SETS_PER_RUN: the settings set here, refused on the command line
                 run_cfg = replace(cfg, seed=seed, max_steps=steps, eval_every=steps,
                                   eval_teacher=False, save_checkpoints=False,
                                   encoder=cfg.encoder if start.is_checkpoint else start.path)

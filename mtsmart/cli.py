@@ -13,7 +13,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from mtsmart.config import (CHECKPOINT_WEIGHTS, LR_SCHEDULES, NORMS, PRECISIONS, SAMPLERS, SMART_MODES,
-                            RUN_ONLY_SETTINGS, SMART_PRESETS, SamplerConfig, SmartConfig, load_yaml,
+                            ADAPT_SETS_PER_RUN, RUN_ONLY_SETTINGS, SMART_PRESETS, SamplerConfig, SmartConfig, load_yaml,
                             parse_override)
 from mtsmart.errors import ConfigError, MtsmartError
 
@@ -307,8 +307,10 @@ def build_parser() -> ArgumentParser:
         "adapt", help="domain adaptation: fine-tune start points on fractions of a task's data",
         description="For every start point, training size and seed: draw a deterministic, "
                     "label-stratified subset of the task's training pool, fine-tune, evaluate on "
-                    "its eval split. Writes DIR/results.csv, DIR/table.md, DIR/plot.png and "
-                    "TensorBoard scalars under DIR/tensorboard.")
+                    "its eval split. Each run's seed comes from --seeds, its updates from --epochs "
+                    "(at least --min-steps), and it is evaluated once, at its end. Writes "
+                    "DIR/results.csv, DIR/table.md, DIR/plot.png and TensorBoard scalars under "
+                    "DIR/tensorboard.")
     adapt.add_argument("starts", nargs="+", metavar="START",
                        help="checkpoint directories or raw encoders (name or directory), "
                             "optionally labelled LABEL=PATH")
@@ -328,6 +330,9 @@ def build_parser() -> ArgumentParser:
                        help="one run folder per start point, size and seed, plus results.csv, "
                             "table.md and plot.png")
     add_common_training_flags(adapt)
+    for action in adapt._actions:  # set for each run by adapt: hidden here, refused with the reason
+        if action.dest in ADAPT_SETS_PER_RUN:
+            action.help = argparse.SUPPRESS
 
     export = sub.add_parser(
         "export", help="export one task as a Hugging Face sequence-classification model",
@@ -687,7 +692,7 @@ def command_finetune(args: argparse.Namespace) -> int:
 
 
 def command_adapt(args: argparse.Namespace) -> int:
-    from mtsmart.adaptation import SET_PER_RUN, parse_start, run_adaptation
+    from mtsmart.adaptation import parse_start, run_adaptation
     from mtsmart.checkpoint import TASKS_FILE, encoder_source_problem
     from mtsmart.tasks import build_task_file, load_task_file, resolve_data_dir
 
@@ -702,10 +707,10 @@ def command_adapt(args: argparse.Namespace) -> int:
     overrides = collect_overrides(args)
     for path, value, text in overrides:
         path = path if path[0] in ("training", "tasks", "data_dir") else ["training", *path]
-        if (len(path) == 2 and path[0] == "training" and path[1] in SET_PER_RUN
+        if (len(path) == 2 and path[0] == "training" and path[1] in ADAPT_SETS_PER_RUN
                 and not (text == "--epochs" and value is None)):  # --epochs clearing max_steps
             raise ConfigError(f"{text}: adapt sets training.{path[1]} for each run itself "
-                              f"({SET_PER_RUN[path[1]]})")
+                              f"({ADAPT_SETS_PER_RUN[path[1]]})")
     if args.task_defs:
         task_file = load_task_file(args.task_defs, overrides)
     else:

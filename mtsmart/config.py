@@ -34,6 +34,19 @@ RUN_ONLY_SETTINGS = ("num_threads", "eval_batch_size", "eval_every", "eval_teach
                      "keep_last", "patience", "gradient_checkpointing")
 
 
+# The settings `adapt` sets for each of its runs (adaptation.run_adaptation), and why a
+# value the user gives for one would do nothing: its command line refuses them.
+ADAPT_SETS_PER_RUN = {
+    "seed": "each run's seed is one of --seeds",
+    "max_steps": "each run's updates come from --epochs and --min-steps",
+    "eval_every": "each run is evaluated once, at its end",
+    "patience": "each run is evaluated once, at its end",
+    "eval_teacher": "it scores the student only",
+    "save_checkpoints": "it keeps no checkpoints",
+    "keep_last": "it keeps no checkpoints",
+}
+
+
 @dataclass(frozen=True)
 class SmartConfig:
     """SMART settings (see docs/smart.md). Names are the YAML keys.

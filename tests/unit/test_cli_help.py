@@ -81,3 +81,14 @@ def test_an_inherited_switch_can_be_turned_off(flag, key):
     for given, value in ((f"--{flag}", True), (f"--no-{flag}", False)):
         args = _parse(build_parser(), ["finetune", "ckpt", "--task", "t", "-o", "out", given])
         assert (["training", key], value) in [(path, v) for path, v, _ in collect_overrides(args)]
+
+
+def test_adapt_help_offers_no_setting_adapt_sets_for_each_run(capsys):
+    from mtsmart.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["adapt", "--help"])
+    shown = capsys.readouterr().out
+    assert "--seeds" in shown and "--min-steps" in shown
+    for flag in ("--seed ", "--max-steps", "--eval-every", "--patience", "--keep-last"):
+        assert flag not in shown, flag
