@@ -62,6 +62,20 @@ def _state_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
 
 
+def share_like_other_files(root: str) -> None:
+    """Give a finished folder built in a private temporary directory the permissions any
+    file the user writes gets (the umask's): mkdtemp makes it 0700 and safetensors writes
+    0600, which a serving process or a colleague could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+
+
 def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str, TaskDef],
                     training: TrainConfig, meta: dict, teacher_state: Optional[dict] = None,
                     trainer_state: Optional[dict] = None, data_dir: Optional[str] = None) -> None:
@@ -93,6 +107,7 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
             json.dump({"format_version": FORMAT_VERSION, "heads": heads,
                        "pooling": model.pooling, "written_by": software_versions(), **meta}, handle,
                       indent=2, sort_keys=True)
+        share_like_other_files(tmp)
         if os.path.exists(path):
             old = f"{tmp}.old"
             os.replace(path, old)
@@ -221,6 +236,9 @@ def read_meta(path: str) -> dict:
         if inside:  # a run directory (or a folder of runs) given for one of its checkpoints
             raise CheckpointError(f"{path}: not a checkpoint but a folder of them; pass one of: "
                                   f"{', '.join(inside)}")
+        if os.path.isfile(os.path.join(path, "config.json")):
+            raise CheckpointError(f"{path}: an encoder, not an mtsmart checkpoint (no {META_FILE}); train "
+                                  f"from it with mtsmart train --encoder {path}")
         raise CheckpointError(f"{path}: incomplete checkpoint (no {META_FILE})")
     with open(meta_path, encoding="utf-8") as handle:
         meta = json.load(handle)

@@ -193,7 +193,9 @@ def add_common_training_flags(parser: argparse.ArgumentParser) -> None:
                         help="resumable checkpoints to keep: last/ plus N-1 under checkpoints/")
     parser.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=None,
                         help="allow an encoder's own Python code from the hub (off unless given)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no line per evaluation (metrics.jsonl and "
+                             "TensorBoard still get every one)")
     add_smart_flags(parser)
 
 
@@ -498,10 +500,19 @@ def command_train(args: argparse.Namespace) -> int:
     if summary["stopped_early"]:
         print(f"\nstopped early at step {summary['stopped_at']} of {summary['total_updates']}: "
               f"no better {summary['select_metric']} in the last {summary['patience']} evaluations")
-    print(f"\ntrained {summary['stopped_at']} steps in {summary['train_seconds']:.0f} s; "
-          f"checkpoints in {args.output}/best and {args.output}/last")
+    print(f"\n{steps_trained(summary['first_step'], summary['stopped_at'])} in "
+          f"{summary['train_seconds']:.0f} s; checkpoints in {args.output}/best and {args.output}/last")
     print(f"watch it in TensorBoard:  tensorboard --logdir {args.output}")
     return 0
+
+
+def steps_trained(first_step: int, stopped_at: int) -> str:
+    """What this session trained: a resumed run counts only its own updates."""
+    if first_step == 0:
+        return f"trained {stopped_at} steps"
+    if stopped_at > first_step:
+        return f"trained steps {first_step + 1}-{stopped_at} ({stopped_at - first_step} this session)"
+    return f"trained nothing: the run had finished at step {stopped_at}"
 
 
 def dry_run(args: argparse.Namespace, training, tasks, data_dir: str) -> int:
@@ -601,7 +612,14 @@ def command_predict(args: argparse.Namespace) -> int:
         tasks = _with_input_split(tasks, args.input, args.quoting)
     elif args.quoting is not None:
         raise ConfigError("--quoting applies to --input: a split is read as its task definition says")
-    single_file = len(tasks) == 1 and args.out.endswith((".tsv", ".txt"))
+    extension = os.path.splitext(args.out.rstrip("/"))[1].lower()
+    single_file = extension in (".tsv", ".txt")
+    if extension and not single_file:
+        raise ConfigError(f"--out {args.out}: predictions are written as tsv; give a .tsv file (one task) "
+                          "or a directory")
+    if single_file and len(tasks) > 1:
+        raise ConfigError(f"--out {args.out}: one file, for {len(tasks)} tasks ({', '.join(tasks)}); "
+                          "give a directory, which gets one TASK.tsv per task")
     if not single_file:
         os.makedirs(args.out, exist_ok=True)
     for name, task in tasks.items():

@@ -33,7 +33,9 @@ def describe(trainer, source: str) -> str:
         f"device    {device_description(trainer.device)}, precision {cfg.precision}"
         + (", gradient checkpointing" if cfg.gradient_checkpointing else ""),
         f"updates   {plan.total_updates} ({plan.total_updates / updates_per_epoch:.2f} epochs of "
-        f"{updates_per_epoch}), warm-up {plan.warmup_updates}, evaluation every {plan.eval_every}"
+        f"{updates_per_epoch}), warm-up {plan.warmup_updates}, "
+        + (f"evaluation every {plan.eval_every} and at the end" if plan.eval_every < plan.total_updates
+           else f"one evaluation, at the end (update {plan.total_updates})")
         + (f", patience {cfg.patience} evaluations" if cfg.patience else ""),
         f"batches   {cfg.batch_size} examples × {cfg.grad_accum_steps} per update; lr {cfg.optim.lr:g} "
         f"({cfg.optim.schedule} after the warm-up"

@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from mtsmart.checkpoint import load_checkpoint
+from mtsmart.checkpoint import load_checkpoint, share_like_other_files
 from mtsmart.errors import CheckpointError
 from mtsmart.model import quiet_transformers
 
@@ -86,6 +86,7 @@ def export_task(checkpoint: str, task_name: str, out_dir: str, weights: str = "s
         with quiet_transformers():
             hf_model.save_pretrained(tmp)
             loaded.tokenizer.save_pretrained(tmp)
+        share_like_other_files(tmp)
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

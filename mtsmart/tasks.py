@@ -311,6 +311,11 @@ def build_task_file(raw: Any, path: str, overrides: list[tuple[list[str], Any, s
         if key_path[0] not in ("training", "tasks", "data_dir"):
             # Bare keys are training settings: "seed=3" is short for "training.seed=3".
             key_path = ["training", *key_path]
+        tasks = raw.get("tasks")
+        if (key_path[0] == "tasks" and len(key_path) > 2 and isinstance(tasks, dict)
+                and key_path[1] not in tasks):
+            # a typo in the task's name would otherwise read as a new task missing its 'type'
+            raise ConfigError(f"{text}: no task {key_path[1]!r} in {path} (tasks: {', '.join(map(str, tasks))})")
         apply_override(raw, key_path, value, text)
         set_by[tuple(key_path)] = text  # a later override wins, and is the one to blame
     try:

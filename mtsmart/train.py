@@ -442,7 +442,7 @@ class Trainer:
         window: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
         progress = tqdm(total=self.plan.total_updates, initial=self.global_step, unit="step",
                         desc="train", disable=not self.show_progress, dynamic_ncols=True)
-        start = time.perf_counter()
+        start, first_step = time.perf_counter(), self.global_step
         while self.global_step < self.plan.total_updates and not self.out_of_patience():
             for _ in range(cfg.grad_accum_steps):
                 self._micro_step(window)
@@ -464,7 +464,7 @@ class Trainer:
                 self.evaluate_and_checkpoint()
         progress.close()
         elapsed = time.perf_counter() - start
-        return self._finish(elapsed)
+        return self._finish(elapsed, first_step)
 
     def out_of_patience(self) -> bool:
         """True once ``patience`` evaluations in a row have not bettered the selection score.
@@ -651,9 +651,9 @@ class Trainer:
                         teacher_state=self.teacher.state_dict() if self.teacher else None,
                         trainer_state=trainer_state, data_dir=self.data_dir)
 
-    def _finish(self, elapsed: float) -> Optional[dict]:
+    def _finish(self, elapsed: float, first_step: int) -> Optional[dict]:
         """The run's summary (written to results.json); None on replicas other than the
-        main one."""
+        main one. ``first_step``: where this session began (0 unless resumed)."""
         counters = self._global_counters()
         if not self.replicas.is_main:
             return None
@@ -666,7 +666,8 @@ class Trainer:
                      "selection_score": best["selection_score"]},
             "last": {"global_step": records[-1]["global_step"], "results": records[-1]["results"]},
             "select_metric": self.cfg.select_metric,
-            "train_seconds": elapsed,
+            "train_seconds": elapsed,  # this session's, from update first_step on
+            "first_step": first_step,
             "total_updates": self.plan.total_updates,
             # the update training stopped at: total_updates unless patience ran out
             "stopped_at": records[-1]["global_step"],

@@ -128,3 +128,12 @@ def test_a_task_may_choose_its_own_smart_mode(tmp_path, tiny_model_dir, monkeypa
     assert main(["train", str(task_file), "--output", str(tmp_path / "b"), "--smart", "full",
                  "tasks.score.smart.teacher_beta=0.9"]) == 2
     assert "'teacher_beta' cannot be set per task" in capsys.readouterr().err
+
+
+def test_a_run_shorter_than_an_epoch_plans_one_evaluation(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    assert dry_run(task_file, tiny_model_dir, tmp_path / "a", "--max-steps", "3", "--batch-size", "4") == 0
+    assert "one evaluation, at the end (update 3)" in capsys.readouterr().out
+    assert dry_run(task_file, tiny_model_dir, tmp_path / "b", "--max-steps", "12", "--eval-every", "5") == 0
+    assert "evaluation every 5 and at the end" in capsys.readouterr().out

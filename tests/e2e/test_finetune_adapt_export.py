@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,10 @@ def test_export_round_trip_matches_predict(mt_checkpoint, tmp_path):
                  "--out", str(preds_path)]) == 0
     export_dir = tmp_path / "hf"
     assert main(["export", str(ckpt), "--task", "pairs", "--out", str(export_dir)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [export_dir, *export_dir.rglob("*")]:  # as readable as any file the user writes
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path
     classifier = pipeline("text-classification", model=str(export_dir), truncation=True)
     with open(data / "pairs_dev.tsv") as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle][1:]

@@ -209,6 +209,15 @@ def test_resume_refuses_settings_other_than_the_runs(tmp_path, tiny_model_dir, m
     start[start.index("--encoder") + 1] = tiny_model_dir.name
     assert main(start + ["--max-steps", "4", "--smart", "full", "--num-threads", "1", "log_every=1",
                          "--resume"]) == 0
+    assert "trained nothing: the run had finished at step 4" in capsys.readouterr().out
     sessions = json.loads((out / "run.json").read_text())["sessions"]
     assert [s["command"][-1] for s in sessions] == ["full", "--resume"]
     assert sessions[0]["data"] == sessions[1]["data"]
+
+
+def test_the_closing_line_counts_this_sessions_steps():
+    from mtsmart.cli import steps_trained
+
+    assert steps_trained(0, 40) == "trained 40 steps"
+    assert steps_trained(10, 40) == "trained steps 11-40 (30 this session)"
+    assert steps_trained(40, 40) == "trained nothing: the run had finished at step 40"

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -131,6 +132,12 @@ def test_checkpoint_is_complete(run_dir, tiny_model_dir, which):
     ckpt = run_dir / which
     for name in CHECKPOINT_FILES:
         assert (ckpt / name).is_file(), f"{which}/{name} missing"
+    # readable as any file the user writes (umask), not private to the writing process
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [ckpt, *ckpt.rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == expected, f"{path}: {oct(path.stat().st_mode & 0o777)}"
     meta = read_json(ckpt / "meta.json")
     assert meta["format_version"] == 1
     assert meta["heads"] == {"pairs": [2, 0.1], "scores": [1, 0.1]}
@@ -676,3 +683,13 @@ def test_predict_input_with_literal_quotes_loses_no_row(run_dir, tmp_path, cache
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "line 2" in err[0] and "--quoting none" in err[0], err
     assert not (tmp_path / "q.tsv").exists()
+
+
+@pytest.mark.parametrize("out, task, says", [("two.tsv", "all", "one file, for 2 tasks"),
+                                             ("p.csv", CLS_TASK, "written as tsv")])
+def test_predict_out_that_cannot_hold_the_predictions_is_refused(run_dir, tmp_path, cache, capsys, out, task, says):
+    assert main(["predict", str(run_dir / "best"), "--task", task, "--data-dir", str(E2E),
+                 "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not (tmp_path / out).exists()

@@ -295,3 +295,14 @@ def test_num_hidden_layers_only_truncates(workdir, tiny_model_dir, capsys, layer
     code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--num-hidden-layers", layers), capsys)
     assert_one_line(code, err, "num_hidden_layers", *expected)
     assert not (workdir / "out").exists() or not any((workdir / "out").iterdir())
+
+
+def test_an_override_of_a_task_the_file_lacks_names_the_tasks(workdir, tiny_model_dir, capsys):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, overrides=["tasks.tinyy.max_length=64"]), capsys)
+    assert_one_line(code, err, "tasks.tinyy.max_length=64", "no task 'tinyy'", "tasks: tiny")
+
+
+def test_an_encoder_given_as_a_checkpoint_is_called_an_encoder(tiny_model_dir, capsys):
+    code, err = run_main(["evaluate", str(tiny_model_dir)], capsys)
+    assert_one_line(code, err, str(tiny_model_dir), "an encoder, not an mtsmart checkpoint", "--encoder")
