@@ -18,15 +18,16 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mtsmart.checkpoint import is_checkpoint
-from mtsmart.config import TrainConfig
+from mtsmart.config import TrainConfig, flatten_settings
 from mtsmart.data import load_tokenized, default_cache_dir, stratified_subset
 from mtsmart.errors import ConfigError
-from mtsmart.metric_logging import MetricLogger
+from mtsmart.metric_logging import MetricLogger, write_json
 from mtsmart.tasks import TaskDef
 
 RESULTS_CSV = "results.csv"
 TABLE_MD = "table.md"
 PLOT_PNG = "plot.png"
+RECIPE_JSON = "recipe.json"  # the settings behind results.csv's recipe column, to name a change
 # TrainConfig fields that do not change what a run learns (or that each run sets itself).
 _NOT_RECIPE = ("encoder", "seed", "max_steps", "eval_every", "eval_batch_size", "log_every",
                "num_threads", "eval_teacher", "save_checkpoints", "keep_last")
@@ -98,8 +99,10 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     is_classification = task.type == "classification"
     summary_logger = MetricLogger(os.path.join(output_dir, "tensorboard"))
     csv_path = os.path.join(output_dir, RESULTS_CSV)
-    recipe = recipe_fingerprint(task, cfg, min_steps)
-    rows = read_previous_runs(csv_path, task.name, recipe)
+    settings = recipe_settings(task, cfg, min_steps)
+    recipe = recipe_fingerprint(settings)
+    rows = read_previous_runs(csv_path, task.name, settings)
+    write_json(os.path.join(output_dir, RECIPE_JSON), settings)
     done = {(r["start"], r["start_path"], r["n_train"], r["seed"]) for r in rows}
     for start in starts:
         for spec, n in sizes:
@@ -146,31 +149,37 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     return rows
 
 
-def recipe_fingerprint(task: TaskDef, cfg: TrainConfig, min_steps: int) -> str:
-    """A short hash of everything that decides what a run learns besides its start point,
-    size and seed: a results.csv only ever mixes runs of one recipe."""
+def recipe_settings(task: TaskDef, cfg: TrainConfig, min_steps: int) -> dict:
+    """Everything that decides what a run learns besides its start point, size and seed,
+    as plain JSON values."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_RECIPE}
     task_settings = {k: v for k, v in asdict(task).items() if k != "defined_in"}
-    text = json.dumps({"training": settings, "task": task_settings, "min_steps": min_steps},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return json.loads(json.dumps({"training": settings, "task": task_settings, "min_steps": min_steps},
+                                 default=str))
 
 
-def read_previous_runs(path: str, task_name: str, recipe: str) -> list[dict]:
+def recipe_fingerprint(settings: dict) -> str:
+    """A short hash of a recipe: a results.csv only ever mixes runs of one recipe."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_previous_runs(path: str, task_name: str, settings: dict) -> list[dict]:
     """The rows of an earlier (perhaps interrupted) adapt into the same folder, so that
     runs already done are kept and not run again. Rows of another task or recipe are an
     error: reusing them would silently mix two experiments in one table."""
     if not os.path.exists(path):
         return []
+    recipe = recipe_fingerprint(settings)
     with open(path, newline="", encoding="utf-8") as handle:
         previous = list(csv.DictReader(handle))
     rows = []
     for line, raw in enumerate(previous, start=2):
         if raw.get("task") != task_name or raw.get("recipe") != recipe:
+            changes = _recipe_changes(os.path.join(os.path.dirname(path), RECIPE_JSON), settings)
             raise ConfigError(
                 f"{path}: line {line} is a run of task {raw.get('task')!r} with recipe "
                 f"{raw.get('recipe')!r}, this command is task {task_name!r} with recipe {recipe!r} "
-                "(other settings); give a new --output or remove that file")
+                f"({changes}); give a new --output or remove that file")
         try:
             rows.append({k: (v if k in _TEXT_COLUMNS else int(v) if k in _INT_COLUMNS else float(v))
                          for k, v in raw.items()})
@@ -178,6 +187,19 @@ def read_previous_runs(path: str, task_name: str, recipe: str) -> list[dict]:
             raise ConfigError(f"{path}: line {line} is not a complete results row; "
                               "remove the file to start over") from None
     return rows
+
+
+def _recipe_changes(path: str, settings: dict) -> str:
+    """The settings that differ from the recipe saved beside results.csv, as --resume names
+    them (a folder written before recipe.json was kept only knows "other settings")."""
+    if not os.path.exists(path):
+        return "other settings"
+    with open(path, encoding="utf-8") as handle:
+        before = flatten_settings(json.load(handle))
+    now = flatten_settings(settings)
+    changed = [f"{key} was {before.get(key)}, now {now.get(key)}" for key in sorted(set(before) | set(now))
+               if before.get(key) != now.get(key)]
+    return "; ".join(changed[:3]) + (f"; {len(changed) - 3} more" if len(changed) > 3 else "") or "other settings"
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:

@@ -213,6 +213,7 @@ def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
     assert main(["adapt", f"mt={ckpt}", "--seeds", "3", "--lr", "3e-4", *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "results.csv" in err[0] and "recipe" in err[0] and "--output" in err[0]
+    assert "training.optim.lr was 0.001, now 0.0003" in err[0], err  # the change, named
     assert (out / "results.csv").read_text() == before
 
 
