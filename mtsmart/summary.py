@@ -48,19 +48,20 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     with open(results_path, encoding="utf-8") as handle:
         summary = json.load(handle)
     training = summary.get("training") or _training_from_checkpoint(path)
-    key = "teacher_results" if weights == "teacher" else "results"
-    results = summary[which].get(key)
-    if results is None:
-        raise ConfigError(f"{path}: no teacher results for the {which} evaluation (a run without "
-                          "the Bregman teacher, or --which best, which only the student has)")
+    if weights == "teacher" and which == "best":
+        raise ConfigError("--weights teacher: the best evaluation is the student's own (selected on "
+                          "the student's score); the teacher has --which last")
     metrics = summary.get("main_metrics") or _main_metrics_from_checkpoint(path)
+    # A run without the Bregman term has no teacher: its row shows – for the teacher
+    results = summary[which].get("teacher_results" if weights == "teacher" else "results", {})
     settings = flatten_settings(training)
     recipe = {k: v for k, v in settings.items() if k not in NOT_RECIPE}
     # Single-task runs of one recipe share a row, a column per task; a multi-task run's
     # task set is part of its recipe.
-    recipe["tasks"] = ",".join(sorted(results)) if len(results) > 1 else "one each"
+    recipe["tasks"] = ",".join(sorted(metrics)) if len(metrics) > 1 else "one each"
     return FinishedRun(path, int(training.get("seed", 0)), recipe,
-                       {task: 100 * results[task][metric] for task, metric in metrics.items()}, metrics)
+                       {task: 100 * results[task][metric] for task, metric in metrics.items() if task in results},
+                       metrics)
 
 
 def _training_from_checkpoint(path: str) -> dict:
@@ -86,7 +87,7 @@ def summarize(runs: list[FinishedRun]) -> str:
     for run in runs:
         recipes.setdefault(json.dumps(run.recipe, sort_keys=True, default=str), []).append(run)
     groups = list(recipes.values())
-    tasks = sorted({task for run in runs for task in run.scores})
+    tasks = sorted({task for run in runs for task in run.metrics})
     labels = _labels([group[0].recipe for group in groups])
     header = ["recipe", "seeds"] + [f"{task} ({_metric_name(runs, task)})" for task in tasks]
     average_column = len(tasks) > 1
@@ -97,7 +98,7 @@ def summarize(runs: list[FinishedRun]) -> str:
         per_task = {task: _by_seed(label, task, group) for task in tasks}
         seed_sets = {tuple(values) for values in per_task.values() if values}
         seeds = sorted({seed for values in per_task.values() for seed in values})
-        cells = [label, ", ".join(map(str, seeds))]
+        cells = [label, ", ".join(map(str, sorted({run.seed for run in group})))]
         for task in tasks:
             values = list(per_task[task].values())
             cells.append(f"{_mean_std(values)} [{', '.join(f'{v:.2f}' for v in values)}]" if values else "–")

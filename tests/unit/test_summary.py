@@ -56,8 +56,22 @@ def test_best_and_teacher_scores_are_read_when_asked(tmp_path):
     assert read_run(str(run)).scores["rte"] == pytest.approx(55.0)
     assert read_run(str(run), which="best").scores["rte"] == pytest.approx(90.0)
     assert read_run(str(run), weights="teacher").scores["rte"] == pytest.approx(57.0)
-    with pytest.raises(ConfigError, match="no teacher results for the best evaluation"):
+    with pytest.raises(ConfigError, match="the best evaluation is the student's own"):
         read_run(str(run), which="best", weights="teacher")
+
+
+def test_the_teacher_table_of_runs_with_and_without_a_teacher(tmp_path, caplog):
+    """A folder that mixes plain and SMART runs: the plain runs' teacher cells are –, and
+    the table is still made; an unfinished run in the folder is named, not dropped silently."""
+    write_run(tmp_path / "grid" / "plain", 1, {"rte": 0.55})
+    write_run(tmp_path / "grid" / "full", 1, {"rte": 0.58}, mode="full", teacher={"rte": 0.57})
+    (tmp_path / "grid" / "running").mkdir()
+    (tmp_path / "grid" / "running" / "run.json").write_text("{}")
+    paths = [tmp_path / "grid" / name for name in ("plain", "full")]
+    table = rows(summarize([read_run(str(p), weights="teacher") for p in paths]))
+    assert table == {"smart.mode=off": ["1", "–"], "smart.mode=full": ["1", "57.00 [57.00]"]}
+    assert main(["summarize", str(tmp_path / "grid"), "--weights", "teacher"]) == 0
+    assert any("running: left out, not finished" in r.getMessage() for r in caplog.records)
 
 
 def test_a_seed_twice_in_a_recipe_and_an_unfinished_run_are_refused(tmp_path, capsys):
