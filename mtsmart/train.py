@@ -234,6 +234,8 @@ class Trainer:
                         f"{task.where('labels')}: the checkpoint's head {name!r} has "
                         f"{self.model.heads[name].output_size} outputs, the task needs "
                         f"{head_spec(task)[0]}")
+                else:  # a rate, not a weight: the task definition's applies to this training
+                    self.model.heads[name].dropout.p = task.head_dropout
             self._init_teacher_state = loaded.teacher_state
         else:
             problem = encoder_source_problem(cfg.encoder)

@@ -296,3 +296,13 @@ def test_a_layer_count_a_checkpoint_cannot_take_is_named(mt_checkpoint, tmp_path
                  "--data-dir", str(tmp_path / "data"), "--max-steps", "1", "--num-hidden-layers", "2",
                  "--quiet"]) == 0
     assert not [r for r in caplog.records if "num_hidden_layers" in r.getMessage()]
+
+
+def test_finetune_applies_the_tasks_head_dropout_to_a_loaded_head(mt_checkpoint, tmp_path):
+    _, ckpt = mt_checkpoint
+    out = tmp_path / "ft"
+    assert main(["finetune", str(ckpt), "--task", "pairs", "--output", str(out), "--max-steps", "1",
+                 "tasks.pairs.head_dropout=0.3", "--quiet"]) == 0
+    import json
+
+    assert json.loads((out / "best" / "meta.json").read_text())["heads"]["pairs"] == [2, 0.3]
