@@ -345,6 +345,7 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--task", required=True, metavar="NAME", help="the task whose head to export")
     export.add_argument("--out", required=True, metavar="DIR",
                         help="the Hugging Face model directory to write")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     add_weights_flag(export, "export")
 
     compare = sub.add_parser(
@@ -766,7 +767,7 @@ def command_adapt(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     from mtsmart.export import export_task
 
-    out = export_task(args.checkpoint, args.task, args.out, weights=args.weights)
+    out = export_task(args.checkpoint, args.task, args.out, weights=args.weights, overwrite=args.overwrite)
     print(f"exported {args.task} to {out}: transformers.pipeline('text-classification', "
           f"model='{out}', truncation=True)")
     return 0

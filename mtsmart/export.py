@@ -31,12 +31,28 @@ def _classifier_state(model, task: str, kind: str) -> dict[str, torch.Tensor]:
             "classifier.out_proj.weight": head.weight, "classifier.out_proj.bias": head.bias}
 
 
-def export_task(checkpoint: str, task_name: str, out_dir: str, weights: str = "student") -> str:
+def check_export_target(checkpoint: str, out_dir: str, overwrite: bool) -> None:
+    """The export replaces ``out_dir`` whole: never the checkpoint itself or a folder that
+    holds it, and a folder with anything in it only when told to."""
+    out, source = os.path.realpath(out_dir), os.path.realpath(checkpoint)
+    if out == source or source.startswith(out + os.sep) or out.startswith(source + os.sep):
+        raise CheckpointError(f"--out {out_dir}: would replace the checkpoint {checkpoint} or a folder "
+                              "around or inside it; give a folder of its own")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CheckpointError(f"--out {out_dir}: a file; give a folder for the model")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise CheckpointError(f"--out {out_dir}: not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}); "
+                              "pass --overwrite to replace it")
+
+
+def export_task(checkpoint: str, task_name: str, out_dir: str, weights: str = "student",
+                overwrite: bool = False) -> str:
     """Write ``out_dir`` atomically; returns it. ``weights``: the checkpoint's student or its
-    SMART teacher. Raises CheckpointError for a task the checkpoint lacks or an encoder
-    family whose classification head does not match."""
+    SMART teacher. Raises CheckpointError for a task the checkpoint lacks, an encoder
+    family whose classification head does not match, or an ``out_dir`` it may not replace."""
     from transformers import AutoModelForSequenceClassification
 
+    check_export_target(checkpoint, out_dir, overwrite)
     loaded = load_checkpoint(checkpoint, weights=weights)
     if task_name not in loaded.model.heads:
         raise CheckpointError(f"{checkpoint}: no head for task {task_name!r} "

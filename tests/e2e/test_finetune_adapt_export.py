@@ -306,3 +306,22 @@ def test_finetune_applies_the_tasks_head_dropout_to_a_loaded_head(mt_checkpoint,
     import json
 
     assert json.loads((out / "best" / "meta.json").read_text())["heads"]["pairs"] == [2, 0.3]
+
+
+def test_export_never_replaces_the_checkpoint_and_asks_before_replacing_a_folder(mt_checkpoint, tmp_path, capsys):
+    _, ckpt = mt_checkpoint
+    run = ckpt.parent
+    before = sorted(p.name for p in run.iterdir())
+    for out in (ckpt, run, ckpt / "hf"):
+        assert main(["export", str(ckpt), "--task", "pairs", "--out", str(out), "--overwrite"]) == 2
+        assert "would replace the checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before and (ckpt / "meta.json").is_file()
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["export", str(ckpt), "--task", "pairs", "--out", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty (notes.txt)" in err[0] and "--overwrite" in err[0]
+    assert (other / "notes.txt").read_text() == "keep me"
+    assert main(["export", str(ckpt), "--task", "pairs", "--out", str(other), "--overwrite"]) == 0
+    assert (other / "config.json").is_file() and not (other / "notes.txt").exists()
