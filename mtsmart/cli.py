@@ -679,13 +679,16 @@ def _load_finetune_tasks(args: argparse.Namespace):
 
 def command_finetune(args: argparse.Namespace) -> int:
     from mtsmart.checkpoint import load_checkpoint_tasks
-    from mtsmart.tasks import resolve_data_dir, select_tasks
+    from mtsmart.tasks import check_same_head, resolve_data_dir, select_tasks
     from mtsmart.train import Trainer, prepare_output_dir
 
     task_file = _load_finetune_tasks(args)
     checkpoint_tasks = load_checkpoint_tasks(args.checkpoint)
     names = ",".join(checkpoint_tasks) if args.task == "all" else args.task
     tasks = select_tasks(task_file.tasks, names, "--task")
+    for name, task in tasks.items():
+        if name in checkpoint_tasks:  # the trained head is reused: its outputs must mean the same
+            check_same_head(task, checkpoint_tasks[name], args.checkpoint)
     note_shadowed_smart_settings(tasks, collect_overrides(args))
     data_dir = resolve_data_dir(args.data_dir, task_file)
     several = len(tasks) > 1

@@ -325,3 +325,20 @@ def test_export_never_replaces_the_checkpoint_and_asks_before_replacing_a_folder
     assert (other / "notes.txt").read_text() == "keep me"
     assert main(["export", str(ckpt), "--task", "pairs", "--out", str(other), "--overwrite"]) == 0
     assert (other / "config.json").is_file() and not (other / "notes.txt").exists()
+
+
+def test_finetune_refuses_a_task_file_whose_labels_the_head_reads_otherwise(mt_checkpoint, tmp_path, capsys):
+    """The head's outputs are in its labels' order; the same task with its labels swapped
+    would be trained and scored with the meanings crossed (evaluate refuses it too)."""
+    import yaml
+
+    task_file, ckpt = mt_checkpoint
+    spec = yaml.safe_load(task_file.read_text())
+    spec["tasks"]["pairs"]["labels"] = list(reversed(spec["tasks"]["pairs"]["labels"]))
+    flipped = tmp_path / "flipped.yaml"
+    flipped.write_text(yaml.safe_dump(spec))
+    assert main(["finetune", str(ckpt), "--task", "pairs", "--task-defs", str(flipped),
+                 "--output", str(tmp_path / "ft"), "--max-steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(flipped) in err[0] and "labels" in err[0], err
+    assert not (tmp_path / "ft").exists()
