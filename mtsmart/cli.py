@@ -458,8 +458,10 @@ def _flatten(prefix, value, text):
 def command_train(args: argparse.Namespace) -> int:
     from mtsmart.distributed import Replicas
     from mtsmart.tasks import load_task_file, resolve_data_dir, select_tasks
-    from mtsmart.train import Trainer, check_resume_settings, prepare_output_dir
+    from mtsmart.train import Trainer, check_output_dir, check_resume_settings, prepare_output_dir
 
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --output, --overwrite replaces it: give one")
     overrides = collect_overrides(args)
     task_file = load_task_file(args.task_file, overrides)
     tasks = select_tasks(task_file.tasks, args.tasks, "--tasks")
@@ -473,9 +475,11 @@ def command_train(args: argparse.Namespace) -> int:
         problem = None
         if replicas.is_main:
             try:
-                prepare_output_dir(args.output, overwrite=args.overwrite, resume=args.resume)
-                if args.resume:
+                if args.resume:  # finishes an interrupted save, then compares the settings
+                    prepare_output_dir(args.output, overwrite=args.overwrite, resume=True)
                     check_resume_settings(args.output, task_file.training, tasks)
+                else:
+                    check_output_dir(args.output, overwrite=args.overwrite, resume=False)
             except ConfigError as err:
                 problem = str(err)
         problem = replicas.broadcast(problem)
@@ -485,6 +489,10 @@ def command_train(args: argparse.Namespace) -> int:
                           cache_dir=args.cache_dir, show_progress=not args.quiet, replicas=replicas,
                           command=args.command_line)
         try:
+            # every setting, the encoder and every split checked before an old run is cleared
+            trainer.prepare()
+            if replicas.is_main and not args.resume:
+                prepare_output_dir(args.output, overwrite=args.overwrite, resume=False)
             trainer.setup()
             summary = trainer.train()
         finally:
@@ -680,7 +688,7 @@ def _load_finetune_tasks(args: argparse.Namespace):
 def command_finetune(args: argparse.Namespace) -> int:
     from mtsmart.checkpoint import load_checkpoint_tasks
     from mtsmart.tasks import check_same_head, resolve_data_dir, select_tasks
-    from mtsmart.train import Trainer, prepare_output_dir
+    from mtsmart.train import Trainer, check_output_dir, prepare_output_dir
 
     task_file = _load_finetune_tasks(args)
     checkpoint_tasks = load_checkpoint_tasks(args.checkpoint)
@@ -692,15 +700,18 @@ def command_finetune(args: argparse.Namespace) -> int:
     note_shadowed_smart_settings(tasks, collect_overrides(args))
     data_dir = resolve_data_dir(args.data_dir, task_file)
     several = len(tasks) > 1
-    prepare_output_dir(args.output, overwrite=args.overwrite, resume=False)
+    check_output_dir(args.output, overwrite=args.overwrite, resume=False)
     summaries = {}
     for name, task in tasks.items():
         out = os.path.join(args.output, name) if several else args.output
-        os.makedirs(out, exist_ok=True)
         trainer = Trainer({name: task}, task_file.training, data_dir, out, init_from=args.checkpoint,
                           init_weights=args.weights, cache_dir=args.cache_dir, show_progress=not args.quiet,
                           command=args.command_line)
         try:
+            trainer.prepare()  # the checkpoint, the settings and the task's data, before any folder is touched
+            if not summaries:
+                prepare_output_dir(args.output, overwrite=args.overwrite, resume=False)
+            os.makedirs(out, exist_ok=True)
             trainer.setup()
             summaries[name] = trainer.train()
         finally:

@@ -112,6 +112,7 @@ class Trainer:
         self.resume = resume
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         self.show_progress = show_progress and self.replicas.is_main
+        self.prepared = False
         self._check_select_metric()
 
     def _check_select_metric(self) -> None:
@@ -127,8 +128,10 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         """Build everything in dependency order: seed, tokenizer, data, model, teacher,
-        optimizer, schedule, sampler, logger; then restore state when resuming."""
-        self.prepare()
+        optimizer, schedule, sampler, logger; then restore state when resuming. ``prepare``
+        runs first unless the caller ran it (to check everything before clearing a folder)."""
+        if not self.prepared:
+            self.prepare()
         cfg = self.cfg
         # Fine-tuning from a checkpoint: the teacher starts as a copy of the loaded weights
         # (the proximal anchor is the starting point); a resumed run restores its own.
@@ -206,6 +209,7 @@ class Trainer:
             # trained ones (a dry run of a resume shows the unit the run will use)
             saved = load_trainer_state_json(resume_checkpoint(self.output_dir)).get("perturbation_scales", {})
             self.perturbation_scales.update({k: v for k, v in saved.items() if k in self.perturbation_scales})
+        self.prepared = True
 
     def _setup_model_and_tokenizer(self) -> None:
         cfg = self.cfg

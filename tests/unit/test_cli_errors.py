@@ -306,3 +306,18 @@ def test_an_override_of_a_task_the_file_lacks_names_the_tasks(workdir, tiny_mode
 def test_an_encoder_given_as_a_checkpoint_is_called_an_encoder(tiny_model_dir, capsys):
     code, err = run_main(["evaluate", str(tiny_model_dir)], capsys)
     assert_one_line(code, err, str(tiny_model_dir), "an encoder, not an mtsmart checkpoint", "--encoder")
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(workdir, tiny_model_dir, capsys):
+    """--overwrite clears the folder only once every setting, the encoder and the data are
+    known to be good: a bad label leaves the previous run as it was."""
+    task_file = write(workdir, task_yaml())
+    out = workdir / "out"
+    out.mkdir()
+    (out / "results.json").write_text("the previous run")
+    bad = write(workdir, task_yaml(labels=["0", "2"]), "bad.yaml")
+    code, err = run_main(argv(workdir, bad, tiny_model_dir, "--overwrite"), capsys)
+    assert_one_line(code, err, "label '1' is not in the label list")
+    assert (out / "results.json").read_text() == "the previous run"
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--overwrite", "--resume"), capsys)
+    assert_one_line(code, err, "--resume", "--overwrite")
