@@ -18,15 +18,17 @@ Must not import train or cli.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mtsmart.config import CHECKPOINT_WEIGHTS, TrainConfig, parse_train_config, to_plain
@@ -43,6 +45,9 @@ TRAINING_FILE = "training.yaml"
 TEACHER_FILE = "teacher.safetensors"
 TRAINER_STATE_DIR = "trainer_state"
 META_FILE = "meta.json"
+# Every tokenizer save_pretrained writes at least one file named so (tokenizer.json,
+# tokenizer_config.json, vocab.txt, spiece.model, merges.txt, sentencepiece.bpe.model).
+TOKENIZER_FILE_PREFIXES = ("tokenizer", "vocab", "spiece", "sentencepiece", "merges")
 
 
 @dataclass
@@ -55,6 +60,22 @@ class LoadedCheckpoint:
     meta: dict
     teacher_state: Optional[dict[str, torch.Tensor]]
     data_dir: Optional[str] = None  # where the run read its data (None: written before it was kept)
+
+
+# What a truncated, half-copied or hand-edited checkpoint file raises from safetensors,
+# torch, json, yaml or transformers.
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, RuntimeError, yaml.YAMLError, SafetensorError)
+
+
+@contextlib.contextmanager
+def reading(what: str) -> Iterator[None]:
+    """Read part of a checkpoint: damage ends as one line naming ``what``, not a traceback."""
+    try:
+        yield
+    except _DAMAGE as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise CheckpointError(f"{what}: damaged or incomplete ({first}); copy the checkpoint again or "
+                              "use another one") from None
 
 
 def _state_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -182,7 +203,8 @@ def load_trainer_state(path: str) -> dict:
     tensors_path = os.path.join(directory, "tensors.pt")
     if not os.path.isfile(tensors_path):
         raise CheckpointError(f"{path}: has no trainer state; it cannot be resumed")
-    tensors = torch.load(tensors_path, map_location="cpu", weights_only=True)
+    with reading(tensors_path):
+        tensors = torch.load(tensors_path, map_location="cpu", weights_only=True)
     return {"tensors": tensors, "json": load_trainer_state_json(path)}
 
 
@@ -192,7 +214,7 @@ def load_trainer_state_json(path: str) -> dict:
     state_path = os.path.join(path, TRAINER_STATE_DIR, "state.json")
     if not os.path.isfile(state_path):
         raise CheckpointError(f"{path}: has no trainer state; it cannot be resumed")
-    with open(state_path, encoding="utf-8") as handle:
+    with reading(state_path), open(state_path, encoding="utf-8") as handle:
         return json.load(handle)
 
 
@@ -240,8 +262,11 @@ def read_meta(path: str) -> dict:
             raise CheckpointError(f"{path}: an encoder, not an mtsmart checkpoint (no {META_FILE}); train "
                                   f"from it with mtsmart train --encoder {path}")
         raise CheckpointError(f"{path}: incomplete checkpoint (no {META_FILE})")
-    with open(meta_path, encoding="utf-8") as handle:
+    with reading(meta_path), open(meta_path, encoding="utf-8") as handle:
         meta = json.load(handle)
+    if not isinstance(meta, dict) or not {"heads", "pooling"} <= set(meta):
+        raise CheckpointError(f"{meta_path}: damaged or incomplete (no heads or pooling); copy the "
+                              "checkpoint again or use another one")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')} "
                               f"is not supported (expected {FORMAT_VERSION})")
@@ -254,8 +279,12 @@ def load_checkpoint_tasks(path: str) -> dict[str, TaskDef]:
 
 
 def _read_tasks_file(path: str) -> dict:
-    with open(os.path.join(path, TASKS_FILE), encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    tasks_path = os.path.join(path, TASKS_FILE)
+    with reading(tasks_path), open(tasks_path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+        if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), dict):
+            raise ValueError("no 'tasks:' mapping")
+    return raw
 
 
 def load_checkpoint(path: str, device: str | torch.device = "cpu",
@@ -270,22 +299,31 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
 
     meta = read_meta(path)
     tasks = load_checkpoint_tasks(path)
-    with open(os.path.join(path, TRAINING_FILE), encoding="utf-8") as handle:
-        training = parse_train_config(yaml.safe_load(handle)["training"],
-                                      os.path.join(path, TRAINING_FILE))
+    training_path = os.path.join(path, TRAINING_FILE)
+    with reading(training_path), open(training_path, encoding="utf-8") as handle:
+        training_raw = yaml.safe_load(handle)["training"]
+    training = parse_train_config(training_raw, training_path)
     encoder_dir = os.path.join(path, ENCODER_DIR)
-    with quiet_transformers():
+    if not os.path.isdir(encoder_dir) or not any(name.startswith(TOKENIZER_FILE_PREFIXES)
+                                                 for name in os.listdir(encoder_dir)):
+        # transformers would build a tokenizer of special tokens only, and every word be unknown
+        raise CheckpointError(f"{encoder_dir}: no tokenizer files (tokenizer.json, vocab.txt, ...); the "
+                              "checkpoint is incomplete, copy it again or use another one")
+    with reading(encoder_dir), quiet_transformers():
         encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
-    heads = {name: (int(size), float(dropout)) for name, (size, dropout) in meta["heads"].items()}
-    model = MultiTaskModel(encoder, heads, pooling=meta["pooling"])
-    head_state = load_file(os.path.join(path, HEADS_FILE))
-    for name, head in model.heads.items():
-        prefix = f"{name}."
-        head.load_state_dict({k[len(prefix):]: v for k, v in head_state.items()
-                              if k.startswith(prefix)})
+    heads_path = os.path.join(path, HEADS_FILE)
+    with reading(f"{os.path.join(path, META_FILE)} and {heads_path}"):
+        heads = {name: (int(size), float(dropout)) for name, (size, dropout) in meta["heads"].items()}
+        model = MultiTaskModel(encoder, heads, pooling=meta["pooling"])
+        head_state = load_file(heads_path)
+        for name, head in model.heads.items():
+            prefix = f"{name}."
+            head.load_state_dict({k[len(prefix):]: v for k, v in head_state.items()
+                                  if k.startswith(prefix)})
     teacher_path = os.path.join(path, TEACHER_FILE)
-    teacher_state = load_file(teacher_path) if os.path.exists(teacher_path) else None
+    with reading(teacher_path):
+        teacher_state = load_file(teacher_path) if os.path.exists(teacher_path) else None
     if weights == "teacher":
         if teacher_state is None:
             raise CheckpointError(

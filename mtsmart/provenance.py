@@ -66,8 +66,12 @@ def read_sessions(run_dir: str) -> list[dict[str, Any]]:
     path = os.path.join(run_dir, RUN_FILE)
     if not os.path.isfile(path):
         return []  # a run from before run.json: nothing to compare with
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)["sessions"]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)["sessions"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: damaged ({err}); it records what produced the run, so the run "
+                          "cannot be resumed safely; start again with --overwrite") from None
 
 
 def check_same_data(run_dir: str, data: dict[str, dict[str, dict[str, Any]]]) -> None:

@@ -45,8 +45,12 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     if not os.path.isfile(results_path):
         raise ConfigError(f"{path}: no {RESULTS_FILE}, so not a finished run (finish it with "
                           "--resume, or leave it out)")
-    with open(results_path, encoding="utf-8") as handle:
-        summary = json.load(handle)
+    try:
+        with open(results_path, encoding="utf-8") as handle:
+            summary = json.load(handle)
+        summary["last"], summary["best"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{results_path}: damaged ({err}); leave the run out or train it again") from None
     training = summary.get("training") or _training_from_checkpoint(path)
     if weights == "teacher" and which == "best":
         raise ConfigError("--weights teacher: the best evaluation is the student's own (selected on "

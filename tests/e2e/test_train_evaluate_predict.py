@@ -693,3 +693,55 @@ def test_predict_out_that_cannot_hold_the_predictions_is_refused(run_dir, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
     assert not (tmp_path / out).exists()
+
+
+def _damage(checkpoint: Path, how: str) -> None:
+    if how == "truncated heads":
+        path = checkpoint / "heads.safetensors"
+        path.write_bytes(path.read_bytes()[:100])
+    elif how == "truncated encoder":
+        path = checkpoint / "encoder" / "model.safetensors"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "meta not json":
+        (checkpoint / "meta.json").write_text('{"format_version": 1, "heads": ')
+    elif how == "meta without heads":
+        meta = read_json(checkpoint / "meta.json")
+        del meta["heads"]
+        (checkpoint / "meta.json").write_text(json.dumps(meta))
+    elif how == "head of another size":
+        meta = read_json(checkpoint / "meta.json")
+        meta["heads"]["pairs"][0] = 3
+        (checkpoint / "meta.json").write_text(json.dumps(meta))
+    elif how == "no tasks.yaml":
+        (checkpoint / "tasks.yaml").unlink()
+    elif how == "tasks.yaml empty":
+        (checkpoint / "tasks.yaml").write_text("")
+    elif how == "no training.yaml":
+        (checkpoint / "training.yaml").unlink()
+    elif how == "no encoder config":
+        (checkpoint / "encoder" / "config.json").unlink()
+    elif how == "no tokenizer":
+        for path in (checkpoint / "encoder").iterdir():
+            if path.name.startswith(("tokenizer", "vocab", "special")):
+                path.unlink()
+
+
+@pytest.mark.parametrize("how, names", [
+    ("truncated heads", "heads.safetensors"), ("truncated encoder", "encoder"),
+    ("meta not json", "meta.json"), ("meta without heads", "meta.json"),
+    ("head of another size", "heads.safetensors"), ("no tasks.yaml", "tasks.yaml"),
+    ("tasks.yaml empty", "tasks.yaml"), ("no training.yaml", "training.yaml"),
+    ("no encoder config", "encoder"), ("no tokenizer", "no tokenizer files"),
+])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(run_dir, tmp_path, cache, capsys, how, names):
+    """Half-copied or hand-edited checkpoints: one line naming what is wrong, exit 2, never
+    a traceback (nor, without its tokenizer, scores computed on unknown words)."""
+    import shutil
+
+    checkpoint = tmp_path / "best"
+    shutil.copytree(run_dir / "best", checkpoint)
+    _damage(checkpoint, how)
+    assert main(["evaluate", str(checkpoint), "--data-dir", str(E2E), "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mtsmart: error: ") and names in err[0], err
+    assert not (tmp_path / "e.json").exists()
