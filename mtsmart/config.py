@@ -392,6 +392,16 @@ def validate_train(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}.optim.layer_decay: must be in (0, 1] (1 is off), got {cfg.optim.layer_decay}")
     if cfg.optim.head_lr_scale <= 0:
         raise ConfigError(f"{where}.optim.head_lr_scale: must be > 0, got {cfg.optim.head_lr_scale}")
+    if cfg.optim.max_grad_norm <= 0:  # clip_grad_norm_ with -1 flips every gradient, 0 zeroes them
+        raise ConfigError(f"{where}.optim.max_grad_norm: must be > 0, got {cfg.optim.max_grad_norm}")
+    if cfg.optim.weight_decay < 0:
+        raise ConfigError(f"{where}.optim.weight_decay: must be >= 0, got {cfg.optim.weight_decay}")
+    if len(cfg.optim.betas) != 2 or not all(0 <= beta < 1 for beta in cfg.optim.betas):
+        raise ConfigError(f"{where}.optim.betas: two numbers in [0, 1), got {list(cfg.optim.betas)}")
+    if cfg.optim.eps <= 0:
+        raise ConfigError(f"{where}.optim.eps: must be > 0, got {cfg.optim.eps}")
+    if not 0 <= cfg.seed < 2 ** 32:  # numpy's generators take no other seed
+        raise ConfigError(f"{where}.seed: must be in [0, 2**32), got {cfg.seed}")
     if cfg.sampler.temperature <= 0:
         raise ConfigError(f"{where}.sampler.temperature: must be > 0")
     if cfg.encoder_dropout is not None and not 0 <= cfg.encoder_dropout < 1:

@@ -321,3 +321,20 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(workdir, tiny
     assert (out / "results.json").read_text() == "the previous run"
     code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--overwrite", "--resume"), capsys)
     assert_one_line(code, err, "--resume", "--overwrite")
+
+
+def test_max_length_beyond_the_encoders_positions_fails_before_anything_runs(workdir, tiny_model_dir, capsys):
+    """The dry run catches it too: the run would crash at the first long batch."""
+    import json
+    import shutil
+
+    encoder = workdir / "encoder"  # the tiny encoder, its tokenizer told its positions (64)
+    shutil.copytree(tiny_model_dir, encoder)
+    config = json.loads((encoder / "tokenizer_config.json").read_text())
+    (encoder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 64}))
+    limit = 64
+    task_file = write(workdir, task_yaml(max_length=limit + 1))
+    for extra in (["--dry-run"], []):
+        code, err = run_main(argv(workdir, task_file, encoder, *extra), capsys)
+        assert_one_line(code, err, "'tiny'", "max_length", f"at most {limit}")
+    assert not (workdir / "out").exists()
