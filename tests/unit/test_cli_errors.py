@@ -228,7 +228,7 @@ def test_an_encoder_that_cannot_load(workdir, capsys, case):
     task_file = write(workdir, task_yaml())
     code, err = run_main(argv(workdir, task_file, encoder), capsys)
     assert_one_line(code, err, str(encoder), *expected)
-    assert not any((workdir / "out").iterdir())  # nothing written
+    assert not (workdir / "out").exists()  # nothing written, not even the folder
 
 
 def test_adapt_refuses_a_start_that_is_no_encoder_or_checkpoint(workdir, capsys):
