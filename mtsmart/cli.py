@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Any, Optional, Sequence
 
 from mtsmart.config import (CHECKPOINT_WEIGHTS, LR_SCHEDULES, NORMS, PRECISIONS, SAMPLERS, SMART_MODES,
@@ -869,7 +871,26 @@ def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> ar
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or ``docker stop``'s), handled as Ctrl-C is: what a save had
+    half-written is removed on the way out, and one line says so."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(format="mtsmart: note: %(message)s", level=logging.WARNING)
     parser = build_parser()
@@ -884,6 +905,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MtsmartError as err:
         print(f"mtsmart: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        print("mtsmart: terminated (SIGTERM); a train run continues with --resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("mtsmart: interrupted", file=sys.stderr)
         return 130

@@ -221,3 +221,29 @@ def test_the_closing_line_counts_this_sessions_steps():
     assert steps_trained(0, 40) == "trained 40 steps"
     assert steps_trained(10, 40) == "trained steps 11-40 (30 this session)"
     assert steps_trained(40, 40) == "trained nothing: the run had finished at step 40"
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, tiny_model_dir):
+    """What schedulers and `docker stop` send: no half-written checkpoint is left, one line
+    says what happened, exit 143, and --resume finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "run"
+    env = {**os.environ, "MTSMART_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "mtsmart", *train_args(task_file, tiny_model_dir, out, "full")[:-len(STEPS)],
+            "--max-steps", "400", "--eval-every", "2", "--keep-last", "2", "--batch-size", "4"]
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoints").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("mtsmart: terminated (SIGTERM)")
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    assert subprocess.run(argv + ["--resume"], env=env, capture_output=True, timeout=300).returncode == 0
