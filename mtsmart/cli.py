@@ -64,6 +64,17 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
 }
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a batch of 0 would loop forever or crash)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line and exit 2, like every other error
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -265,7 +276,7 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--bootstrap", type=int, default=0, metavar="N",
                           help="also a 95%% interval of each metric from N resamples of the examples "
                                "(e.g. 1000; seeded, so reproducible)")
-    evaluate.add_argument("--batch-size", type=int, default=64, metavar="N",
+    evaluate.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                           help="examples per forward pass (default 64)")
     add_weights_flag(evaluate, "score")
     add_task_defs_flag(evaluate)
@@ -286,7 +297,7 @@ def build_parser() -> ArgumentParser:
     add_checkpoint_data_dir_flag(predict)
     predict.add_argument("--out", required=True, metavar="PATH",
                          help="a .tsv file (one task) or a directory (one TASK.tsv per task)")
-    predict.add_argument("--batch-size", type=int, default=64, metavar="N",
+    predict.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                          help="examples per forward pass (default 64)")
     add_weights_flag(predict, "predict with")
     add_task_defs_flag(predict)
@@ -324,11 +335,11 @@ def build_parser() -> ArgumentParser:
     adapt.add_argument("--train-sizes", required=True, metavar="S,S",
                        help="fractions of --reference-size (with a decimal point: 0.001,0.01,1.0) "
                             "or absolute counts (24,236); capped at the pool size")
-    adapt.add_argument("--reference-size", type=int, metavar="N",
+    adapt.add_argument("--reference-size", type=positive_int, metavar="N",
                        help="the size fractions refer to (e.g. the original training set's; "
                             "default: the pool)")
     adapt.add_argument("--seeds", default="1,2,3", metavar="S,S", help="seeds (subset and training)")
-    adapt.add_argument("--min-steps", type=int, default=30, metavar="N",
+    adapt.add_argument("--min-steps", type=positive_int, default=30, metavar="N",
                        help="at least this many updates per run, so tiny subsets train too")
     adapt.add_argument("--output", "-o", required=True, metavar="DIR",
                        help="one run folder per start point, size and seed, plus results.csv, "
@@ -368,7 +379,7 @@ def build_parser() -> ArgumentParser:
     compare.add_argument("--weights-b", choices=CHECKPOINT_WEIGHTS, default="student",
                          help="B's student (default) or its SMART teacher")
     compare.add_argument("--out", metavar="FILE", help="also write the comparison as JSON")
-    compare.add_argument("--batch-size", type=int, default=64, metavar="N",
+    compare.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                          help="examples per forward pass (default 64)")
     add_task_defs_flag(compare)
 

@@ -338,3 +338,16 @@ def test_max_length_beyond_the_encoders_positions_fails_before_anything_runs(wor
         code, err = run_main(argv(workdir, task_file, encoder, *extra), capsys)
         assert_one_line(code, err, "'tiny'", "max_length", f"at most {limit}")
     assert not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["evaluate", "ckpt", "--batch-size", "0"],
+                                     ["predict", "ckpt", "--task", "t", "--out", "p.tsv", "--batch-size", "-4"],
+                                     ["compare", "a", "b", "--batch-size", "0"],
+                                     ["adapt", "enc", "--task", "t", "--train-sizes", "2", "-o", "o",
+                                      "--reference-size", "-10"]])
+def test_counts_below_one_are_usage_errors(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "must be >= 1" in err
