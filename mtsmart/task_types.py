@@ -60,6 +60,7 @@ class TaskType(ABC):
         return metrics.compute_metrics(tuple(names), self.metric_table, preds, targets)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 TASK_TYPES: dict[str, TaskType] = {}
 
 
@@ -129,6 +130,8 @@ class Regression(TaskType):
             raise ValueError(f"target {raw!r} is not a number") from None
         if not math.isfinite(value):
             raise ValueError(f"target {raw!r} is not a finite number")
+        if abs(value) > FLOAT32_MAX:  # finite here, inf once stored as float32: every loss NaN
+            raise ValueError(f"target {raw!r} is beyond float32's range (|x| <= {FLOAT32_MAX:.3g})")
         return value
 
     def loss(self, outputs, targets, class_weights=None):

@@ -289,9 +289,10 @@ def test_regression_type():
     tt = TASK_TYPES["regression"]
     assert tt.output_size(None) == 1
     assert tt.parse_target(" 3.25 ", None) == 3.25 and tt.parse_target(2, None) == 2.0
-    for bad in ("high", "nan", "inf", "-inf", None, ""):
+    for bad in ("high", "nan", "inf", "-inf", None, "", "1e39", "-4e38"):  # the last two: inf in float32
         with pytest.raises(ValueError):
             tt.parse_target(bad, None)
+    assert tt.parse_target("3e38", None) == 3e38
     out = torch.tensor([0.5, 1.25])
     assert tt.predict(out).tolist() == [0.5, 1.25]
     assert tt.predict(out[:, None].bfloat16()).dtype == np.float32
