@@ -8,6 +8,7 @@ Must not import torch, transformers or any other mtsmart module but ``errors``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -311,10 +312,20 @@ def from_mapping(cls: type, data: Any, where: str):
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(names)})"
+            f"{where}: unknown key {unknown[0]!r}{_did_you_mean(cls, str(unknown[0]))} (valid: {', '.join(names)})"
         )
     kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _did_you_mean(cls: type, key: str) -> str:
+    """A likely meant key: the same key one level down (``lr`` under training is
+    ``optim.lr``), or a close spelling."""
+    nested = [f"{name}.{key}" for name, hint in typing.get_type_hints(cls).items()
+              if is_dataclass(hint) and key in {f.name for f in fields(hint)}]
+    close = difflib.get_close_matches(key, [f.name for f in fields(cls)], n=1)
+    suggestion = (nested or close or [""])[0]
+    return f" (did you mean {suggestion!r}?)" if suggestion else ""
 
 
 def parse_smart(data: Any, where: str, base: SmartConfig | None = None) -> SmartConfig:

@@ -339,7 +339,8 @@ def _name_the_override(error: ConfigError, set_by: dict[tuple[str, ...], str]) -
                 or (complaint.startswith(f"field {rest[0]!r}")
                     and (len(rest) == 1 or f"{rest[-1]!r}" in complaint)))
         else:
-            named = f"{'.'.join(key_path)}:" in message
+            named = (f"{'.'.join(key_path)}:" in message
+                     or f"{'.'.join(key_path[:-1])}: unknown key {key_path[-1]!r}" in message)
         if named:
             return ConfigError(f"{message} (set by {text})")
     return error

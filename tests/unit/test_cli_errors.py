@@ -351,3 +351,13 @@ def test_counts_below_one_are_usage_errors(command, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "must be >= 1" in err
+
+
+@pytest.mark.parametrize("override, says", [
+    (["training.optim.lrr=1"], ["unknown key 'lrr'", "did you mean 'lr'", "(set by training.optim.lrr=1)"]),
+    (["lr=3e-5"], ["training: unknown key 'lr'", "did you mean 'optim.lr'", "(set by lr=3e-5)"]),
+])
+def test_an_unknown_key_from_the_command_line_is_blamed_on_it(workdir, tiny_model_dir, capsys, override, says):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--dry-run", overrides=override), capsys)
+    assert_one_line(code, err, *says)
