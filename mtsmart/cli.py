@@ -18,6 +18,7 @@ from mtsmart.config import (CHECKPOINT_WEIGHTS, LR_SCHEDULES, NORMS, PRECISIONS,
                             ADAPT_SETS_PER_RUN, RUN_ONLY_SETTINGS, SMART_PRESETS, SamplerConfig, SmartConfig, load_yaml,
                             parse_override)
 from mtsmart.errors import ConfigError, MtsmartError
+from mtsmart.setting_notes import note_unused_settings
 
 EXIT_USAGE = 2
 
@@ -440,23 +441,6 @@ def _expand_preset(path: list[str], value: Any, text: str) -> list[tuple[list[st
     return [(["training", "smart", key], preset_value, where) for key, preset_value in SMART_PRESETS[value].items()]
 
 
-def note_shadowed_smart_settings(tasks: dict, overrides: list[tuple[list[str], Any, str]]) -> None:
-    """A SMART setting given for the whole run on the command line does not reach a task
-    whose own ``smart:`` block sets the same key (the task's value is the more specific
-    one): say so, and how to reach it, instead of letting it miss that task silently."""
-    per_task = {tuple(path) for path, _, _ in overrides if path[0] == "tasks"}
-    for path, value, text in overrides:
-        path = path if path[0] in ("training", "tasks", "data_dir") else ["training", *path]
-        if len(path) != 3 or path[:2] != ["training", "smart"]:
-            continue
-        key = path[2]
-        for name, task in tasks.items():
-            if key in task.smart and task.smart[key] != value and ("tasks", name, "smart", key) not in per_task:
-                logging.warning("training.smart.%s = %s (%s) does not reach task %r: its smart: block "
-                                "in %s sets %s: %s; tasks.%s.smart.%s=VALUE overrides that",
-                                key, value, text, name, task.defined_in, key, task.smart[key], name, key)
-
-
 def _flatten(prefix, value, text):
     """A mapping from --config is applied key by key, so it merges with the task file's
     own training settings instead of replacing them."""
@@ -478,7 +462,7 @@ def command_train(args: argparse.Namespace) -> int:
     overrides = collect_overrides(args)
     task_file = load_task_file(args.task_file, overrides)
     tasks = select_tasks(task_file.tasks, args.tasks, "--tasks")
-    note_shadowed_smart_settings(tasks, overrides)
+    note_unused_settings(tasks, task_file.training, overrides)
     data_dir = resolve_data_dir(args.data_dir, task_file)
     if args.dry_run:
         return dry_run(args, task_file.training, tasks, data_dir)
@@ -710,7 +694,7 @@ def command_finetune(args: argparse.Namespace) -> int:
     for name, task in tasks.items():
         if name in checkpoint_tasks:  # the trained head is reused: its outputs must mean the same
             check_same_head(task, checkpoint_tasks[name], args.checkpoint)
-    note_shadowed_smart_settings(tasks, collect_overrides(args))
+    note_unused_settings(tasks, task_file.training, collect_overrides(args), from_checkpoint=True)
     data_dir = resolve_data_dir(args.data_dir, task_file)
     several = len(tasks) > 1
     check_output_dir(args.output, overwrite=args.overwrite, resume=False)
@@ -770,7 +754,7 @@ def command_adapt(args: argparse.Namespace) -> int:
     if args.task not in task_file.tasks:
         raise ConfigError(f"--task: no task {args.task!r} in {task_file.path} "
                           f"(tasks: {', '.join(task_file.tasks)})")
-    note_shadowed_smart_settings({args.task: task_file.tasks[args.task]}, overrides)
+    note_unused_settings({args.task: task_file.tasks[args.task]}, task_file.training, overrides)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:

@@ -1,0 +1,87 @@
+"""Notes on command-line settings a run will not use, so none is dropped silently.
+
+A setting given on the command line (a flag, KEY=VALUE, --config or --smart-preset) that
+the run's other settings leave without effect gets one ``mtsmart: note:`` line saying
+why, and, where there is one, how to make it count. Settings that come from the task file
+or a fine-tuned checkpoint are the files' own business and get no note.
+
+Must not import the trainer or the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mtsmart.config import TrainConfig
+from mtsmart.tasks import TaskDef
+
+logger = logging.getLogger("mtsmart")
+
+Override = tuple[list[str], Any, str]  # key path, value, the text that set it
+
+ADVERSARIAL_KEYS = ("adv_weight", "epsilon", "noise_std", "step_size", "num_steps", "norm",
+                    "relative_to_embedding_norm", "same_dropout_masks", "memory_efficient")
+BREGMAN_KEYS = ("prox_weight", "prox_warmup_fraction", "teacher_beta", "teacher_beta_early",
+                "teacher_early_fraction", "teacher_horizon_fraction")
+
+
+def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overrides: list[Override],
+                         from_checkpoint: bool = False) -> None:
+    """Log a note for each command-line setting ``tasks`` and ``training`` leave unused.
+    ``from_checkpoint``: the encoder comes from a checkpoint (finetune)."""
+    given = [(_full_path(path), value, text) for path, value, text in overrides]
+    notes = _shadowed_by_a_task(tasks, given) + _switched_off(tasks, training, given)
+    keys = {tuple(path): text for path, _, text in given}
+    if ("training", "epochs") in keys and ("training", "max_steps") in keys and training.max_steps:
+        notes.append(f"{keys['training', 'epochs']} does nothing: {keys['training', 'max_steps']} "
+                     f"sets the run's length ({training.max_steps} update{'' if training.max_steps == 1 else 's'})")
+    for key, sampler in (("temperature", "temperature"), ("anneal_final_alpha", "annealed")):
+        if ("training", "sampler", key) in keys and training.sampler.name != sampler:
+            notes.append(f"{keys['training', 'sampler', key]} does nothing: the {training.sampler.name} "
+                         f"sampler does not read training.sampler.{key} (--sampler {sampler} does)")
+    if ("training", "keep_last") in keys and not training.save_checkpoints:
+        notes.append(f"{keys['training', 'keep_last']} does nothing: training.save_checkpoints is false")
+    if from_checkpoint and ("training", "encoder") in keys:
+        notes.append(f"{keys['training', 'encoder']} does nothing: the encoder comes from the checkpoint")
+    for note in dict.fromkeys(notes):  # once each, in order
+        logger.warning(note)
+
+
+def _full_path(path: list[str]) -> list[str]:
+    return path if path[0] in ("training", "tasks", "data_dir") else ["training", *path]
+
+
+def _shadowed_by_a_task(tasks: dict[str, TaskDef], given: list[Override]) -> list[str]:
+    """A run-wide SMART setting does not reach a task whose own ``smart:`` block sets the
+    same key (the task's value is the more specific one)."""
+    per_task = {tuple(path) for path, _, _ in given if path[0] == "tasks"}
+    notes = []
+    for path, value, text in given:
+        if len(path) != 3 or path[:2] != ["training", "smart"]:
+            continue
+        key = path[2]
+        for name, task in tasks.items():
+            if key in task.smart and task.smart[key] != value and ("tasks", name, "smart", key) not in per_task:
+                notes.append(f"training.smart.{key} = {value} ({text}) does not reach task {name!r}: its "
+                             f"smart: block in {task.defined_in} sets {key}: {task.smart[key]}; "
+                             f"tasks.{name}.smart.{key}=VALUE overrides that")
+    return notes
+
+
+def _switched_off(tasks: dict[str, TaskDef], training: TrainConfig, given: list[Override]) -> list[str]:
+    """A knob of a SMART term that no task runs (the mode, or a zero weight, switches it off)."""
+    smart = [task.smart_config(training.smart) for task in tasks.values()]
+    running = {"adversarial": any(c.use_adversarial for c in smart), "Bregman": any(c.use_bregman for c in smart)}
+    notes = []
+    for path, value, text in given:
+        if len(path) != 3 or path[:2] != ["training", "smart"]:
+            continue
+        key = path[2]
+        term = "adversarial" if key in ADVERSARIAL_KEYS else "Bregman" if key in BREGMAN_KEYS else None
+        switching_off = key in ("adv_weight", "prox_weight") and value == 0
+        if term and not running[term] and not switching_off:
+            notes.append(f"{text} does nothing: no task runs the {term} term (mode "
+                         f"{training.smart.mode}; --smart {'adversarial' if term == 'adversarial' else 'bregman'} "
+                         "or full, with its weight above 0, does)")
+    return notes

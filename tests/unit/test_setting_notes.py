@@ -1,0 +1,53 @@
+"""Command-line settings a run will not use are named in a note, never dropped silently;
+settings the run uses get none."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from mtsmart.cli import _parse, build_parser, collect_overrides
+from mtsmart.setting_notes import note_unused_settings
+from mtsmart.tasks import load_task_file
+from tiny_tasks import write_tiny_tasks
+
+
+def notes(tmp_path, caplog, *flags: str, command: str = "train") -> list[str]:
+    task_file = write_tiny_tasks(tmp_path)
+    argv = (["train", str(task_file), "-o", "out"] if command == "train"
+            else ["finetune", "ckpt", "--task", "pairs", "-o", "out"])
+    overrides = collect_overrides(_parse(build_parser(), [*argv, *flags]))
+    loaded = load_task_file(str(task_file), overrides)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        note_unused_settings(loaded.tasks, loaded.training, overrides, from_checkpoint=command == "finetune")
+    return [record.getMessage() for record in caplog.records]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--smart", "off", "--adv-weight", "5"], "--adv-weight does nothing: no task runs the adversarial term"),
+    (["--smart", "adversarial", "--teacher-beta", "0.9"], "--teacher-beta does nothing: no task runs the Bregman"),
+    (["--smart", "full", "--adv-weight", "0", "--epsilon", "0.1"], "--epsilon does nothing"),
+    (["--smart", "off", "--smart-preset", "paper"], "--smart-preset paper does nothing"),
+    (["--epochs", "5", "--max-steps", "3"], "--epochs does nothing: --max-steps sets the run's length (3 updates)"),
+    (["training.sampler.temperature=7"], "the proportional sampler does not read training.sampler.temperature"),
+    (["--keep-last", "3", "training.save_checkpoints=false"], "--keep-last does nothing"),
+])
+def test_a_setting_the_run_leaves_unused_is_named(tmp_path, caplog, flags, says):
+    assert any(says in note for note in notes(tmp_path, caplog, *flags)), notes(tmp_path, caplog, *flags)
+
+
+def test_finetune_names_an_encoder_it_does_not_load(tmp_path, caplog):
+    said = notes(tmp_path, caplog, "training.encoder=/elsewhere", command="finetune")
+    assert said == ["training.encoder=/elsewhere does nothing: the encoder comes from the checkpoint"]
+
+
+@pytest.mark.parametrize("flags", [
+    ["--smart", "full", "--adv-weight", "0.5", "--teacher-beta", "0.9", "--epsilon", "0.1"],
+    ["--smart", "full", "--adv-weight", "0"],  # how the term is switched off: no note for it
+    ["--sampler", "temperature", "training.sampler.temperature=3"],
+    ["--max-steps", "3"],
+])
+def test_settings_the_run_uses_get_no_note(tmp_path, caplog, flags):
+    assert notes(tmp_path, caplog, *flags) == []
