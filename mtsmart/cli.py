@@ -65,6 +65,18 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
 }
 
 
+def check_writable(path: str, flag: str = "--out") -> None:
+    """Refuse an output path that cannot be written, before any work: a file where a folder
+    would have to be, or a folder this process may not write in."""
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ConfigError(f"{flag} {path}: cannot write there ({ancestor} is a file)")
+    if not os.access(ancestor, os.W_OK):
+        raise ConfigError(f"{flag} {path}: cannot write there (no permission in {ancestor})")
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1 (a batch of 0 would loop forever or crash)."""
     try:
@@ -576,6 +588,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap: the number of resamples must be >= 0 (0 is off), got {args.bootstrap}")
+    if args.out:
+        check_writable(args.out)
     device = pick_device()
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
     tasks, data_dir = _checkpoint_tasks(loaded, args, args.tasks, "--tasks")
@@ -610,7 +624,9 @@ def command_predict(args: argparse.Namespace) -> int:
     if args.input is not None and args.split is not None:
         raise ConfigError("--input and --split: predict either a file of your own or a split, not both")
     if args.input is not None and not os.path.isfile(args.input):
-        raise ConfigError(f"--input {args.input}: no such file")
+        raise ConfigError(f"--input {args.input}: " + ("a directory, expected a file" if os.path.isdir(args.input)
+                                                       else "no such file"))
+    check_writable(args.out)
     device = pick_device()
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
     tasks, data_dir = _checkpoint_tasks(loaded, args, args.task, "--task")
@@ -778,6 +794,7 @@ def command_adapt(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     from mtsmart.export import export_task
 
+    check_writable(args.out)
     out = export_task(args.checkpoint, args.task, args.out, weights=args.weights, overwrite=args.overwrite)
     print(f"exported {args.task} to {out}: transformers.pipeline('text-classification', "
           f"model='{out}', truncation=True)")
@@ -793,6 +810,8 @@ def command_compare(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 1:
         raise ConfigError(f"--bootstrap: the number of resamples must be >= 1, got {args.bootstrap}")
+    if args.out:
+        check_writable(args.out)
     device = pick_device()
     loaded_a = load_checkpoint(args.checkpoint, device, weights=args.weights_a)
     loaded_b = load_checkpoint(args.other, device, weights=args.weights_b)
@@ -900,6 +919,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except MtsmartError as err:
         print(f"mtsmart: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # a disk that fills up, a folder that vanished: one line, not a traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"mtsmart: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except Terminated:
         print("mtsmart: terminated (SIGTERM); a train run continues with --resume", file=sys.stderr)
         return 143

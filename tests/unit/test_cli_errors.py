@@ -361,3 +361,21 @@ def test_an_unknown_key_from_the_command_line_is_blamed_on_it(workdir, tiny_mode
     task_file = write(workdir, task_yaml())
     code, err = run_main(argv(workdir, task_file, tiny_model_dir, "--dry-run", overrides=override), capsys)
     assert_one_line(code, err, *says)
+
+
+@pytest.mark.parametrize("command", [["evaluate", "CKPT", "--out", "FILE/x.json"],
+                                     ["predict", "CKPT", "--task", "t", "--out", "FILE/x.tsv"],
+                                     ["export", "CKPT", "--task", "t", "--out", "FILE/hf"],
+                                     ["compare", "CKPT", "CKPT", "--out", "FILE/c.json"]])
+def test_an_output_path_that_cannot_be_written_fails_before_the_work(workdir, capsys, command):
+    a_file = workdir / "train.tsv"
+    argv_ = [str(a_file) + part[4:] if part.startswith("FILE") else str(workdir / "nope") if part == "CKPT"
+             else part for part in command]
+    code, err = run_main(argv_, capsys)
+    assert_one_line(code, err, "cannot write there", f"{a_file} is a file")
+
+
+def test_predict_input_that_is_a_folder_says_so(workdir, capsys):
+    code, err = run_main(["predict", str(workdir / "nope"), "--task", "t", "--input", str(workdir),
+                          "--out", str(workdir / "p.tsv")], capsys)
+    assert_one_line(code, err, "--input", "a directory, expected a file")
