@@ -773,6 +773,8 @@ def command_adapt(args: argparse.Namespace) -> int:
     note_unused_settings({args.task: task_file.tasks[args.task]}, task_file.training, overrides)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        if not seeds:
+            raise ValueError
     except ValueError:
         raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
     for start in starts:

@@ -235,21 +235,29 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        failures = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return coerce(value, arg, where)
-            except ConfigError:
-                continue
+            except ConfigError as err:
+                failures.append((arg, err))
+        for arg, err in failures:
+            # a mapping or list of the right shape: its own error names the bad element
+            shape = typing.get_origin(arg)
+            if ((shape is dict or is_dataclass(arg)) and isinstance(value, Mapping)) or \
+                    (shape in (list, tuple) and isinstance(value, (list, tuple))):
+                raise err
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value is False and "off" in allowed:  # YAML 1.1 reads a bare `off` as false
             value = "off"
         if value not in allowed:
+            hint = ("; YAML reads a bare on/yes/true as true: quote the word" if isinstance(value, bool) else "")
             raise ConfigError(
-                f"{where}: {value!r} is not valid (valid: {', '.join(map(str, allowed))})"
+                f"{where}: {value!r} is not valid (valid: {', '.join(map(str, allowed))}){hint}"
             )
         return value
     if origin is tuple:

@@ -185,6 +185,8 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
     if (not isinstance(text_fields, list) or not 1 <= len(text_fields) <= 2
             or not all(isinstance(f, str) for f in text_fields)):
         raise ConfigError(f"{where}: field 'text_fields': expected one or two field names")
+    if len(set(text_fields)) != len(text_fields):
+        raise ConfigError(f"{where}: field 'text_fields': {text_fields[0]!r} twice; a pair needs two fields")
 
     splits_raw = raw["splits"]
     if not isinstance(splits_raw, Mapping) or not splits_raw:
@@ -210,6 +212,9 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
         labels = raw["labels"]
         if not isinstance(labels, list) or len(labels) < 2:
             raise ConfigError(f"{where}: field 'labels': expected a list of at least two labels")
+        if any(label is None or label == "" for label in labels):
+            raise ConfigError(f"{where}: field 'labels': an empty label (YAML reads ~ and a bare - "
+                              "entry as null); give every label a name")
         if any(isinstance(label, bool) for label in labels):
             raise ConfigError(f"{where}: field 'labels': YAML reads yes/no/on/off/true/false as "
                               "booleans; quote such labels, e.g. labels: ['yes', 'no']")
@@ -246,7 +251,8 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
             f"(valid: {', '.join(metrics)})"
         )
 
-    smart = raw.get("smart") or {}
+    smart = raw.get("smart")
+    smart = {} if smart is None else smart  # an empty list or 0 is a mistake, not "no overrides"
     if not isinstance(smart, Mapping):
         raise ConfigError(f"{where}: field 'smart': expected a mapping of SMART settings")
     for key in smart:
@@ -388,6 +394,8 @@ def select_tasks(tasks: dict[str, TaskDef], names: Optional[str], where: str) ->
     if not names:
         return dict(tasks)
     chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:
+        raise ConfigError(f"{where}: no task names in {names!r} (tasks: {', '.join(tasks)})")
     for name in chosen:
         if name not in tasks:
             raise ConfigError(f"{where}: no task {name!r} (tasks: {', '.join(tasks)})")

@@ -41,7 +41,7 @@ from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_
 from mtsmart.model import MultiTaskModel, head_spec, load_tokenizer
 from mtsmart.objective import SideStream, batch_objective
 from mtsmart.optim import build_optimizer, lr_multiplier, scheduled_lr
-from mtsmart.provenance import check_same_data, record_session, session_record
+from mtsmart.provenance import RUN_FILE, check_same_data, record_session, session_record
 from mtsmart.sampling import TaskSampler
 from mtsmart.tasks import TaskDef, task_to_plain
 
@@ -759,7 +759,10 @@ def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:
     """prepare_output_dir's refusals, touching nothing (what --dry-run checks)."""
     if resume:
         if resume_checkpoint(path) is None:
-            raise ConfigError(f"{path}: nothing to resume (no '{LAST_DIR}' checkpoint)")
+            started = os.path.isfile(os.path.join(path, RUN_FILE))
+            raise ConfigError(f"{path}: nothing to resume (no '{LAST_DIR}' checkpoint" +
+                              ("; the run stopped before its first one: start it again with --overwrite)"
+                               if started else ")"))
     elif os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise ConfigError(f"{path}: output directory is not empty "
                           "(pass --overwrite to replace it, or --resume to continue it)")

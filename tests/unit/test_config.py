@@ -384,3 +384,8 @@ def test_from_mapping_accepts_an_instance_and_none():
     assert from_mapping(SmartConfig, None, "x") == SmartConfig()
     cfg = SmartConfig(mode="full")
     assert config.coerce(cfg, SmartConfig, "x") is cfg
+
+
+def test_a_bare_on_for_a_mode_says_to_quote_it():
+    with pytest.raises(ConfigError, match="YAML reads a bare on/yes/true as true: quote the word"):
+        parse_train_config({"smart": {"mode": True}}, WHERE)

@@ -141,6 +141,10 @@ def assert_names(err, *parts):
     (spec(CLS, label_field=DELETE), "'label_field'"),
     (spec(CLS, labels=["only"]), "'labels'"),
     (spec(CLS, labels=["a", "a"]), "'labels'"),
+    (spec(CLS, labels=[None, "a", "b"]), "an empty label"),
+    (spec(CLS, text_fields=["sentence1", "sentence1"]), "'sentence1' twice"),
+    (spec(CLS, smart=[]), "field 'smart'"),
+    (spec(CLS, splits={"train": {"path": "t.tsv", "columns": {"sentence1": True}}}), "columns.sentence1"),
     (spec(CLS, target_field="score"), "'target_field'"),
     (spec(REG, labels=["a", "b"]), "'labels'"),
     (spec(REG, label_field="label"), "'label_field'"),
@@ -314,3 +318,11 @@ def test_boolean_looking_labels_must_be_quoted(tmp_path):
                     "    label_field: l\n    labels: [yes, no]\n    splits: {train: x.tsv}\n")
     with pytest.raises(ConfigError, match=r"t.yaml: task 'q': field 'labels': .*quote"):
         load_task_file(str(path))
+
+
+def test_select_tasks_with_no_names_says_so():
+    from mtsmart.tasks import select_tasks
+
+    with pytest.raises(ConfigError) as err:
+        select_tasks({"rte": None, "mrpc": None}, " , ", "--tasks")
+    assert_names(err, "--tasks", "no task names", "tasks: rte, mrpc")
