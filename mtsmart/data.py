@@ -125,6 +125,10 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str,
                 continue
             if isinstance(column, int):
                 index_of[name] = column
+            elif header is not None and header.count(column) > 1:
+                raise DataError(f"{path}: task {task.name!r}: field {name!r}: column {column!r} appears "
+                                f"{header.count(column)} times in the header; name the one meant in 'columns' "
+                                "by its 0-based index")
             elif header is not None and column in header:
                 index_of[name] = header.index(column)
             elif header is None:

@@ -634,3 +634,10 @@ def test_streams_differ_by_stream_id_and_seed():
     assert order(1, 0) == order(1, 0)
     assert order(1, 0) != order(1, 1)
     assert order(1, 0) != order(2, 0)
+
+
+def test_a_column_named_twice_in_the_header_is_an_error_not_a_guess(tmp_path):
+    (tmp_path / "twice.tsv").write_text("sentence1\tsentence1\tlabel\na\tb\t1\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_split(cls_task({"path": "twice.tsv"}), "train", str(tmp_path))
+    assert "column 'sentence1' appears 2 times" in str(err.value)
