@@ -265,13 +265,14 @@ def test_export_refuses_a_checkpoint_without_pooler_pooling(tmp_path, tiny_model
 def test_a_preset_replaces_the_checkpoints_smart_settings_under_the_flags(mt_checkpoint, tmp_path):
     """finetune inherits every setting of its checkpoint; --smart-preset must still set the
     preset's values over them (a flag given with it wins over the preset)."""
-    from mtsmart.cli import _load_finetune_tasks, _parse, build_parser
+    from mtsmart.arguments import build_parser, parse_args
+    from mtsmart.cli import _load_finetune_tasks
     from mtsmart.config import SMART_PRESETS, SmartConfig
 
     _, ckpt = mt_checkpoint
 
     def smart_settings(*flags: str) -> SmartConfig:
-        args = _parse(build_parser(), ["finetune", str(ckpt), "--task", "pairs", "--output", str(tmp_path / "ft"),
+        args = parse_args(build_parser(), ["finetune", str(ckpt), "--task", "pairs", "--output", str(tmp_path / "ft"),
                                        "--smart", "full", *flags])
         return _load_finetune_tasks(args).training.smart
 

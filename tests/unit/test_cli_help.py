@@ -48,7 +48,7 @@ def test_every_smart_setting_has_a_flag_that_sets_it(command):
     given through its flag and read back from the parsed settings."""
     import dataclasses
 
-    from mtsmart.cli import _parse, collect_overrides
+    from mtsmart.arguments import collect_overrides, parse_args
     from mtsmart.config import SmartConfig, parse_smart
 
     base = SmartConfig(mode="full")
@@ -67,7 +67,7 @@ def test_every_smart_setting_has_a_flag_that_sets_it(command):
             argv += [flag, str(given[field.name])]
         else:
             argv += [flag, given[field.name]]
-    smart = {path[-1]: value for path, value, _ in collect_overrides(_parse(build_parser(), argv))
+    smart = {path[-1]: value for path, value, _ in collect_overrides(parse_args(build_parser(), argv))
              if path[:2] == ["training", "smart"]}
     assert dataclasses.asdict(parse_smart(smart, "flags", base)) == given
 
@@ -76,10 +76,10 @@ def test_every_smart_setting_has_a_flag_that_sets_it(command):
                                        ("trust-remote-code", "trust_remote_code")])
 def test_an_inherited_switch_can_be_turned_off(flag, key):
     """finetune inherits its checkpoint's settings: a switch that was on must be able to go off."""
-    from mtsmart.cli import _parse, collect_overrides
+    from mtsmart.arguments import collect_overrides, parse_args
 
     for given, value in ((f"--{flag}", True), (f"--no-{flag}", False)):
-        args = _parse(build_parser(), ["finetune", "ckpt", "--task", "t", "-o", "out", given])
+        args = parse_args(build_parser(), ["finetune", "ckpt", "--task", "t", "-o", "out", given])
         assert (["training", key], value) in [(path, v) for path, v, _ in collect_overrides(args)]
 
 

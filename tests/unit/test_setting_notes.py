@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from mtsmart.cli import _parse, build_parser, collect_overrides
+from mtsmart.arguments import build_parser, collect_overrides, parse_args
 from mtsmart.setting_notes import note_unused_settings
 from mtsmart.tasks import load_task_file
 from tiny_tasks import write_tiny_tasks
@@ -17,7 +17,7 @@ def notes(tmp_path, caplog, *flags: str, command: str = "train") -> list[str]:
     task_file = write_tiny_tasks(tmp_path)
     argv = (["train", str(task_file), "-o", "out"] if command == "train"
             else ["finetune", "ckpt", "--task", "pairs", "-o", "out"])
-    overrides = collect_overrides(_parse(build_parser(), [*argv, *flags]))
+    overrides = collect_overrides(parse_args(build_parser(), [*argv, *flags]))
     loaded = load_task_file(str(task_file), overrides)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
