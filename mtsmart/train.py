@@ -563,7 +563,8 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.teacher is not None:
+        if self.teacher is not None and math.isfinite(grad_norm):
+            # after every optimizer step (SMART.md): a skipped update leaves the anchor where it was
             smart_cfg = self.cfg.smart
             beta = smart.teacher_momentum(self.global_step, self.plan.total_updates,
                                           smart_cfg.teacher_beta, smart_cfg.teacher_beta_early,

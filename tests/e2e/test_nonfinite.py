@@ -45,6 +45,11 @@ def test_nonfinite_losses_and_gradients_are_skipped_and_counted(tmp_path, tiny_m
 
     monkeypatch.setattr(regression, "loss", nan_loss_sometimes)
     monkeypatch.setattr(classification, "loss", nan_gradient_sometimes)
+    from mtsmart.ema import MeanTeacher
+
+    teacher_updates = []
+    real_update = MeanTeacher.update
+    monkeypatch.setattr(MeanTeacher, "update", lambda self, *a, **k: (teacher_updates.append(1), real_update(self, *a, **k)))
     task_file = write_tiny_tasks(tmp_path)
     out = tmp_path / "run"
     assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
@@ -53,6 +58,8 @@ def test_nonfinite_losses_and_gradients_are_skipped_and_counted(tmp_path, tiny_m
     counters = json.loads((out / "results.json").read_text())["counters"]
     assert counters["nonfinite_loss_skipped"] >= 1
     assert counters["nonfinite_grad_skipped"] >= 1
+    # the teacher follows the optimizer steps that happened, not the skipped ones
+    assert len(teacher_updates) == 16 - counters["nonfinite_grad_skipped"]
     for checkpoint in ("best", "last"):
         for name in ("encoder/model.safetensors", "heads.safetensors", "teacher.safetensors"):
             for key, tensor in load_file(str(out / checkpoint / name)).items():
