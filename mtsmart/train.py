@@ -203,6 +203,10 @@ class Trainer:
         self._setup_data()
         self._setup_plan()
         self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
+        if self.autocast_dtype is not None and self.adversarial_in_fp32:
+            logger.warning("precision %s: batches with SMART's adversarial term run in float32 (its "
+                           "perturbation is below %s's resolution); the others in %s",
+                           cfg.precision, cfg.precision, cfg.precision)
         self.perturbation_scales = self._perturbation_scales()
         if self.resume:
             # ε's unit is measured on the weights the run STARTED from, not re-measured on
@@ -299,6 +303,12 @@ class Trainer:
             warmup_updates=int(cfg.optim.warmup_fraction * total),
             eval_every=cfg.eval_every or updates_per_epoch,
         )
+
+    @property
+    def adversarial_in_fp32(self) -> bool:
+        """Whether some task's batches compute the adversarial term, which mixed precision
+        cannot resolve: those batches run in float32."""
+        return any(smart_cfg.use_adversarial for smart_cfg in self.task_smart.values())
 
     @property
     def uses_teacher(self) -> bool:
@@ -490,8 +500,11 @@ class Trainer:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         adv_w, prox_w = self._weights_at(task_name, self.global_step)
         task = self.tasks[task_name]
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
+        # SMART's perturbation is below bf16's and fp16's resolution: under autocast the
+        # adversarial term is rounding noise or zero (scripts/smart_precision.py), so the
+        # batches that compute it run in float32.
+        mixed = self.autocast_dtype is not None and adv_w == 0
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=mixed):
             losses = batch_objective(
                 self.model, self.teacher, task_name, task.task_type, batch,
                 self.task_smart[task_name], adv_weight=adv_w, prox_weight=prox_w,

@@ -38,3 +38,25 @@ def test_divergences_are_float32_under_bf16_autocast(tiny_model_dir):
     assert logits.dtype == torch.bfloat16  # the model really ran in bf16
     assert losses.total.dtype == torch.float32
     assert torch.isfinite(losses.total) and losses.adv_loss is not None
+
+
+def test_batches_with_the_adversarial_term_run_in_float32_under_bf16(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """bf16 cannot resolve SMART's perturbation (scripts/smart_precision.py: R_s at the
+    adversarial ν equals R_s at a random one); those batches run in float32, the others
+    (here a task whose adversarial weight is 0) in bf16, and the run says so."""
+    import mtsmart.train as train
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    seen = []
+    real = train.batch_objective
+
+    def spy(model, teacher, task, *args, **kwargs):
+        seen.append((task, kwargs["adv_weight"] > 0, torch.is_autocast_enabled("cpu")))
+        return real(model, teacher, task, *args, **kwargs)
+
+    monkeypatch.setattr(train, "batch_objective", spy)
+    train_tiny_run(tmp_path, tiny_model_dir, "bf16", "--precision", "bf16", "--smart", "full",
+                   "--epsilon", "1e-2", "tasks.score.smart.adv_weight=0")
+    assert {task for task, _, _ in seen} == {"pairs", "score"}
+    assert all(autocast == (not adversarial) for _, adversarial, autocast in seen)
+    assert any("batches with SMART's adversarial term run in float32" in r.getMessage() for r in caplog.records)
