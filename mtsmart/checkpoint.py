@@ -126,6 +126,9 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
         heads = {name: [head.output_size, head.dropout.p] for name, head in model.heads.items()}
         with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as handle:
             json.dump({"format_version": FORMAT_VERSION, "heads": heads,
+                       # sort_keys orders the heads mapping; the model's own order (which a
+                       # resumed optimizer state follows, parameter by parameter) is this list
+                       "head_order": list(model.heads),
                        "pooling": model.pooling, "written_by": software_versions(), **meta}, handle,
                       indent=2, sort_keys=True)
         share_like_other_files(tmp)
@@ -287,6 +290,15 @@ def _read_tasks_file(path: str) -> dict:
     return raw
 
 
+def head_order(meta: dict, tasks: dict[str, TaskDef]) -> list[str]:
+    """The heads in the order the model that wrote the checkpoint held them. Checkpoints
+    written before meta.json kept that order: the task file's order (a train run's own),
+    then the others by name."""
+    if "head_order" in meta:
+        return list(meta["head_order"])
+    return [name for name in tasks if name in meta["heads"]] + sorted(set(meta["heads"]) - set(tasks))
+
+
 def load_checkpoint(path: str, device: str | torch.device = "cpu",
                     trust_remote_code: bool = False, weights: str = "student") -> LoadedCheckpoint:
     """Load model (encoder + every head), tokenizer, tasks, config and teacher.
@@ -315,6 +327,7 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
     heads_path = os.path.join(path, HEADS_FILE)
     with reading(f"{os.path.join(path, META_FILE)} and {heads_path}"):
         heads = {name: (int(size), float(dropout)) for name, (size, dropout) in meta["heads"].items()}
+        heads = {name: heads[name] for name in head_order(meta, tasks)}
         model = MultiTaskModel(encoder, heads, pooling=meta["pooling"])
         head_state = load_file(heads_path)
         for name, head in model.heads.items():

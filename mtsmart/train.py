@@ -34,7 +34,7 @@ from mtsmart.cpu_allocator import keep_freed_memory
 from mtsmart.data import TaskStream, default_cache_dir, load_tokenized
 from mtsmart.distributed import Replicas
 from mtsmart.ema import MeanTeacher
-from mtsmart.errors import ConfigError
+from mtsmart.errors import CheckpointError, ConfigError
 from mtsmart.evaluation import predict_split, score_split, selection_score
 from mtsmart.losses import balanced_class_weights
 from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_after, write_json
@@ -353,13 +353,22 @@ class Trainer:
                      # ε's unit is measured on the weights the run STARTED from; a resumed
                      # run must not re-measure it on trained weights.
                      "perturbation_scales": self.perturbation_scales,
-                     "counters": self._global_counters()},
+                     "counters": self._global_counters(),
+                     # the optimizer state is matched to parameters by position: these names
+                     # let a resume check the positions still mean the same parameters
+                     "optimizer_parameters": self._optimizer_parameter_names()},
         }
 
     def _restore(self) -> None:
         path = resume_checkpoint(self.output_dir)
         state = load_trainer_state(path)
         tensors, info = state["tensors"], state["json"]
+        saved, current = info.get("optimizer_parameters"), self._optimizer_parameter_names()
+        if saved is not None and saved != current:  # older checkpoints have no names to check
+            at = next((i for i, (a, b) in enumerate(zip(saved, current)) if a != b), min(len(saved), len(current)))
+            was, now = (names[at] if at < len(names) else "nothing" for names in (saved, current))
+            raise CheckpointError(f"{path}: its optimizer state does not fit this model (parameter {at} was "
+                                  f"{was}, is now {now}); it cannot be resumed")
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scheduler.load_state_dict(tensors["scheduler"])
         if info["seed"] != self.cfg.seed:
@@ -414,6 +423,11 @@ class Trainer:
 
     def _replica_seed(self) -> int:
         return self.cfg.seed + 7919 * self.replicas.rank
+
+    def _optimizer_parameter_names(self) -> list[str]:
+        """The model's parameter names in the optimizer's order (its groups, concatenated)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
 
     def _restore_replica_rng(self, path: str, replica_rngs: Optional[list],
                              replica_side_streams: Optional[list]) -> None:

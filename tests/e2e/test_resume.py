@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from mtsmart.cli import main
@@ -247,3 +248,43 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, tiny_model_dir)
     assert err.strip().splitlines()[-1].startswith("mtsmart: terminated (SIGTERM)")
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
     assert subprocess.run(argv + ["--resume"], env=env, capture_output=True, timeout=300).returncode == 0
+
+
+def test_resume_with_the_tasks_in_an_order_of_their_own(tmp_path, tiny_model_dir, monkeypatch):
+    """The heads come back in the run's order, not the name order meta.json sorts them in:
+    the optimizer state follows the parameters by position, so a run over `score,pairs`
+    resumed with its heads swapped would give each head the other's Adam moments."""
+    from mtsmart.train import Trainer
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    argv = ["train", str(task_file), "--encoder", str(tiny_model_dir), "--quiet", "--num-threads", "1",
+            "--tasks", "score,pairs", "--smart", "full", "--epsilon", "1e-2", "--max-steps", "12",
+            "--eval-every", "4", "--batch-size", "4"]
+    assert main(argv + ["--output", str(tmp_path / "whole")]) == 0
+
+    real = Trainer.evaluate_and_checkpoint
+    calls = []
+
+    def stop_after_the_first_checkpoint(self):
+        record = real(self)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C just after step 4's checkpoint
+        return record
+
+    monkeypatch.setattr(Trainer, "evaluate_and_checkpoint", stop_after_the_first_checkpoint)
+    assert main(argv + ["--output", str(tmp_path / "stopped")]) == 130
+    monkeypatch.setattr(Trainer, "evaluate_and_checkpoint", real)
+    assert main(argv + ["--output", str(tmp_path / "stopped"), "--resume"]) == 0
+    whole, resumed = final_state(tmp_path / "whole"), final_state(tmp_path / "stopped")
+    for part in ("encoder", "heads", "teacher"):
+        for key in whole[part]:
+            assert torch.equal(whole[part][key], resumed[part][key]), f"{part}.{key} differs after resume"
+    # an optimizer state whose positions name other parameters is refused, never loaded
+    state_path = tmp_path / "stopped" / "last" / "trainer_state" / "state.json"
+    state = json.loads(state_path.read_text())
+    names = state["optimizer_parameters"]
+    names[0], names[-1] = names[-1], names[0]
+    state_path.write_text(json.dumps(state))
+    assert main(argv + ["--output", str(tmp_path / "stopped"), "--resume"]) == 2
