@@ -476,12 +476,13 @@ class Trainer:
         while self.global_step < self.plan.total_updates and not self.out_of_patience():
             for _ in range(cfg.grad_accum_steps):
                 self._micro_step(window)
+            lr = scheduled_lr(self.optimizer)  # the rate this update uses (the step moves the schedule on)
             grad_norm = self._optimizer_step()
             self.global_step += 1
             progress.update(1)
             if self.global_step % cfg.log_every == 0 or self.global_step == self.plan.total_updates:
                 scalars = self._window_means(window)
-                scalars["train/lr"] = scheduled_lr(self.optimizer)
+                scalars["train/lr"] = lr
                 scalars["train/grad_norm"] = grad_norm
                 scalars.update({f"train/{k}": v for k, v in self._global_counters().items()})
                 self.logger.log_dict(scalars, self.global_step)

@@ -745,3 +745,20 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(run_dir, tmp_path, cac
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mtsmart: error: ") and names in err[0], err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_train_lr_is_the_rate_each_update_used(tmp_path, tiny_model_dir, cache):
+    """train/lr at step s is the rate update s trained with: the schedule's value at s - 1,
+    so a linear decay's last point is lr / N, not the 0 the schedule reaches after it."""
+    from conftest import tensorboard_scalars
+    from mtsmart.optim import lr_multiplier
+
+    out = tmp_path / "run"
+    assert main(train_argv(tiny_model_dir, out, "training.log_every=1", "training.optim.warmup_fraction=0.25",
+                           "--lr", "0.01")) == 0
+    logged = tensorboard_scalars(out)["train/lr"]
+    total = len(logged)
+    assert [step for step, _ in logged] == list(range(1, total + 1))
+    for step, value in logged:
+        assert value == pytest.approx(0.01 * lr_multiplier(step - 1, int(0.25 * total), total, "linear"))
+    assert logged[-1][1] > 0
