@@ -35,7 +35,8 @@ def check_writable(path: str, flag: str = "--out") -> None:
 def command_train(args: argparse.Namespace) -> int:
     from mtsmart.distributed import Replicas
     from mtsmart.tasks import load_task_file, resolve_data_dir, select_tasks
-    from mtsmart.train import Trainer, check_output_dir, check_resume_settings, prepare_output_dir
+    from mtsmart.train import (Trainer, check_not_in_use, check_output_dir, check_resume_settings, lock_run,
+                               prepare_output_dir)
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --output, --overwrite replaces it: give one")
@@ -47,12 +48,15 @@ def command_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(args, task_file.training, tasks, data_dir)
     replicas = Replicas.from_environment()
+    lock = None  # the run folder's, held by the main replica while it trains there
     try:
         # Only the main replica touches the output directory; the others learn its verdict.
         problem = None
         if replicas.is_main:
             try:
+                check_not_in_use(args.output)
                 if args.resume:  # finishes an interrupted save, then compares the settings
+                    lock = lock_run(args.output) if os.path.isdir(args.output) else None
                     prepare_output_dir(args.output, overwrite=args.overwrite, resume=True)
                     check_resume_settings(args.output, task_file.training, tasks)
                 else:
@@ -70,12 +74,15 @@ def command_train(args: argparse.Namespace) -> int:
             trainer.prepare()
             if replicas.is_main and not args.resume:
                 prepare_output_dir(args.output, overwrite=args.overwrite, resume=False)
+                lock = lock_run(args.output)
             trainer.setup()
             summary = trainer.train()
         finally:
             trainer.cleanup()
     finally:
         replicas.close()
+        if lock is not None:
+            lock.close()
     if summary is None:
         return 0  # not the main replica: it prints nothing
     from mtsmart.evaluation import format_table
@@ -105,10 +112,11 @@ def dry_run(args: argparse.Namespace, training, tasks, data_dir: str) -> int:
     """Everything ``mtsmart train`` would check and build before its first step, then the
     plan; the output folder is only inspected."""
     from mtsmart.dry_run import describe
-    from mtsmart.train import Trainer, check_output_dir, check_resume_settings, resume_checkpoint
+    from mtsmart.train import Trainer, check_not_in_use, check_output_dir, check_resume_settings, resume_checkpoint
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("--dry-run runs as a single process: run it without torchrun")
+    check_not_in_use(args.output)
     check_output_dir(args.output, overwrite=args.overwrite, resume=args.resume)
     if args.resume:
         check_resume_settings(args.output, training, tasks)

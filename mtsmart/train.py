@@ -8,6 +8,7 @@ the optimizer and scheduler, and update the shared EMA teacher.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -15,10 +16,11 @@ import os
 import random
 import re
 import shutil
+import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import IO, Optional, Sequence
 
 import numpy as np
 import torch
@@ -782,6 +784,35 @@ def prepare_output_dir(path: str, overwrite: bool, resume: bool) -> None:
         if os.path.isdir(path) and os.listdir(path):
             shutil.rmtree(path)
         os.makedirs(path, exist_ok=True)
+
+
+LOCK_FILE = ".lock"  # held (flock) by the process training into the folder, for as long as it does
+
+
+def lock_run(path: str) -> IO[str]:
+    """Take the run folder's lock for this process; the caller keeps the handle open for the
+    whole run (the lock goes with the process, however it ends). Raises ConfigError when
+    another process holds it."""
+    handle = open(os.path.join(path, LOCK_FILE), "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"{path}: {holder} is training into this folder; two runs would write over "
+                          "each other's checkpoints and logs (wait for it, or stop it)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"mtsmart (pid {os.getpid()} on {socket.gethostname()})")
+    handle.flush()
+    return handle
+
+
+def check_not_in_use(path: str) -> None:
+    """Refuse a run folder another process is training into (its lock is held)."""
+    if os.path.isfile(os.path.join(path, LOCK_FILE)):
+        lock_run(path).close()
 
 
 def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:

@@ -4,6 +4,7 @@ weights and metrics, bit for bit on CPU, as the same run left alone."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -288,3 +289,25 @@ def test_resume_with_the_tasks_in_an_order_of_their_own(tmp_path, tiny_model_dir
     names[0], names[-1] = names[-1], names[0]
     state_path.write_text(json.dumps(state))
     assert main(argv + ["--output", str(tmp_path / "stopped"), "--resume"]) == 2
+
+
+def test_a_second_process_cannot_train_into_a_run_folder_in_use(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """While one process trains into a folder (its lock held), --resume and --overwrite into
+    the same folder are refused; once it is gone, the folder is free again."""
+    from mtsmart.train import lock_run
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "run"
+    argv = train_args(task_file, tiny_model_dir, out, "off")[:-len(STEPS)] + ["--max-steps", "2", "--eval-every", "2"]
+    assert main(argv) == 0
+    before = (out / "metrics.jsonl").read_text()
+    held = lock_run(str(out))  # as the other process would hold it
+    capsys.readouterr()
+    for extra in (["--resume"], ["--overwrite"], ["--overwrite", "--dry-run"]):
+        assert main(argv + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is training into this folder" in err[0] and f"pid {os.getpid()}" in err[0], err
+    assert (out / "metrics.jsonl").read_text() == before
+    held.close()
+    assert main(argv + ["--resume"]) == 0
