@@ -36,7 +36,7 @@ def command_train(args: argparse.Namespace) -> int:
     from mtsmart.distributed import Replicas
     from mtsmart.tasks import load_task_file, resolve_data_dir, select_tasks
     from mtsmart.train import (Trainer, check_not_in_use, check_output_dir, check_resume_settings, lock_run,
-                               prepare_output_dir)
+                               prepare_output_dir, release_run)
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --output, --overwrite replaces it: give one")
@@ -82,7 +82,7 @@ def command_train(args: argparse.Namespace) -> int:
     finally:
         replicas.close()
         if lock is not None:
-            lock.close()
+            release_run(lock, args.output)
     if summary is None:
         return 0  # not the main replica: it prints nothing
     from mtsmart.evaluation import format_table

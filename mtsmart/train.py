@@ -8,6 +8,7 @@ the optimizer and scheduler, and update the shared EMA teacher.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -537,8 +538,10 @@ class Trainer:
             return
         if not losses.backward_done:
             self._backward(losses.total)
-        for key, value in (("loss", losses.task_loss), ("adv_loss", losses.adv_loss),
-                           ("bregman_loss", losses.prox_loss),
+        # the two terms as added to the loss (λ_s·R_s, μ·D), and the divergences themselves
+        adv_added = adv_w * losses.adv_loss if losses.adv_loss is not None else None
+        for key, value in (("loss", losses.task_loss), ("adv_loss", adv_added),
+                           ("adv_divergence", losses.adv_loss), ("bregman_loss", losses.prox_loss),
                            ("teacher_divergence", losses.teacher_divergence),
                            ("perturbation_norm", losses.perturbation_norm)):
             if value is not None:
@@ -789,11 +792,7 @@ def prepare_output_dir(path: str, overwrite: bool, resume: bool) -> None:
 LOCK_FILE = ".lock"  # held (flock) by the process training into the folder, for as long as it does
 
 
-def lock_run(path: str) -> IO[str]:
-    """Take the run folder's lock for this process; the caller keeps the handle open for the
-    whole run (the lock goes with the process, however it ends). Raises ConfigError when
-    another process holds it."""
-    handle = open(os.path.join(path, LOCK_FILE), "a+", encoding="utf-8")
+def _take_lock(handle: IO[str], path: str) -> None:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -802,6 +801,14 @@ def lock_run(path: str) -> IO[str]:
         handle.close()
         raise ConfigError(f"{path}: {holder} is training into this folder; two runs would write over "
                           "each other's checkpoints and logs (wait for it, or stop it)") from None
+
+
+def lock_run(path: str) -> IO[str]:
+    """Take the run folder's lock for this process; the caller keeps the handle open for the
+    whole run and gives it to ``release_run`` (a crash releases it with the process).
+    Raises ConfigError when another process holds it."""
+    handle = open(os.path.join(path, LOCK_FILE), "a+", encoding="utf-8")
+    _take_lock(handle, path)
     handle.seek(0)
     handle.truncate()
     handle.write(f"mtsmart (pid {os.getpid()} on {socket.gethostname()})")
@@ -809,10 +816,18 @@ def lock_run(path: str) -> IO[str]:
     return handle
 
 
+def release_run(handle: IO[str], path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(path, LOCK_FILE))
+    handle.close()
+
+
 def check_not_in_use(path: str) -> None:
-    """Refuse a run folder another process is training into (its lock is held)."""
-    if os.path.isfile(os.path.join(path, LOCK_FILE)):
-        lock_run(path).close()
+    """Refuse a run folder another process is training into (its lock is held); reads only."""
+    lock_path = os.path.join(path, LOCK_FILE)
+    if os.path.isfile(lock_path):
+        with open(lock_path, encoding="utf-8") as handle:
+            _take_lock(handle, path)  # released on leaving: only a test
 
 
 def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:

@@ -33,7 +33,7 @@ METRICS = {"pairs": {"accuracy", "f1"}, "scores": {"pearson", "spearman"}}
 LABELS = ("same", "different")
 CHECKPOINT_FILES = ("meta.json", "encoder/config.json", "encoder/tokenizer_config.json",
                     "encoder/tokenizer.json", "heads.safetensors", "tasks.yaml", "training.yaml")
-SMART_TAGS = ("adv_loss", "bregman_loss", "teacher_divergence", "perturbation_norm")
+SMART_TAGS = ("adv_loss", "adv_divergence", "bregman_loss", "teacher_divergence", "perturbation_norm")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -467,7 +467,7 @@ def smart_run(tiny_model_dir, tmp_path_factory) -> Path:
     # The paper's values (absolute ε = 1e-5, ‖·‖∞, fixed β): the defaults' horizon of 10% of
     # 4 updates would make the teacher the student.
     argv = train_argv(tiny_model_dir, output, "--smart", "full", "--eval-every", "2",
-                      "--smart-preset", "paper")
+                      "--smart-preset", "paper", "--adv-weight", "0.5", "--prox-weight", "0.25")
     argv[argv.index("--max-steps") + 1] = "4"
     code, _, err = run_cli(argv, output.parent / "cache")
     assert code == 0, err[-3000:]
@@ -494,6 +494,12 @@ def test_smart_full_writes_teacher_and_logs_smart_scalars(smart_run):
     expected = {f"train/{task}/{tag}" for task in TASKS for tag in SMART_TAGS}
     missing = expected - set(logged)
     assert not missing, f"missing {sorted(missing)}; logged {sorted(logged)}"
+    # Each term's loss is as added to the total: its weight times its divergence.
+    for task in TASKS:
+        for (weight, added, divergence) in ((0.5, "adv_loss", "adv_divergence"),
+                                            (0.25, "bregman_loss", "teacher_divergence")):
+            pairs = zip(logged[f"train/{task}/{added}"], logged[f"train/{task}/{divergence}"])
+            assert all(a == pytest.approx(weight * d, rel=1e-5) for (_, a), (_, d) in pairs), (task, added)
     # The skip counter is a curve from the first log (every logged step), zero here.
     for task in TASKS:
         skipped = logged.get(f"train/regularizer_skipped/{task}", [])
