@@ -99,6 +99,15 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def p_value(share: float, resamples: int) -> str:
+    """A bootstrap share as a p-value: none of N resamples says < 1/N, not 0 (nor all, 1)."""
+    if share == 0:
+        return f"< {1 / resamples:.3g}"
+    if share == 1:
+        return f"> {1 - 1 / resamples:.3g}"
+    return f"= {share:.3f}"
+
+
 def steps_trained(first_step: int, stopped_at: int) -> str:
     """What this session trained: a resumed run counts only its own updates."""
     if first_step == 0:
@@ -409,7 +418,7 @@ def command_compare(args: argparse.Namespace) -> int:
         for metric, r in report[name].items():
             print(f"{name} {split_name} {metric}: A {100 * r['a']:.2f}, B {100 * r['b']:.2f}, "
                   f"B − A {100 * r['b_minus_a']:+.2f} [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}], "
-                  f"P(B − A ≤ 0) = {r['p_b_not_better']:.3f}")
+                  f"P(B − A ≤ 0) {p_value(r['p_b_not_better'], args.bootstrap)}")
     print(f"\nA = {args.checkpoint} ({args.weights_a}), B = {args.other} ({args.weights_b}); 95% "
           f"intervals and P from a paired bootstrap over {args.bootstrap} resamples of the examples")
     if args.out:

@@ -173,7 +173,12 @@ class Trainer:
         self.logger = MetricLogger(os.path.join(self.output_dir, TENSORBOARD_DIR)
                                    if self.replicas.is_main else None,
                                    purge_step=self.global_step + 1 if self.resume else None)
-        self.logger.log_hparams(flatten_settings({**to_plain(cfg), "tasks": ",".join(self.tasks)}),
+        # the run's settings, its length in updates, and each task's own SMART overrides:
+        # runs that differ only there must not look alike in the HParams table
+        overrides = {name: {"smart": dict(task.smart)} for name, task in self.tasks.items() if task.smart}
+        self.logger.log_hparams(flatten_settings({**to_plain(cfg), "tasks": ",".join(self.tasks),
+                                                  "updates": self.plan.total_updates,
+                                                  **({"task": overrides} if overrides else {})}),
                                 self._metric_tags())
 
     def _metric_tags(self) -> list[str]:
@@ -719,8 +724,9 @@ class Trainer:
             "training": to_plain(self.cfg),
             "main_metrics": {n: t.selection_metric for n, t in self.tasks.items()},
         }
-        if "teacher_results" in records[-1]:
-            summary["last"]["teacher_results"] = records[-1]["teacher_results"]
+        for which, record in (("last", records[-1]), ("best", best)):
+            if "teacher_results" in record:
+                summary[which]["teacher_results"] = record["teacher_results"]
         weighted = {n: w.tolist() for n, w in self.class_weights.items() if w is not None}
         if weighted:
             summary["class_weights"] = weighted

@@ -47,3 +47,11 @@ def test_compare_needs_the_task_in_both(tmp_path, tiny_model_dir, monkeypatch, c
     assert main(["compare", str(both / "best"), str(one / "best"), "--tasks", "score"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "has no head for task 'score' (its tasks: pairs)" in err
+
+
+def test_a_p_value_no_resample_reaches_is_a_bound():
+    from mtsmart.cli import p_value
+
+    assert p_value(0.0, 1000) == "< 0.001"
+    assert p_value(1.0, 200) == "> 0.995"
+    assert p_value(0.27, 1000) == "= 0.270"

@@ -490,6 +490,9 @@ def test_smart_full_writes_teacher_and_logs_smart_scalars(smart_run):
         assert not np.array_equal(teacher[f"heads.{key}"].numpy(), heads[key].numpy())
     assert any(k.startswith("encoder.") for k in teacher)
 
+    results = read_json(output / "results.json")
+    for which in ("best", "last"):  # the teacher's scores beside the student's, at both
+        assert set(results[which]["teacher_results"]) == set(TASKS), which
     logged = tensorboard_scalars(output)
     expected = {f"train/{task}/{tag}" for task in TASKS for tag in SMART_TAGS}
     missing = expected - set(logged)
@@ -528,6 +531,7 @@ def test_hparams_tab_lists_the_settings_and_reads_the_logged_metrics(smart_run):
     assert settings["smart.mode"].string_value == "full"
     assert settings["smart.norm"].string_value == "inf"  # the paper preset, not the default
     assert settings["max_steps"].number_value == 4
+    assert settings["updates"].number_value == 4  # the run's length, whichever setting gave it
     assert settings["tasks"].string_value == ",".join(TASKS)
     assert settings["smart.same_dropout_masks"].string_value == "false"
     metric_tags = {m.name.tag for m in content["_hparams_/experiment"].experiment.metric_infos}
@@ -768,3 +772,16 @@ def test_train_lr_is_the_rate_each_update_used(tmp_path, tiny_model_dir, cache):
     for step, value in logged:
         assert value == pytest.approx(0.01 * lr_multiplier(step - 1, int(0.25 * total), total, "linear"))
     assert logged[-1][1] > 0
+
+
+def test_hparams_tell_apart_runs_that_differ_only_in_a_tasks_own_smart_setting(tmp_path, tiny_model_dir, cache):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out = tmp_path / "run"
+    assert main(train_argv(tiny_model_dir, out, "--smart", "full", "tasks.scores.smart.adv_weight=0.1")) == 0
+    accumulator = EventAccumulator(str(out / "tensorboard"))
+    accumulator.Reload()
+    raw = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    settings = plugin_data_pb2.HParamsPluginData.FromString(raw).session_start_info.hparams
+    assert settings["task.scores.smart.adv_weight"].number_value == pytest.approx(0.1)
