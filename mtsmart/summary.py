@@ -52,11 +52,9 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{results_path}: damaged ({err}); leave the run out or train it again") from None
     training = summary.get("training") or _training_from_checkpoint(path)
-    if weights == "teacher" and which == "best":
-        raise ConfigError("--weights teacher: the best evaluation is the student's own (selected on "
-                          "the student's score); the teacher has --which last")
     metrics = summary.get("main_metrics") or _main_metrics_from_checkpoint(path)
-    # A run without the Bregman term has no teacher: its row shows – for the teacher
+    # A run without the Bregman term has no teacher (nor, for the best evaluation, a run
+    # written before results.json kept it there): its row shows – for the teacher
     results = summary[which].get("teacher_results" if weights == "teacher" else "results", {})
     settings = flatten_settings(training)
     recipe = {k: v for k, v in settings.items() if k not in NOT_RECIPE}
