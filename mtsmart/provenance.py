@@ -8,6 +8,7 @@ Must not import the trainer or the CLI.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -47,9 +48,26 @@ def device_description(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def encoder_fingerprint(source: str) -> Optional[str]:
+    """A short hash of a local encoder folder's config and weights, so a run records WHICH
+    weights it started from, not only their path (None for a hub name: the path is all)."""
+    if not os.path.isdir(source):
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(source)):
+        if name == "config.json" or name.endswith((".safetensors", ".bin")):
+            digest.update(name.encode())
+            with open(os.path.join(source, name), "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def session_record(command: Optional[Sequence[str]], device: torch.device, replicas: int,
-                   data: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """``data``: task → split role ("train" / "eval") → {"split", "examples", "fingerprint"}."""
+                   data: dict[str, dict[str, dict[str, Any]]], encoder: Optional[dict[str, Any]] = None
+                   ) -> dict[str, Any]:
+    """``data``: task → split role ("train" / "eval") → {"split", "examples", "fingerprint"};
+    ``encoder``: where the weights came from and their fingerprint."""
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": list(command) if command is not None else None,  # None: called from Python
@@ -58,6 +76,7 @@ def session_record(command: Optional[Sequence[str]], device: torch.device, repli
         "platform": platform.platform(),
         "device": device_description(device),
         "replicas": replicas,
+        **({"encoder": encoder} if encoder is not None else {}),
         "data": data,
     }
 

@@ -28,9 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from mtsmart import smart
-from mtsmart.checkpoint import (TRAINING_FILE, encoder_source_problem, load_checkpoint, load_checkpoint_tasks,
-                                load_trainer_state, load_trainer_state_json, recover_interrupted_save,
-                                save_checkpoint)
+from mtsmart.checkpoint import (ENCODER_DIR, TRAINING_FILE, encoder_source_problem, is_checkpoint,
+                                load_checkpoint, load_checkpoint_tasks, load_trainer_state,
+                                load_trainer_state_json, recover_interrupted_save, save_checkpoint)
 from mtsmart.config import (RUN_ONLY_SETTINGS, TrainConfig, differences, flatten_settings, from_mapping,
                             load_yaml, to_plain)
 from mtsmart.cpu_allocator import keep_freed_memory
@@ -44,7 +44,7 @@ from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_
 from mtsmart.model import MultiTaskModel, head_spec, load_tokenizer
 from mtsmart.objective import SideStream, batch_objective
 from mtsmart.optim import build_optimizer, lr_multiplier, scheduled_lr
-from mtsmart.provenance import RUN_FILE, check_same_data, record_session, session_record
+from mtsmart.provenance import RUN_FILE, check_same_data, encoder_fingerprint, record_session, session_record
 from mtsmart.sampling import TaskSampler
 from mtsmart.tasks import TaskDef, task_to_plain
 
@@ -415,8 +415,11 @@ class Trainer:
                 for name, task in self.tasks.items()}
         if self.resume:
             check_same_data(self.output_dir, data)
+        source = self.init_from or self.cfg.encoder
+        weights = os.path.join(source, ENCODER_DIR) if is_checkpoint(source) else source
+        encoder = {"source": source, "fingerprint": encoder_fingerprint(weights)}
         record_session(self.output_dir, session_record(self.command, self.device,
-                                                       self.replicas.world_size, data),
+                                                       self.replicas.world_size, data, encoder),
                        resumed=self.resume)
 
     def _discard_logs_after(self, step: int) -> None:

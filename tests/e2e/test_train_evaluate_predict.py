@@ -225,6 +225,11 @@ def test_run_json_records_what_produced_the_run(bert_run, run_dir, tiny_model_di
     assert session["data"]["pairs"]["train"]["fingerprint"] != session["data"]["pairs"]["eval"]["fingerprint"]
     for which in ("best", "last"):
         assert read_json(run_dir / which / "meta.json")["written_by"] == session["versions"]
+    # which weights the run started from, not only their path: another folder's weights differ
+    from mtsmart.provenance import encoder_fingerprint
+
+    assert session["encoder"] == {"source": str(tiny_model_dir), "fingerprint": encoder_fingerprint(str(tiny_model_dir))}
+    assert encoder_fingerprint(str(run_dir / "last" / "encoder")) != session["encoder"]["fingerprint"]
 
 
 def test_tensorboard_scalars(run_dir):
