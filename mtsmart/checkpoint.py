@@ -83,6 +83,15 @@ def _state_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
 
 
+def check_apart(checkpoint: str, out_dir: str, flag: str) -> None:
+    """An output folder that is replaced whole must not be the checkpoint read from, a folder
+    holding it, or one inside it."""
+    out, source = os.path.realpath(out_dir), os.path.realpath(checkpoint)
+    if os.path.commonpath([out, source]) in (out, source):
+        raise CheckpointError(f"{flag} {out_dir}: would replace the checkpoint {checkpoint} or a folder "
+                              "around or inside it; give a folder of its own")
+
+
 def share_like_other_files(root: str) -> None:
     """Give a finished folder built in a private temporary directory the permissions any
     file the user writes gets (the umask's): mkdtemp makes it 0700 and safetensors writes

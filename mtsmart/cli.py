@@ -35,8 +35,8 @@ def check_writable(path: str, flag: str = "--out") -> None:
 def command_train(args: argparse.Namespace) -> int:
     from mtsmart.distributed import Replicas
     from mtsmart.tasks import load_task_file, resolve_data_dir, select_tasks
-    from mtsmart.train import (Trainer, check_not_in_use, check_output_dir, check_resume_settings, lock_run,
-                               prepare_output_dir, release_run)
+    from mtsmart.train import (Trainer, check_not_in_use, check_output_dir, check_resume_settings,
+                               claim_output_dir, lock_run, prepare_output_dir)
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --output, --overwrite replaces it: give one")
@@ -72,9 +72,15 @@ def command_train(args: argparse.Namespace) -> int:
         try:
             # every setting, the encoder and every split checked before an old run is cleared
             trainer.prepare()
+            problem = None
             if replicas.is_main and not args.resume:
-                prepare_output_dir(args.output, overwrite=args.overwrite, resume=False)
-                lock = lock_run(args.output)
+                try:
+                    lock = claim_output_dir(args.output, overwrite=args.overwrite)
+                except ConfigError as err:
+                    problem = str(err)
+            problem = replicas.broadcast(problem)  # the other replicas must not wait in setup()
+            if problem:
+                raise ConfigError(problem)
             trainer.setup()
             summary = trainer.train()
         finally:
@@ -82,7 +88,7 @@ def command_train(args: argparse.Namespace) -> int:
     finally:
         replicas.close()
         if lock is not None:
-            release_run(lock, args.output)
+            lock.close()
     if summary is None:
         return 0  # not the main replica: it prints nothing
     from mtsmart.evaluation import format_table
@@ -284,9 +290,10 @@ def _load_finetune_tasks(args: argparse.Namespace):
 
 
 def command_finetune(args: argparse.Namespace) -> int:
-    from mtsmart.checkpoint import load_checkpoint_tasks
+    from mtsmart.checkpoint import check_apart, load_checkpoint_tasks
+    from mtsmart.data import read_split
     from mtsmart.tasks import check_same_head, resolve_data_dir, select_tasks
-    from mtsmart.train import Trainer, check_output_dir, prepare_output_dir
+    from mtsmart.train import Trainer, check_not_in_use, check_output_dir, claim_output_dir
 
     task_file = _load_finetune_tasks(args)
     checkpoint_tasks = load_checkpoint_tasks(args.checkpoint)
@@ -298,22 +305,31 @@ def command_finetune(args: argparse.Namespace) -> int:
     note_unused_settings(tasks, task_file.training, collect_overrides(args), from_checkpoint=True)
     data_dir = resolve_data_dir(args.data_dir, task_file)
     several = len(tasks) > 1
+    check_apart(args.checkpoint, args.output, "--output")  # --overwrite would delete what it reads
+    check_not_in_use(args.output)
     check_output_dir(args.output, overwrite=args.overwrite, resume=False)
-    summaries = {}
-    for name, task in tasks.items():
-        out = os.path.join(args.output, name) if several else args.output
-        trainer = Trainer({name: task}, task_file.training, data_dir, out, init_from=args.checkpoint,
-                          init_weights=args.weights, cache_dir=args.cache_dir, show_progress=not args.quiet,
-                          command=args.command_line)
-        try:
-            trainer.prepare()  # the checkpoint, the settings and the task's data, before any folder is touched
-            if not summaries:
-                prepare_output_dir(args.output, overwrite=args.overwrite, resume=False)
-            os.makedirs(out, exist_ok=True)
-            trainer.setup()
-            summaries[name] = trainer.train()
-        finally:
-            trainer.cleanup()
+    for task in tasks.values():  # every task's data read before an earlier run is cleared
+        for split in (task.train_split, task.eval_split):
+            read_split(task, split, data_dir)
+    summaries, lock = {}, None
+    try:
+        for name, task in tasks.items():
+            out = os.path.join(args.output, name) if several else args.output
+            trainer = Trainer({name: task}, task_file.training, data_dir, out, init_from=args.checkpoint,
+                              init_weights=args.weights, cache_dir=args.cache_dir, show_progress=not args.quiet,
+                              command=args.command_line)
+            try:
+                trainer.prepare()  # the checkpoint and the settings, before the folder is touched
+                if lock is None:
+                    lock = claim_output_dir(args.output, overwrite=args.overwrite)
+                os.makedirs(out, exist_ok=True)
+                trainer.setup()
+                summaries[name] = trainer.train()
+            finally:
+                trainer.cleanup()
+    finally:
+        if lock is not None:
+            lock.close()
     from mtsmart.evaluation import format_table
 
     print(format_table({n: s["best"]["results"][n] for n, s in summaries.items()},

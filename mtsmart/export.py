@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from mtsmart.checkpoint import load_checkpoint, share_like_other_files
+from mtsmart.checkpoint import check_apart, load_checkpoint, share_like_other_files
 from mtsmart.errors import CheckpointError
 from mtsmart.model import quiet_transformers
 
@@ -34,10 +34,7 @@ def _classifier_state(model, task: str, kind: str) -> dict[str, torch.Tensor]:
 def check_export_target(checkpoint: str, out_dir: str, overwrite: bool) -> None:
     """The export replaces ``out_dir`` whole: never the checkpoint itself or a folder that
     holds it, and a folder with anything in it only when told to."""
-    out, source = os.path.realpath(out_dir), os.path.realpath(checkpoint)
-    if out == source or source.startswith(out + os.sep) or out.startswith(source + os.sep):
-        raise CheckpointError(f"--out {out_dir}: would replace the checkpoint {checkpoint} or a folder "
-                              "around or inside it; give a folder of its own")
+    check_apart(checkpoint, out_dir, "--out")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise CheckpointError(f"--out {out_dir}: a file; give a folder for the model")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:

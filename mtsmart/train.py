@@ -8,7 +8,6 @@ the optimizer and scheduler, and update the shared EMA teacher.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -793,31 +792,36 @@ def prepare_output_dir(path: str, overwrite: bool, resume: bool) -> None:
             recover_interrupted_save(os.path.join(path, name))
     check_output_dir(path, overwrite, resume)
     if not resume:
-        if os.path.isdir(path) and os.listdir(path):
-            shutil.rmtree(path)
-        os.makedirs(path, exist_ok=True)
+        claim_output_dir(path, overwrite).close()
 
 
 LOCK_FILE = ".lock"  # held (flock) by the process training into the folder, for as long as it does
 
 
-def _take_lock(handle: IO[str], path: str) -> None:
+def _take_lock(handle: IO[str], path: str, shared: bool = False) -> bool:
+    """Lock ``handle``; False where the filesystem has no flock (nothing is prevented there)."""
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
         raise ConfigError(f"{path}: {holder} is training into this folder; two runs would write over "
                           "each other's checkpoints and logs (wait for it, or stop it)") from None
+    except OSError:
+        return False
+    return True
 
 
 def lock_run(path: str) -> IO[str]:
-    """Take the run folder's lock for this process; the caller keeps the handle open for the
-    whole run and gives it to ``release_run`` (a crash releases it with the process).
+    """Take the run folder's lock for this process, creating the folder; the caller keeps
+    the handle open for the whole run (the lock goes with the process, however it ends).
     Raises ConfigError when another process holds it."""
+    os.makedirs(path, exist_ok=True)
     handle = open(os.path.join(path, LOCK_FILE), "a+", encoding="utf-8")
-    _take_lock(handle, path)
+    if not _take_lock(handle, path):
+        logger.warning("%s: its filesystem cannot lock files; nothing stops a second run from "
+                       "training into the same folder", path)
     handle.seek(0)
     handle.truncate()
     handle.write(f"mtsmart (pid {os.getpid()} on {socket.gethostname()})")
@@ -825,18 +829,25 @@ def lock_run(path: str) -> IO[str]:
     return handle
 
 
-def release_run(handle: IO[str], path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.remove(os.path.join(path, LOCK_FILE))
-    handle.close()
-
-
 def check_not_in_use(path: str) -> None:
-    """Refuse a run folder another process is training into (its lock is held); reads only."""
+    """Refuse a run folder another process is training into (its lock is held). A shared
+    lock, held for an instant, and nothing written: only a test."""
     lock_path = os.path.join(path, LOCK_FILE)
     if os.path.isfile(lock_path):
         with open(lock_path, encoding="utf-8") as handle:
-            _take_lock(handle, path)  # released on leaving: only a test
+            _take_lock(handle, path, shared=True)
+
+
+def claim_output_dir(path: str, overwrite: bool) -> IO[str]:
+    """A new run's folder: locked first, then emptied of an earlier run (with --overwrite;
+    the lock file stays, so the folder is never unlocked while it is cleared)."""
+    check_output_dir(path, overwrite, resume=False)
+    lock = lock_run(path)
+    for name in os.listdir(path):
+        if name != LOCK_FILE:
+            target = os.path.join(path, name)
+            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.remove(target)
+    return lock
 
 
 def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:
@@ -847,6 +858,6 @@ def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:
             raise ConfigError(f"{path}: nothing to resume (no '{LAST_DIR}' checkpoint" +
                               ("; the run stopped before its first one: start it again with --overwrite)"
                                if started else ")"))
-    elif os.path.isdir(path) and os.listdir(path) and not overwrite:
+    elif os.path.isdir(path) and set(os.listdir(path)) - {LOCK_FILE} and not overwrite:
         raise ConfigError(f"{path}: output directory is not empty "
                           "(pass --overwrite to replace it, or --resume to continue it)")

@@ -343,3 +343,13 @@ def test_finetune_refuses_a_task_file_whose_labels_the_head_reads_otherwise(mt_c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(flipped) in err[0] and "labels" in err[0], err
     assert not (tmp_path / "ft").exists()
+
+
+def test_finetune_never_clears_the_folder_it_reads_its_checkpoint_from(mt_checkpoint, capsys):
+    _, ckpt = mt_checkpoint
+    run = ckpt.parent
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["finetune", str(ckpt), "--task", "pairs", "--output", str(run), "--overwrite",
+                 "--max-steps", "1", "--quiet"]) == 2
+    assert "would replace the checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before

@@ -167,7 +167,7 @@ def test_checkpoint_is_complete(run_dir, tiny_model_dir, which):
         assert state["global_step"] == 6
         assert sum(state["counters"][f"batches/{t}"] for t in TASKS) == 6
     # Atomic writes leave no temporary siblings behind.
-    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name != ".lock"]
     assert leftovers == []
 
 
