@@ -194,8 +194,11 @@ def _recipe_changes(path: str, settings: dict) -> str:
     them (a folder written before recipe.json was kept only knows "other settings")."""
     if not os.path.exists(path):
         return "other settings"
-    with open(path, encoding="utf-8") as handle:
-        before = flatten_settings(json.load(handle))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            before = flatten_settings(json.load(handle))
+    except (ValueError, TypeError, AttributeError):  # damaged: the hashes still tell them apart
+        return "other settings"
     now = flatten_settings(settings)
     changed = [f"{key} was {before.get(key)}, now {now.get(key)}" for key in sorted(set(before) | set(now))
                if before.get(key) != now.get(key)]

@@ -2,7 +2,7 @@
 the flag → setting table, and ``collect_overrides``, which turns flags, KEY=VALUE,
 --config and --smart-preset into settings overrides in the order they apply.
 
-Must not import the trainer; reads no sys.argv (the CLI hands it over).
+Must not import the trainer; the CLI hands it the arguments.
 """
 
 from __future__ import annotations
@@ -413,7 +413,9 @@ def collect_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any, st
             if extra:
                 raise ConfigError(f"{args.config}: unknown top-level key {extra[0]!r} (valid: training)")
             raw = raw["training"] or {}
-        overrides[:0] = settings_as_overrides(["training"], raw, f"--config {args.config}")
+        from_file = settings_as_overrides(["training"], raw, f"--config {args.config}")
+        # inside the file, as in a task file's smart: block, a preset comes before the keys
+        overrides[:0] = sorted(from_file, key=lambda override: override[0][-1] != "preset")
     for flag, (path, _) in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:

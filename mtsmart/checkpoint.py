@@ -4,12 +4,13 @@ Layout (keys below are module constants)::
 
     CKPT/encoder/            encoder.save_pretrained + tokenizer.save_pretrained
     CKPT/heads.safetensors   every task head, "<task>.linear.weight" ...
-    CKPT/tasks.yaml          the task definitions, as a task file
+    CKPT/tasks.yaml          the task definitions, as a task file, with the data_dir the run read
     CKPT/training.yaml       the resolved training configuration
     CKPT/teacher.safetensors the SMART mean teacher (when one exists)
     CKPT/trainer_state/      optimizer, scheduler, sampler, streams, RNG (for --resume)
-    CKPT/meta.json           written last (its presence marks a complete checkpoint), with
-                             the versions of mtsmart, Python and the libraries that wrote it
+    CKPT/meta.json           written last (its presence marks a complete checkpoint): the
+                             heads and their order, the pooling, and the versions of
+                             mtsmart, Python and the libraries that wrote it
 
 A checkpoint is written into a temporary sibling directory and renamed into place, so a
 crash never leaves a half-written directory under the final name.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -64,7 +66,8 @@ class LoadedCheckpoint:
 
 # What a truncated, half-copied or hand-edited checkpoint file raises from safetensors,
 # torch, json, yaml or transformers.
-_DAMAGE = (OSError, ValueError, KeyError, TypeError, RuntimeError, yaml.YAMLError, SafetensorError)
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError,
+           yaml.YAMLError, SafetensorError)
 
 
 @contextlib.contextmanager
@@ -74,6 +77,9 @@ def reading(what: str) -> Iterator[None]:
         yield
     except _DAMAGE as err:
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        if "trust_remote_code" in str(err):
+            raise CheckpointError(f"{what}: the encoder runs code of its own; pass --trust-remote-code "
+                                  "if you trust it") from None
         raise CheckpointError(f"{what}: damaged or incomplete ({first}); copy the checkpoint again or "
                               "use another one") from None
 
@@ -92,12 +98,20 @@ def check_apart(checkpoint: str, out_dir: str, flag: str) -> None:
                               "around or inside it; give a folder of its own")
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it: once, at import
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def share_like_other_files(root: str) -> None:
     """Give a finished folder built in a private temporary directory the permissions any
     file the user writes gets (the umask's): mkdtemp makes it 0700 and safetensors writes
     0600, which a serving process or a colleague could not read."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _UMASK
     os.chmod(root, 0o777 & ~umask)
     for folder, dirs, files in os.walk(root):
         for name in dirs:

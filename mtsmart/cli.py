@@ -1,7 +1,8 @@
 """Command line: ``mtsmart train | evaluate | predict | finetune | adapt | export | compare |
 summarize``. The only reader of sys.argv.
 
-Every user error ends as one line on stderr and exit code 2.
+Every user error ends as one line on stderr and exit code 2; an operating-system error
+(a full disk) as one line and 1; Ctrl-C 130, SIGTERM 143.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def _checkpoint_tasks(loaded, args: argparse.Namespace, names: Optional[str], wh
     from mtsmart.tasks import DATA_DIR_ENV, check_same_head, load_task_file, resolve_data_dir, select_tasks
 
     tasks = dict(loaded.tasks)
-    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or loaded.data_dir or os.getcwd()
+    recorded = loaded.data_dir if loaded.data_dir and os.path.isdir(loaded.data_dir) else None  # moved: cwd
+    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or recorded or os.getcwd()
     if args.task_defs:
         task_file = load_task_file(args.task_defs)
         for name, task in task_file.tasks.items():
@@ -225,7 +227,7 @@ def command_predict(args: argparse.Namespace) -> int:
         tasks = _with_input_split(tasks, args.input, args.quoting)
     elif args.quoting is not None:
         raise ConfigError("--quoting applies to --input: a split is read as its task definition says")
-    extension = os.path.splitext(args.out.rstrip("/"))[1].lower()
+    extension = "" if os.path.isdir(args.out) else os.path.splitext(args.out.rstrip("/"))[1].lower()
     single_file = extension in (".tsv", ".txt")
     if extension and not single_file:
         raise ConfigError(f"--out {args.out}: predictions are written as tsv; give a .tsv file (one task) "
@@ -282,6 +284,8 @@ def _load_finetune_tasks(args: argparse.Namespace):
     raw = load_yaml(source)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with 'tasks:' at the top level")
+    if not args.task_defs and not os.path.isdir(str(raw.get("data_dir", ""))):
+        raw.pop("data_dir", None)  # a copied checkpoint's run folder data are elsewhere: --data-dir
     training = settings_as_overrides(["training"], inherited, f"{args.checkpoint}/{TRAINING_FILE}")
     own = raw.pop("training", None) or {}
     raw["training"] = {}

@@ -73,9 +73,11 @@ def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
     try:
         start = 1
         for row in reader:
-            if fmt == "tsv" and quoting == csv.QUOTE_MINIMAL and reader.line_num > start:
-                # A quote that opens a field and runs over line ends: in a tsv file that is
-                # a literal quote (GLUE's files have them), and reading on would merge rows.
+            if (fmt == "tsv" and quoting == csv.QUOTE_MINIMAL and reader.line_num > start
+                    and any("\n" in field and "\t" in field for field in row)):
+                # A quoted field that runs over line ends AND holds tabs swallowed whole rows:
+                # a literal quote (GLUE's files have them). A quoted multi-line text without
+                # tabs is a real field, as pandas writes them.
                 raise DataError(f"{src.path} line {start}: a double quote opens a field that runs on to "
                                 f"line {reader.line_num}, merging rows; if quotes are literal text in "
                                 "this file, read it with quoting: none (predict --input: --quoting none)")

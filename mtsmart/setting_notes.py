@@ -31,8 +31,12 @@ def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overr
     """Log a note for each command-line setting ``tasks`` and ``training`` leave unused.
     ``from_checkpoint``: the encoder comes from a checkpoint (finetune)."""
     given = [(_full_path(path), value, text) for path, value, text in overrides]
-    notes = _shadowed_by_a_task(tasks, given) + _switched_off(tasks, training, given)
+    notes = _shadowed_by_a_task(tasks, training, given) + _switched_off(tasks, training, given)
     keys = {tuple(path): text for path, _, text in given}
+    cleared = [text for path, value, text in given
+               if path == ["training", "max_steps"] and value is not None and training.max_steps is None]
+    if cleared:
+        notes.append(f"{cleared[-1]} does nothing: --epochs sets the run's length ({training.epochs:g} epochs)")
     if ("training", "epochs") in keys and ("training", "max_steps") in keys and training.max_steps:
         notes.append(f"{keys['training', 'epochs']} does nothing: {keys['training', 'max_steps']} "
                      f"sets the run's length ({training.max_steps} update{'' if training.max_steps == 1 else 's'})")
@@ -52,15 +56,16 @@ def _full_path(path: list[str]) -> list[str]:
     return path if path[0] in ("training", "tasks", "data_dir") else ["training", *path]
 
 
-def _shadowed_by_a_task(tasks: dict[str, TaskDef], given: list[Override]) -> list[str]:
+def _shadowed_by_a_task(tasks: dict[str, TaskDef], training: TrainConfig, given: list[Override]) -> list[str]:
     """A run-wide SMART setting does not reach a task whose own ``smart:`` block sets the
     same key (the task's value is the more specific one)."""
     per_task = {tuple(path) for path, _, _ in given if path[0] == "tasks"}
     notes = []
-    for path, value, text in given:
+    for path, _, text in given:
         if len(path) != 3 or path[:2] != ["training", "smart"]:
             continue
         key = path[2]
+        value = getattr(training.smart, key)  # as read: YAML's "1e-5" is the number 1e-05
         for name, task in tasks.items():
             if key in task.smart and task.smart[key] != value and ("tasks", name, "smart", key) not in per_task:
                 notes.append(f"training.smart.{key} = {value} ({text}) does not reach task {name!r}: its "

@@ -48,8 +48,9 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     try:
         with open(results_path, encoding="utf-8") as handle:
             summary = json.load(handle)
-        summary["last"], summary["best"]
-    except (ValueError, KeyError, TypeError) as err:
+        if not all(isinstance(summary.get(which), dict) for which in ("last", "best")):
+            raise ValueError("no 'last' and 'best' evaluations")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"{results_path}: damaged ({err}); leave the run out or train it again") from None
     training = summary.get("training") or _training_from_checkpoint(path)
     metrics = summary.get("main_metrics") or _main_metrics_from_checkpoint(path)

@@ -92,3 +92,19 @@ def test_adapt_help_offers_no_setting_adapt_sets_for_each_run(capsys):
     assert "--seeds" in shown and "--min-steps" in shown
     for flag in ("--seed ", "--max-steps", "--eval-every", "--patience", "--keep-last"):
         assert flag not in shown, flag
+
+
+def test_a_preset_in_a_config_file_comes_before_the_files_own_keys(tmp_path):
+    """As in a task file's smart: block, whatever order the file lists them in."""
+    import yaml
+
+    from mtsmart.arguments import collect_overrides, parse_args
+    from mtsmart.tasks import load_task_file
+    from tiny_tasks import write_tiny_tasks
+
+    task_file = write_tiny_tasks(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"training": {"smart": {"epsilon": 0.001, "preset": "paper"}}}, sort_keys=False))
+    args = parse_args(build_parser(), ["train", str(task_file), "-o", "out", "--config", str(config)])
+    smart = load_task_file(str(task_file), collect_overrides(args)).training.smart
+    assert smart.epsilon == 0.001 and smart.norm == "inf"  # the key over the preset; the preset's norm

@@ -641,3 +641,10 @@ def test_a_column_named_twice_in_the_header_is_an_error_not_a_guess(tmp_path):
     with pytest.raises(DataError) as err:
         read_split(cls_task({"path": "twice.tsv"}), "train", str(tmp_path))
     assert "column 'sentence1' appears 2 times" in str(err.value)
+
+
+def test_a_quoted_multi_line_text_without_tabs_is_one_field(tmp_path):
+    """As pandas writes a text with a line break: a real field, not a stray quote."""
+    (tmp_path / "multi.tsv").write_text('sentence\tlabel\n"first line\nsecond line"\t1\nnext\t0\n', encoding="utf-8")
+    examples = read_split(cls_task({"path": "multi.tsv"}, text_fields=("sentence",)), "train", str(tmp_path))
+    assert examples.texts == [("first line\nsecond line",), ("next",)]

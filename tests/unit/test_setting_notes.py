@@ -51,3 +51,23 @@ def test_finetune_names_an_encoder_it_does_not_load(tmp_path, caplog):
 ])
 def test_settings_the_run_uses_get_no_note(tmp_path, caplog, flags):
     assert notes(tmp_path, caplog, *flags) == []
+
+
+def test_epochs_over_a_max_steps_set_by_key_value_is_named(tmp_path, caplog):
+    said = notes(tmp_path, caplog, "training.max_steps=7", "--epochs", "2")
+    assert "training.max_steps=7 does nothing: --epochs sets the run's length (2 epochs)" in said
+
+
+def test_a_value_yaml_reads_as_text_is_compared_as_the_run_reads_it(tmp_path, caplog):
+    """training.smart.epsilon=1e-5 is the string '1e-5' to YAML; a task's own 1e-05 is the
+    same value, so no task is said to be missed."""
+    task_file = write_tiny_tasks(tmp_path)
+    task_file.write_text(task_file.read_text().replace(
+        "    target_field: score\n", "    target_field: score\n    smart: {epsilon: 1.0e-5}\n"))
+    argv = ["train", str(task_file), "-o", "out", "--smart", "full", "training.smart.epsilon=1e-5"]
+    overrides = collect_overrides(parse_args(build_parser(), argv))
+    loaded = load_task_file(str(task_file), overrides)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        note_unused_settings(loaded.tasks, loaded.training, overrides)
+    assert not caplog.records
