@@ -8,6 +8,7 @@ Every user error ends as one line on stderr and exit code 2; an operating-system
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ import threading
 from typing import Optional, Sequence
 
 from mtsmart.arguments import EXIT_USAGE, build_parser, collect_overrides, parse_args, settings_as_overrides
-from mtsmart.config import ADAPT_SETS_PER_RUN, load_yaml
+from mtsmart.config import ADAPT_SETS_PER_RUN, TrainConfig, load_yaml
 from mtsmart.errors import ConfigError, MtsmartError
 from mtsmart.setting_notes import note_unused_settings
 
@@ -342,6 +343,14 @@ def command_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_setting(text: str) -> bool:
+    """Whether adapt's START ``text`` (LABEL=PATH) is a KEY=VALUE override instead: a dotted
+    settings key, or a bare training setting whose value is no path."""
+    key, _, value = text.partition("=")
+    bare = key in {f.name for f in dataclasses.fields(TrainConfig)} and not os.path.exists(value)
+    return key.startswith(("training.", "tasks.")) or bare
+
+
 def command_adapt(args: argparse.Namespace) -> int:
     from mtsmart.adaptation import parse_start, run_adaptation
     from mtsmart.checkpoint import TASKS_FILE, encoder_source_problem
@@ -349,7 +358,7 @@ def command_adapt(args: argparse.Namespace) -> int:
 
     # argparse hands every positional before the first flag to START; one that sets a
     # dotted key (training.optim.lr=2e-5, tasks.NAME.KEY=...) is an override, as elsewhere.
-    is_override = [text.split("=", 1)[0].startswith(("training.", "tasks.")) for text in args.starts]
+    is_override = [_is_setting(text) for text in args.starts]
     args.overrides = [t for t, moved in zip(args.starts, is_override) if moved] + args.overrides
     args.starts = [t for t, moved in zip(args.starts, is_override) if not moved]
     if not args.starts:
@@ -357,7 +366,6 @@ def command_adapt(args: argparse.Namespace) -> int:
     starts = [parse_start(text) for text in args.starts]
     overrides = collect_overrides(args)
     for path, value, text in overrides:
-        path = path if path[0] in ("training", "tasks", "data_dir") else ["training", *path]
         if (len(path) == 2 and path[0] == "training" and path[1] in ADAPT_SETS_PER_RUN
                 and not (text == "--epochs" and value is None)):  # --epochs clearing max_steps
             raise ConfigError(f"{text}: adapt sets training.{path[1]} for each run itself "

@@ -434,7 +434,8 @@ def validate_train(cfg: TrainConfig, where: str) -> None:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` → (["a", "b", "c"], value), the value read as YAML."""
+    """``a.b.c=value`` → (["a", "b", "c"], value), the value read as YAML. A bare key is a
+    training setting: ``seed=3`` is ``training.seed=3``."""
     if "=" not in text:
         raise ConfigError(
             f"override {text!r}: expected KEY=VALUE, e.g. training.optim.lr=2e-5"
@@ -443,6 +444,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"override {text!r}: empty key")
+    if parts[0] not in ("training", "tasks", "data_dir"):
+        parts = ["training", *parts]
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

@@ -30,7 +30,7 @@ def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overr
                          from_checkpoint: bool = False) -> None:
     """Log a note for each command-line setting ``tasks`` and ``training`` leave unused.
     ``from_checkpoint``: the encoder comes from a checkpoint (finetune)."""
-    given = [(_full_path(path), value, text) for path, value, text in overrides]
+    given = list(overrides)
     notes = _shadowed_by_a_task(tasks, training, given) + _switched_off(tasks, training, given)
     keys = {tuple(path): text for path, _, text in given}
     cleared = [text for path, value, text in given
@@ -50,10 +50,6 @@ def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overr
         notes.append(f"{keys['training', 'encoder']} does nothing: the encoder comes from the checkpoint")
     for note in dict.fromkeys(notes):  # once each, in order
         logger.warning(note)
-
-
-def _full_path(path: list[str]) -> list[str]:
-    return path if path[0] in ("training", "tasks", "data_dir") else ["training", *path]
 
 
 def _shadowed_by_a_task(tasks: dict[str, TaskDef], training: TrainConfig, given: list[Override]) -> list[str]:

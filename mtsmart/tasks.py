@@ -314,9 +314,6 @@ def build_task_file(raw: Any, path: str, overrides: list[tuple[list[str], Any, s
         raise ConfigError(f"{path}: expected a mapping with 'tasks:' at the top level")
     set_by: dict[tuple[str, ...], str] = {}
     for key_path, value, text in overrides:
-        if key_path[0] not in ("training", "tasks", "data_dir"):
-            # Bare keys are training settings: "seed=3" is short for "training.seed=3".
-            key_path = ["training", *key_path]
         tasks = raw.get("tasks")
         if (key_path[0] == "tasks" and len(key_path) > 2 and isinstance(tasks, dict)
                 and key_path[1] not in tasks):

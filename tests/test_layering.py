@@ -116,3 +116,9 @@ def test_import_checker(source, expected):
 ])
 def test_argv_checker(source, expected):
     assert reads_argv(source) is expected
+
+
+@pytest.mark.parametrize("module", ["arguments", "setting_notes"])
+def test_only_the_cli_imports_the_command_line_modules(module):
+    importers = {m for m in MODULES if f"mtsmart.{module}" in imports_of(m)}
+    assert importers <= {"cli"}, importers

@@ -278,13 +278,15 @@ def test_adapt_refuses_a_setting_it_sets_for_each_run_itself(workdir, tiny_model
     assert not (workdir / "adapt").exists()
 
 
-def test_adapt_reads_a_dotted_key_value_before_the_flags_as_an_override(workdir, tiny_model_dir, capsys):
+@pytest.mark.parametrize("setting, says", [("training.optim.lr=-1", "training.optim.lr"),
+                                            ("batch_size=0", "training.batch_size")])
+def test_adapt_reads_a_key_value_before_the_flags_as_an_override(workdir, tiny_model_dir, capsys, setting, says):
     """argparse would hand it to START; the error shows it reached the settings instead."""
     task_file = write(workdir, task_yaml())
-    code, err = run_main(["adapt", f"raw={tiny_model_dir}", "training.optim.lr=-1", "--task", "tiny",
+    code, err = run_main(["adapt", f"raw={tiny_model_dir}", setting, "--task", "tiny",
                           "--task-defs", str(task_file), "--train-sizes", "2",
                           "--output", str(workdir / "adapt")], capsys)
-    assert_one_line(code, err, "training.optim.lr", "training.optim.lr=-1")
+    assert_one_line(code, err, says, setting)
     assert "START" not in err
 
 

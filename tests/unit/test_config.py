@@ -258,6 +258,8 @@ def test_unhashable_preset_is_a_config_error(preset):
     ("training.max_steps=null", ["training", "max_steps"], None),
     ("training.encoder=", ["training", "encoder"], ""),
     (" training.seed = 3", ["training", "seed"], 3),
+    ("seed=3", ["training", "seed"], 3),  # a bare key is a training setting
+    ("data_dir=/d", ["data_dir"], "/d"),
     ("training.encoder=[unclosed", ["training", "encoder"], "[unclosed"),
 ])
 def test_parse_override(text, path, value):
@@ -288,11 +290,11 @@ def test_apply_override_through_a_scalar_is_an_error():
 
 
 def test_override_round_trip_through_the_loader():
-    tree = {"optim": {"lr": 1e-4}}
+    tree = {"training": {"optim": {"lr": 1e-4}}}
     for text in ("optim.lr=3e-5", "smart.mode=off", "smart.preset=paper", "smart.adv_weight=2"):
-        path, value = parse_override(text)
+        path, value = parse_override(text)  # bare keys are training settings
         apply_override(tree, path, value, text)
-    cfg = parse_train_config(tree, WHERE)
+    cfg = parse_train_config(tree["training"], WHERE)
     assert cfg.optim.lr == pytest.approx(3e-5)
     assert cfg.smart.mode == "off" and cfg.smart.adv_weight == 2.0
 
@@ -302,7 +304,7 @@ def test_override_with_unknown_key_is_caught_by_the_loader():
     path, value = parse_override("optim.lrr=1")
     apply_override(tree, path, value, "optim.lrr=1")
     with pytest.raises(ConfigError, match="'lrr'"):
-        parse_train_config(tree, WHERE)
+        parse_train_config(tree["training"], WHERE)
 
 
 # ----------------------------------------------------------------------------- YAML files

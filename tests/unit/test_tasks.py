@@ -216,7 +216,7 @@ def test_load_task_file_applies_overrides(tmp_path):
     path = write_yaml(tmp_path, GOOD)
     tf = load_task_file(path, [
         (["tasks", "rte", "max_length"], 64, "tasks.rte.max_length=64"),
-        (["batch_size"], 16, "batch_size=16"),  # bare keys are training keys
+        (["training", "batch_size"], 16, "batch_size=16"),  # parse_override reads bare keys so
         (["training", "smart", "mode"], False, "training.smart.mode=off"),
     ])
     assert tf.tasks["rte"].max_length == 64 and tf.training.batch_size == 16
