@@ -17,46 +17,46 @@ from mtsmart.errors import ConfigError
 
 EXIT_USAGE = 2
 
-# Command-line flag → (config path, type). Flags win over the YAML and KEY=VALUE overrides.
-TRAIN_FLAGS: dict[str, tuple[str, type]] = {
-    "encoder": ("training.encoder", str),
-    "num_hidden_layers": ("training.num_hidden_layers", int),
-    "pooling": ("training.pooling", str),
-    "encoder_dropout": ("training.encoder_dropout", float),
-    "gradient_checkpointing": ("training.gradient_checkpointing", bool),
-    "max_steps": ("training.max_steps", int),
-    "epochs": ("training.epochs", float),
-    "batch_size": ("training.batch_size", int),
-    "grad_accum_steps": ("training.grad_accum_steps", int),
-    "lr": ("training.optim.lr", float),
-    "lr_schedule": ("training.optim.schedule", str),
-    "layer_decay": ("training.optim.layer_decay", float),
-    "head_lr_scale": ("training.optim.head_lr_scale", float),
-    "seed": ("training.seed", int),
-    "eval_every": ("training.eval_every", int),
-    "select_metric": ("training.select_metric", str),
-    "patience": ("training.patience", int),
-    "sampler": ("training.sampler.name", str),
-    "precision": ("training.precision", str),
-    "num_threads": ("training.num_threads", int),
-    "keep_last": ("training.keep_last", int),
-    "trust_remote_code": ("training.trust_remote_code", bool),
-    "smart": ("training.smart.mode", str),
-    "adv_weight": ("training.smart.adv_weight", float),
-    "prox_weight": ("training.smart.prox_weight", float),
-    "epsilon": ("training.smart.epsilon", float),
-    "noise_std": ("training.smart.noise_std", float),
-    "step_size": ("training.smart.step_size", float),
-    "num_steps": ("training.smart.num_steps", int),
-    "norm": ("training.smart.norm", str),
-    "teacher_beta": ("training.smart.teacher_beta", float),
-    "teacher_beta_early": ("training.smart.teacher_beta_early", float),
-    "teacher_early_fraction": ("training.smart.teacher_early_fraction", float),
-    "prox_warmup_fraction": ("training.smart.prox_warmup_fraction", float),
-    "teacher_horizon_fraction": ("training.smart.teacher_horizon_fraction", float),
-    "relative_epsilon": ("training.smart.relative_to_embedding_norm", bool),
-    "same_dropout_masks": ("training.smart.same_dropout_masks", bool),
-    "memory_efficient": ("training.smart.memory_efficient", bool),
+# Command-line flag → the setting it sets. Flags win over the YAML and KEY=VALUE overrides.
+TRAIN_FLAGS: dict[str, str] = {
+    "encoder": "training.encoder",
+    "num_hidden_layers": "training.num_hidden_layers",
+    "pooling": "training.pooling",
+    "encoder_dropout": "training.encoder_dropout",
+    "gradient_checkpointing": "training.gradient_checkpointing",
+    "max_steps": "training.max_steps",
+    "epochs": "training.epochs",
+    "batch_size": "training.batch_size",
+    "grad_accum_steps": "training.grad_accum_steps",
+    "lr": "training.optim.lr",
+    "lr_schedule": "training.optim.schedule",
+    "layer_decay": "training.optim.layer_decay",
+    "head_lr_scale": "training.optim.head_lr_scale",
+    "seed": "training.seed",
+    "eval_every": "training.eval_every",
+    "select_metric": "training.select_metric",
+    "patience": "training.patience",
+    "sampler": "training.sampler.name",
+    "precision": "training.precision",
+    "num_threads": "training.num_threads",
+    "keep_last": "training.keep_last",
+    "trust_remote_code": "training.trust_remote_code",
+    "smart": "training.smart.mode",
+    "adv_weight": "training.smart.adv_weight",
+    "prox_weight": "training.smart.prox_weight",
+    "epsilon": "training.smart.epsilon",
+    "noise_std": "training.smart.noise_std",
+    "step_size": "training.smart.step_size",
+    "num_steps": "training.smart.num_steps",
+    "norm": "training.smart.norm",
+    "teacher_beta": "training.smart.teacher_beta",
+    "teacher_beta_early": "training.smart.teacher_beta_early",
+    "teacher_early_fraction": "training.smart.teacher_early_fraction",
+    "prox_warmup_fraction": "training.smart.prox_warmup_fraction",
+    "teacher_horizon_fraction": "training.smart.teacher_horizon_fraction",
+    "relative_epsilon": "training.smart.relative_to_embedding_norm",
+    "same_dropout_masks": "training.smart.same_dropout_masks",
+    "memory_efficient": "training.smart.memory_efficient",
 }
 
 
@@ -416,7 +416,7 @@ def collect_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any, st
         from_file = settings_as_overrides(["training"], raw, f"--config {args.config}")
         # inside the file, as in a task file's smart: block, a preset comes before the keys
         overrides[:0] = sorted(from_file, key=lambda override: override[0][-1] != "preset")
-    for flag, (path, _) in TRAIN_FLAGS.items():
+    for flag, path in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append((path.split("."), value, f"--{flag.replace('_', '-')}"))

@@ -22,16 +22,16 @@ from mtsmart.errors import ConfigError, MtsmartError
 from mtsmart.setting_notes import note_unused_settings
 
 
-def check_writable(path: str, flag: str = "--out") -> None:
+def check_writable(path: str) -> None:
     """Refuse an output path that cannot be written, before any work: a file where a folder
     would have to be, or a folder this process may not write in."""
     ancestor = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
-        raise ConfigError(f"{flag} {path}: cannot write there ({ancestor} is a file)")
+        raise ConfigError(f"--out {path}: cannot write there ({ancestor} is a file)")
     if not os.access(ancestor, os.W_OK):
-        raise ConfigError(f"{flag} {path}: cannot write there (no permission in {ancestor})")
+        raise ConfigError(f"--out {path}: cannot write there (no permission in {ancestor})")
 
 
 def command_train(args: argparse.Namespace) -> int:
