@@ -353,3 +353,32 @@ def test_finetune_never_clears_the_folder_it_reads_its_checkpoint_from(mt_checkp
                  "--max-steps", "1", "--quiet"]) == 2
     assert "would replace the checkpoint" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_adapt_sets_for_each_run_exactly_the_settings_its_command_line_refuses(mt_checkpoint, tmp_path, monkeypatch):
+    """config.ADAPT_SETS_PER_RUN names what adaptation.run_adaptation sets per run; the two
+    must not drift apart (a setting adapt overrides but accepts would be dropped silently)."""
+    import dataclasses
+
+    import mtsmart.train as train
+    from mtsmart.config import ADAPT_SETS_PER_RUN
+
+    _, ckpt = mt_checkpoint
+    seen = []
+
+    class Spy(train.Trainer):
+        def __init__(self, tasks, cfg, *args, **kwargs):
+            seen.append(cfg)
+            super().__init__(tasks, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train, "Trainer", Spy)  # adaptation imports it when it runs
+    new_task_file = write_new_domain(tmp_path)
+    assert main(["adapt", f"mt={ckpt}", "--task", "domain", "--task-defs", str(new_task_file),
+                 "--train-sizes", "6", "--seeds", "1", "--min-steps", "1", "--output", str(tmp_path / "a"),
+                 "--quiet"]) == 0
+    from mtsmart.tasks import load_task_file
+
+    given = load_task_file(str(new_task_file)).training
+    changed = {f.name for f in dataclasses.fields(given) if getattr(given, f.name) != getattr(seen[0], f.name)}
+    assert changed - {"encoder"} <= set(ADAPT_SETS_PER_RUN), changed
+    assert {"seed", "max_steps", "eval_every", "save_checkpoints"} <= set(ADAPT_SETS_PER_RUN)
