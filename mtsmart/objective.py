@@ -26,7 +26,8 @@ class BatchLosses:
 
     total: torch.Tensor
     task_loss: float
-    adv_loss: Optional[float] = None
+    adv_loss: Optional[float] = None  # λ_s·R_s as added to the total
+    adv_divergence: Optional[float] = None  # R_s itself
     prox_loss: Optional[float] = None  # μ·D as added to the total
     teacher_divergence: Optional[float] = None  # D itself
     perturbation_norm: Optional[float] = None
@@ -97,7 +98,8 @@ def _objective(model: MultiTaskModel, teacher: Optional[MeanTeacher], task: str,
         result.perturbation_norm = adv.perturbation_norm
         if adv.is_finite:
             total = total + adv_weight * adv.loss
-            result.adv_loss = float(adv.loss.detach())
+            result.adv_divergence = float(adv.loss.detach())
+            result.adv_loss = adv_weight * result.adv_divergence
         else:
             result.regularizer_skipped = True
 
@@ -263,7 +265,7 @@ def _combined(parts: list[tuple[float, float, BatchLosses]]) -> BatchLosses:
     total = sum(share * losses.total.detach() for share, _, losses in parts)
     return BatchLosses(
         total=total, task_loss=sum(share * losses.task_loss for share, _, losses in parts),
-        adv_loss=mean_of("adv_loss"), prox_loss=mean_of("prox_loss"),
+        adv_loss=mean_of("adv_loss"), adv_divergence=mean_of("adv_divergence"), prox_loss=mean_of("prox_loss"),
         teacher_divergence=mean_of("teacher_divergence"),
         perturbation_norm=mean_of("perturbation_norm", by_tokens=True),
         regularizer_skipped=any(losses.regularizer_skipped for _, _, losses in parts),

@@ -546,9 +546,8 @@ class Trainer:
         if not losses.backward_done:
             self._backward(losses.total)
         # the two terms as added to the loss (λ_s·R_s, μ·D), and the divergences themselves
-        adv_added = adv_w * losses.adv_loss if losses.adv_loss is not None else None
-        for key, value in (("loss", losses.task_loss), ("adv_loss", adv_added),
-                           ("adv_divergence", losses.adv_loss), ("bregman_loss", losses.prox_loss),
+        for key, value in (("loss", losses.task_loss), ("adv_loss", losses.adv_loss),
+                           ("adv_divergence", losses.adv_divergence), ("bregman_loss", losses.prox_loss),
                            ("teacher_divergence", losses.teacher_divergence),
                            ("perturbation_norm", losses.perturbation_norm)):
             if value is not None:

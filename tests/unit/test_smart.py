@@ -276,7 +276,8 @@ def test_zero_weights_skip_their_forward_passes(adv, prox, student_forwards, tea
     assert teacher_calls.count == teacher_forwards
     assert (losses.adv_loss is not None) == (adv > 0)
     assert (losses.prox_loss is not None) == (prox > 0)
-    expected = losses.task_loss + adv * (losses.adv_loss or 0.0) + prox * (losses.teacher_divergence or 0.0)
+    expected = losses.task_loss + adv * (losses.adv_divergence or 0.0) + prox * (losses.teacher_divergence or 0.0)
+    assert losses.adv_loss == pytest.approx(adv * losses.adv_divergence) if adv > 0 else losses.adv_loss is None
     assert float(losses.total.detach()) == pytest.approx(expected, rel=1e-5)
 
 
@@ -351,7 +352,7 @@ def test_memory_efficient_path_gives_the_same_gradients(task, prox, class_weight
                                 prox_weight=prox, loss_weight=0.7, class_weights=weights,
                                 backward=backward)
     assert efficient.backward_done and not standard.backward_done and len(calls) == 2
-    for field in ("task_loss", "adv_loss", "prox_loss", "teacher_divergence", "perturbation_norm"):
+    for field in ("task_loss", "adv_loss", "adv_divergence", "prox_loss", "teacher_divergence", "perturbation_norm"):
         expected = getattr(standard, field)
         assert (getattr(efficient, field) is None) == (expected is None), field
         if expected is not None:
@@ -381,7 +382,7 @@ def test_same_dropout_masks_leave_only_the_perturbation_in_r_s(memory_efficient)
         torch.manual_seed(3)
         adv[same] = batch_objective(model, None, "cls", get_task_type("classification"),
                                     batch, replace(tiny, same_dropout_masks=same),
-                                    adv_weight=1.0, prox_weight=0.0, backward=backward).adv_loss
+                                    adv_weight=1.0, prox_weight=0.0, backward=backward).adv_divergence
     after_objective = torch.rand(3)
     assert adv[False] > 1e-4
     assert adv[True] < 1e-9
