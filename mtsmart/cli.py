@@ -139,8 +139,11 @@ def dry_run(args: argparse.Namespace, training, tasks, data_dir: str) -> int:
         check_resume_settings(args.output, training, tasks)
     trainer = Trainer(tasks, training, data_dir, args.output, resume=args.resume,
                       cache_dir=args.cache_dir, show_progress=False)
-    trainer.prepare()
-    print(describe(trainer, resume_checkpoint(args.output) if args.resume else training.encoder))
+    try:
+        trainer.prepare()
+        print(describe(trainer, resume_checkpoint(args.output) if args.resume else training.encoder))
+    finally:
+        trainer.cleanup()
     print(f"\ndry run: every setting, the encoder and every split checked; nothing trained, "
           f"{args.output} untouched")
     return 0

@@ -193,6 +193,7 @@ class Trainer:
         all it writes); the plan and ε's unit. Nothing is trained."""
         cfg = self.cfg
         if cfg.num_threads:
+            self._threads_before = torch.get_num_threads()  # given back in cleanup()
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
         self.device = self.replicas.device()
@@ -741,6 +742,9 @@ class Trainer:
         logger = getattr(self, "logger", None)
         if logger is not None:
             logger.close()
+        # a run's thread count is its own: the next run in this process starts from torch's
+        if getattr(self, "_threads_before", None):
+            torch.set_num_threads(self._threads_before)
 
 
 def _per_replica_counter(key: str) -> bool:

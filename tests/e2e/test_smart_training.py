@@ -156,3 +156,13 @@ def test_the_teacher_exists_exactly_when_some_task_uses_the_bregman_term(
     else:
         assert trainer.teacher is None
         assert all(mu == 0.0 for _, _, mu in seen)
+
+
+def test_a_runs_thread_count_is_given_back_when_it_ends(tmp_path, tiny_model_dir):
+    """Several runs in one process (finetune --task all, adapt, a notebook): each starts from
+    the process's thread count, not the one the run before it chose."""
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    task_file = write_tiny_tasks(tmp_path)
+    trainer = run_trainer(task_file, tmp_path / "run", tiny_model_dir, SmartConfig(mode="off"), num_threads=wanted)
+    assert trainer.cfg.num_threads == wanted and torch.get_num_threads() == before
