@@ -30,10 +30,9 @@ def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overr
                          from_checkpoint: bool = False) -> None:
     """Log a note for each command-line setting ``tasks`` and ``training`` leave unused.
     ``from_checkpoint``: the encoder comes from a checkpoint (finetune)."""
-    given = list(overrides)
-    notes = _shadowed_by_a_task(tasks, training, given) + _switched_off(tasks, training, given)
-    keys = {tuple(path): text for path, _, text in given}
-    cleared = [text for path, value, text in given
+    notes = _shadowed_by_a_task(tasks, training, overrides) + _switched_off(tasks, training, overrides)
+    keys = {tuple(path): text for path, _, text in overrides}
+    cleared = [text for path, value, text in overrides
                if path == ["training", "max_steps"] and value is not None and training.max_steps is None]
     if cleared:
         notes.append(f"{cleared[-1]} does nothing: --epochs sets the run's length ({training.epochs:g} epochs)")

@@ -848,10 +848,12 @@ def claim_output_dir(path: str, overwrite: bool) -> IO[str]:
     the lock file stays, so the folder is never unlocked while it is cleared)."""
     check_output_dir(path, overwrite, resume=False)
     lock = lock_run(path)
-    for name in os.listdir(path):
-        if name != LOCK_FILE:
-            target = os.path.join(path, name)
-            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.remove(target)
+    for name in set(os.listdir(path)) - {LOCK_FILE}:
+        target = os.path.join(path, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        else:
+            os.remove(target)
     return lock
 
 
