@@ -38,7 +38,7 @@ def command_train(args: argparse.Namespace) -> int:
     from mtsmart.distributed import Replicas
     from mtsmart.tasks import load_task_file, resolve_data_dir, select_tasks
     from mtsmart.train import (Trainer, check_not_in_use, check_output_dir, check_resume_settings,
-                               claim_output_dir, lock_run, prepare_output_dir)
+                               claim_output_dir, lock_run, prepare_resume)
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --output, --overwrite replaces it: give one")
@@ -59,7 +59,7 @@ def command_train(args: argparse.Namespace) -> int:
                 check_not_in_use(args.output)
                 if args.resume:  # finishes an interrupted save, then compares the settings
                     lock = lock_run(args.output) if os.path.isdir(args.output) else None
-                    prepare_output_dir(args.output, overwrite=args.overwrite, resume=True)
+                    prepare_resume(args.output)
                     check_resume_settings(args.output, task_file.training, tasks)
                 else:
                     check_output_dir(args.output, overwrite=args.overwrite, resume=False)

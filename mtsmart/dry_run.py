@@ -32,7 +32,7 @@ def describe(trainer, source: str) -> str:
            else f"the encoder's own dropout ({getattr(config, 'hidden_dropout_prob', '?')})"),
         f"device    {device_description(trainer.device)}, precision {cfg.precision}"
         + (" (batches with the adversarial term in fp32)"
-           if cfg.precision != "fp32" and trainer.adversarial_in_fp32 else "")
+           if cfg.precision != "fp32" and trainer.uses_adversarial_term else "")
         + (", gradient checkpointing" if cfg.gradient_checkpointing else ""),
         f"updates   {plan.total_updates} ({plan.total_updates / updates_per_epoch:.2f} epochs of "
         f"{updates_per_epoch}), warm-up {plan.warmup_updates}, "

@@ -211,7 +211,7 @@ class Trainer:
         self._setup_data()
         self._setup_plan()
         self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
-        if self.autocast_dtype is not None and self.adversarial_in_fp32:
+        if self.autocast_dtype is not None and self.uses_adversarial_term:
             logger.warning("precision %s: batches with SMART's adversarial term run in float32 (its "
                            "perturbation is below %s's resolution); the others in %s",
                            cfg.precision, cfg.precision, cfg.precision)
@@ -313,9 +313,9 @@ class Trainer:
         )
 
     @property
-    def adversarial_in_fp32(self) -> bool:
-        """Whether some task's batches compute the adversarial term, which mixed precision
-        cannot resolve: those batches run in float32."""
+    def uses_adversarial_term(self) -> bool:
+        """Whether some task's batches compute the adversarial term (which mixed precision
+        cannot resolve: those batches run in float32)."""
         return any(smart_cfg.use_adversarial for smart_cfg in self.task_smart.values())
 
     @property
@@ -790,14 +790,12 @@ def _same_directory(a: str, b: str) -> bool:
     return os.path.isdir(a) and os.path.isdir(b) and os.path.samefile(a, b)
 
 
-def prepare_output_dir(path: str, overwrite: bool, resume: bool) -> None:
-    """Refuse to mix two runs in one directory unless told to overwrite or resume."""
-    if resume:
-        for name in (LAST_DIR, BEST_DIR):
-            recover_interrupted_save(os.path.join(path, name))
-    check_output_dir(path, overwrite, resume)
-    if not resume:
-        claim_output_dir(path, overwrite).close()
+def prepare_resume(path: str) -> None:
+    """Finish or undo a checkpoint save a kill interrupted, then refuse a folder with
+    nothing to resume. (A new run's folder is claim_output_dir's.)"""
+    for name in (LAST_DIR, BEST_DIR):
+        recover_interrupted_save(os.path.join(path, name))
+    check_output_dir(path, overwrite=False, resume=True)
 
 
 LOCK_FILE = ".lock"  # held (flock) by the process training into the folder, for as long as it does
@@ -858,7 +856,8 @@ def claim_output_dir(path: str, overwrite: bool) -> IO[str]:
 
 
 def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:
-    """prepare_output_dir's refusals, touching nothing (what --dry-run checks)."""
+    """The refusals of prepare_resume and claim_output_dir, touching nothing (what --dry-run
+    checks)."""
     if resume:
         if resume_checkpoint(path) is None:
             started = os.path.isfile(os.path.join(path, RUN_FILE))

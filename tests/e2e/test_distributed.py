@@ -76,7 +76,7 @@ import sys
 from safetensors.torch import save_file
 from mtsmart.distributed import Replicas
 from mtsmart.tasks import load_task_file, resolve_data_dir
-from mtsmart.train import Trainer, prepare_output_dir
+from mtsmart.train import Trainer, claim_output_dir
 
 task_file, encoder, out = sys.argv[1:4]
 overrides = [(["training", "encoder"], encoder, "test"), (["training", "smart", "mode"], "full", "test"),
@@ -86,7 +86,7 @@ overrides = [(["training", "encoder"], encoder, "test"), (["training", "smart", 
 tasks = load_task_file(task_file, overrides)
 replicas = Replicas.from_environment()
 if replicas.is_main:
-    prepare_output_dir(out, overwrite=True, resume=False)
+    claim_output_dir(out, overwrite=True).close()
 replicas.barrier()
 trainer = Trainer(tasks.tasks, tasks.training, resolve_data_dir(None, tasks), out, show_progress=False,
                   replicas=replicas)
