@@ -174,7 +174,7 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str,
 
 
 def _json_field(value, name: str, task: TaskDef, where: str):
-    """A JSON value as the text of a field. Numbers count as their text, as in tsv / csv:
+    """A JSON (or hub) value as the text of a field. Numbers count as their text, as in tsv / csv:
     {"label": 5} is label "5", not index 5 (index semantics are for hub ClassLabel ids)."""
     if isinstance(value, str):
         return value
@@ -219,10 +219,36 @@ def read_hub_split(task: TaskDef, split: str, src: HubSource, labeled: bool = Tr
         if column not in dataset.column_names:
             raise DataError(f"{task.where(name)}: {src.describe()} has no column {column!r} "
                             f"(columns: {', '.join(dataset.column_names)})")
+    class_ids = _class_id_reader(task, src, dataset.features.get(names.get(task.target_column)))
     for row_number, row in enumerate(dataset, start=1):
-        values = {name: row[column] for name, column in names.items()}
-        _append_example(examples, task, values, row_number, f"{src.describe()} row {row_number}", labeled)
+        where = f"{src.describe()} row {row_number}"
+        values = {name: _json_field(row[column], name, task, where) for name, column in names.items()
+                  if not (labeled and name == task.target_column and class_ids)}
+        if labeled and class_ids:
+            values[task.target_column] = class_ids(row[names[task.target_column]])
+        _append_example(examples, task, values, row_number, where, labeled)
     return _non_empty(examples, task, split)
+
+
+def _class_id_reader(task: TaskDef, src: HubSource, feature):
+    """How the ids of a hub ClassLabel column become targets, or None for any other column
+    (read as text, as in files: a plain number column holds labels, not positions).
+
+    The dataset's class names are matched by name when they are the task's labels, in any
+    order; otherwise its ids index the ``labels`` list, which must have one entry per class.
+
+    Raises:
+        DataError: the ClassLabel has another number of classes than ``labels``.
+    """
+    names = getattr(feature, "names", None)  # only datasets.ClassLabel has names
+    if names is None or task.labels is None:
+        return None
+    if sorted(names) == sorted(task.labels):
+        return lambda class_id: names[class_id] if 0 <= class_id < len(names) else class_id
+    if len(names) != len(task.labels):
+        raise DataError(f"{task.where('labels')}: {src.describe()} has {len(names)} classes "
+                        f"({', '.join(names)}); give {len(names)} labels, the ids' names in order")
+    return lambda class_id: class_id
 
 
 def read_split(task: TaskDef, split: str, data_dir: str, labeled: bool = True) -> Examples:

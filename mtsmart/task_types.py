@@ -93,6 +93,8 @@ class Classification(TaskType):
             # Hub datasets store ClassLabel ids: the label list gives their order.
             if 0 <= int(raw) < len(labels):
                 return int(raw)
+            raise ValueError(f"class id {raw} is not one of 0..{len(labels) - 1}"
+                             + (" (the hub's -1 marks a hidden label)" if raw == -1 else ""))
         raise ValueError(f"label {raw!r} is not in the label list (valid: {', '.join(labels)})")
 
     def loss(self, outputs, targets, class_weights=None):

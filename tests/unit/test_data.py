@@ -648,3 +648,55 @@ def test_a_quoted_multi_line_text_without_tabs_is_one_field(tmp_path):
     (tmp_path / "multi.tsv").write_text('sentence\tlabel\n"first line\nsecond line"\t1\nnext\t0\n', encoding="utf-8")
     examples = read_split(cls_task({"path": "multi.tsv"}, text_fields=("sentence",)), "train", str(tmp_path))
     assert examples.texts == [("first line\nsecond line",), ("next",)]
+
+
+# ---------------------------------------------------------------------------------------
+# Hub sources, read from local dataset folders (load_dataset reads them offline)
+
+
+def _hub_folder(tmp_path, columns: dict, features=None) -> str:
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    datasets.Dataset.from_dict(columns, features=features).to_parquet(str(folder / "train.parquet"))
+    return str(folder)
+
+
+def test_hub_number_column_holds_labels_not_positions(tmp_path):
+    """A plain int column (star ratings) is read as text, as a file's is: 1 is label "1"."""
+    folder = _hub_folder(tmp_path, {"text": ["a", "b", "c"], "stars": [1, 5, 3]})
+    task = cls_task({"hub": folder, "split": "train"}, text_fields=("text",),
+                    labels=[str(i) for i in range(1, 6)], label_field="stars")
+    examples = read_split(task, "train", "/")
+    assert [task.labels[t] for t in examples.targets] == ["1", "5", "3"]
+
+
+def test_hub_class_labels_match_by_name_in_any_order(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["entailment", "not_entailment"])})
+    folder = _hub_folder(tmp_path, {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1]},
+                         features)
+    for labels in (["entailment", "not_entailment"], ["not_entailment", "entailment"]):
+        task = cls_task({"hub": folder, "split": "train"}, labels=labels)
+        examples = read_split(task, "train", "/")
+        assert [task.labels[t] for t in examples.targets] == ["entailment", "not_entailment"]
+
+
+def test_hub_class_ids_index_labels_of_other_names_and_count_must_match(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    folder = _hub_folder(tmp_path, {"sentence": ["bad", "good"], "label": [0, 1]}, features)
+    task = cls_task({"hub": folder, "split": "train"}, text_fields=("sentence",), labels=["0", "1"])
+    assert read_split(task, "train", "/").targets == [0, 1]
+    task = cls_task({"hub": folder, "split": "train"}, text_fields=("sentence",), labels=["0", "1", "2"])
+    with pytest.raises(DataError, match=r"task 't': field 'labels': .* has 2 classes \(negative, positive\)"):
+        read_split(task, "train", "/")
+
+
+def test_hub_missing_text_is_an_error_not_the_word_none(tmp_path):
+    folder = _hub_folder(tmp_path, {"sentence": ["a good film", None], "label": ["1", "0"]})
+    task = cls_task({"hub": folder, "split": "train"}, text_fields=("sentence",))
+    with pytest.raises(DataError, match=r"row 2: task 't': field 'sentence': expected text or a number, got null"):
+        read_split(task, "train", "/")
