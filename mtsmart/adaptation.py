@@ -83,7 +83,8 @@ def resolve_sizes(specs: list[str], reference_size: Optional[int], pool_size: in
 def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, data_dir: str,
                    size_specs: list[str], seeds: list[int], output_dir: str,
                    reference_size: Optional[int] = None, min_steps: int = 0,
-                   show_progress: bool = True, command: Optional[Sequence[str]] = None) -> list[dict]:
+                   show_progress: bool = True, command: Optional[Sequence[str]] = None,
+                   cache_dir: Optional[str] = None) -> list[dict]:
     """Fine-tune each start on each subset with each seed; write the report files."""
     from mtsmart.model import load_tokenizer
     from mtsmart.train import Trainer
@@ -94,7 +95,8 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     first = starts[0]
     tokenizer_dir = os.path.join(first.path, "encoder") if first.is_checkpoint else first.path
     tokenizer = load_tokenizer(tokenizer_dir)
-    pool = load_tokenized(task, task.train_split, tokenizer, data_dir, default_cache_dir())
+    cache_dir = cache_dir or default_cache_dir()
+    pool = load_tokenized(task, task.train_split, tokenizer, data_dir, cache_dir)
     sizes = resolve_sizes(size_specs, reference_size, len(pool))
     is_classification = task.type == "classification"
     summary_logger = MetricLogger(os.path.join(output_dir, "tensorboard"))
@@ -122,7 +124,7 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                 os.makedirs(run_dir, exist_ok=True)
                 trainer = Trainer({task.name: task}, run_cfg, data_dir, run_dir,
                                   init_from=start.path if start.is_checkpoint else None,
-                                  show_progress=show_progress,
+                                  show_progress=show_progress, cache_dir=cache_dir,
                                   train_indices={task.name: indices}, command=command)
                 try:
                     trainer.setup()

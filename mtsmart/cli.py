@@ -402,7 +402,7 @@ def command_adapt(args: argparse.Namespace) -> int:
                           resolve_data_dir(args.data_dir, task_file), args.train_sizes.split(","),
                           seeds, args.output, reference_size=args.reference_size,
                           min_steps=args.min_steps, show_progress=not args.quiet,
-                          command=args.command_line)
+                          command=args.command_line, cache_dir=args.cache_dir)
     with open(os.path.join(args.output, "table.md"), encoding="utf-8") as handle:
         print("\n" + handle.read())
     print(f"{len(rows)} runs: {args.output}/results.csv, table.md, plot.png")

@@ -163,10 +163,13 @@ def test_adapt_writes_checked_results_table_and_plot(mt_checkpoint, tmp_path, ti
     _, ckpt = mt_checkpoint
     new_task_file = write_new_domain(tmp_path)
     out = tmp_path / "adapt"
+    default_cache = set((tmp_path / "cache").glob("*"))  # $MTSMART_CACHE, used by the fixture's run
     assert main(["adapt", f"mt={ckpt}", f"raw={tiny_model_dir}", "--task", "domain",
                  "--task-defs", str(new_task_file), "--train-sizes", "0.1,12",
                  "--reference-size", "60", "--seeds", "1,2", "--min-steps", "2", "--output", str(out),
-                 "--quiet"]) == 0
+                 "--cache-dir", str(tmp_path / "flag-cache"), "--quiet"]) == 0
+    # --cache-dir reaches the pool and every run: the default ($MTSMART_CACHE here) stays unused
+    assert any((tmp_path / "flag-cache").iterdir()) and set((tmp_path / "cache").glob("*")) == default_cache
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 2 * 2
