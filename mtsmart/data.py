@@ -315,9 +315,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
         # kept in, the key would depend on what was tokenized before
         settings["truncation"] = settings["padding"] = None
         state = json.dumps(settings, sort_keys=True)
-    else:
-        state = json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(f"{type(tokenizer).__name__}|{state}".encode()).hexdigest()[:16]
+    else:  # a slow tokenizer: its vocabulary and the options it was built with (lower-casing, ...)
+        options = {k: v for k, v in tokenizer.init_kwargs.items() if k != "name_or_path"}
+        state = json.dumps([tokenizer.get_vocab(), options], sort_keys=True, default=str)
+    # which end a long text loses lives on the Python side, not in the backend's settings
+    side = getattr(tokenizer, "truncation_side", "right")
+    return hashlib.sha256(f"{type(tokenizer).__name__}|{side}|{state}".encode()).hexdigest()[:16]
 
 
 def default_cache_dir() -> str:

@@ -43,7 +43,10 @@ def build_tiny_encoder(directory: Path, kind: str = "bert", dropout: float = 0.1
     vocab = _tiny_vocab()
     vocab_file = directory / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    # from_pretrained reads vocab.txt under every transformers version (5.x's constructor
+    # takes `vocab=` and silently ignores 4.x's `vocab_file=`, leaving only special tokens)
+    tokenizer = BertTokenizerFast.from_pretrained(str(directory), do_lower_case=True)
+    assert tokenizer.convert_tokens_to_ids("movie") == vocab.index("movie"), "the tiny vocabulary did not load"
     common = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=160,
                   hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)

@@ -438,6 +438,19 @@ def test_tokenize_cache_key_changes(tokenizer, tmp_path):
     assert len(os.listdir(tmp_path)) == 4
 
 
+def test_tokenize_cache_key_follows_the_truncation_side(tiny_model_dir, tmp_path):
+    """A tokenizer that cuts long texts from the left must not reuse right-cut cached ids."""
+    from transformers import AutoTokenizer
+
+    right = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    left = AutoTokenizer.from_pretrained(str(tiny_model_dir), truncation_side="left")
+    ex = Examples(texts=[("the cat is good the dog is bad a man",)], targets=[0], lines=[1], source="s")
+    cut_right = tokenize_examples(ex, right, 6, np.int64, cache_dir=str(tmp_path))
+    cut_left = tokenize_examples(ex, left, 6, np.int64, cache_dir=str(tmp_path))
+    assert cut_left.input_ids.tolist() == left(*ex.texts[0], truncation=True, max_length=6)["input_ids"]
+    assert cut_left.input_ids.tolist() != cut_right.input_ids.tolist()
+
+
 def test_tokenize_cache_keeps_line_numbers(tokenizer, tmp_path):
     ex = make_examples()
     tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
