@@ -322,6 +322,11 @@ def from_mapping(cls: type, data: Any, where: str):
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r}{_did_you_mean(cls, str(unknown[0]))} (valid: {', '.join(names)})"
         )
+    required = [f.name for f in fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing key {missing[0]!r} (required: {', '.join(required)})")
     kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 

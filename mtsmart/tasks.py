@@ -139,6 +139,8 @@ def _parse_source(raw: Any, where: str) -> Source:
         raw = {"path": raw}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a file path or a mapping with 'path' or 'hub'")
+    if "hub" in raw and "path" in raw:
+        raise ConfigError(f"{where}: give 'path' (a local file) or 'hub' (a dataset), not both")
     if "hub" in raw:
         return from_mapping(HubSource, raw, where)
     if "path" in raw:

@@ -106,6 +106,15 @@ def test_hub_source_and_format_from_extension():
     assert task.splits["other"].resolved_format == "tsv"
 
 
+@pytest.mark.parametrize("source, message", [
+    ({"hub": "nyu-mll/glue", "name": "rte"}, r"task 'x'.*: missing key 'split' \(required: hub, split\)"),
+    ({"hub": "nyu-mll/glue", "path": "t.tsv", "split": "train"}, r"give 'path' .* or 'hub' .*, not both"),
+])
+def test_hub_source_mistakes_are_one_line(source, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_task("x", spec(CLS, splits={"train": source, "dev": "d.tsv"}), FILE)
+
+
 @pytest.mark.parametrize("weights, expected", [("balanced", "balanced"), ([2, 0.5], (2.0, 0.5))])
 def test_class_weights_balanced_or_one_per_label_and_round_trip(weights, expected):
     task = parse_task("rte", spec(CLS, class_weights=weights), FILE)
