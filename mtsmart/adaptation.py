@@ -15,6 +15,8 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Sequence
 
+import logging
+
 import numpy as np
 
 from mtsmart.checkpoint import is_checkpoint
@@ -23,6 +25,8 @@ from mtsmart.data import load_tokenized, default_cache_dir, stratified_subset
 from mtsmart.errors import ConfigError
 from mtsmart.metric_logging import MetricLogger, write_json
 from mtsmart.tasks import TaskDef
+
+logger = logging.getLogger(__name__)
 
 RESULTS_CSV = "results.csv"
 TABLE_MD = "table.md"
@@ -76,7 +80,13 @@ def resolve_sizes(specs: list[str], reference_size: Optional[int], pool_size: in
         except ValueError:
             raise ConfigError(f"--train-sizes: {spec!r} is neither a fraction in (0, 1] nor a "
                               "positive count") from None
-        sizes.append((spec, min(n, pool_size)))
+        n = min(n, pool_size)
+        same = next((earlier for earlier, m in sizes if m == n), None)
+        if same is not None:  # e.g. 10% and 100% of a reference larger than the pool
+            logger.warning("--train-sizes: %s and %s are both n=%d (the pool has %d): run once",
+                           same, spec, n, pool_size)
+            continue
+        sizes.append((spec, n))
     return sizes
 
 
@@ -104,6 +114,7 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     settings = recipe_settings(task, cfg, min_steps)
     recipe = recipe_fingerprint(settings)
     rows = read_previous_runs(csv_path, task.name, settings)
+    check_labels(starts, rows, csv_path)
     write_json(os.path.join(output_dir, RECIPE_JSON), settings)
     done = {(r["start"], r["start_path"], r["n_train"], r["seed"]) for r in rows}
     for start in starts:
@@ -137,6 +148,7 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                        **{m: round(v, 6) for m, v in metrics.items()},
                        "train_seconds": round(summary["train_seconds"], 1)}
                 rows.append(row)
+                done.add((start.label, start.path, n, seed))
                 _write_csv(csv_path, rows)
                 print(f"adapt {task.name}: start={start.label} n={n} seed={seed} "
                       + " ".join(f"{m}={100 * v:.2f}" for m, v in metrics.items()), flush=True)
@@ -149,6 +161,25 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     write_table(os.path.join(output_dir, TABLE_MD), rows, task)
     write_plot(os.path.join(output_dir, PLOT_PNG), rows, task)
     return rows
+
+
+def check_labels(starts: Sequence[StartPoint], rows: Sequence[dict] = (), csv_path: str = "") -> None:
+    """One label, one start point: the table, the plot and the run folders go by the label,
+    so two paths under one label would be averaged as if they were seeds of one start.
+
+    Raises:
+        ConfigError: a label given twice, or tied to another path in results.csv.
+    """
+    paths = {}
+    for start in starts:
+        if paths.setdefault(start.label, start.path) != start.path or starts.count(start) > 1:
+            raise ConfigError(f"START {start.label}: the label is given twice; name each start "
+                              "point once (LABEL=PATH)")
+    for row in rows:
+        path = paths.get(row["start"])
+        if path is not None and path != row["start_path"]:
+            raise ConfigError(f"START {row['start']}={path}: {csv_path} has label {row['start']} "
+                              f"for {row['start_path']}; give this start point another label")
 
 
 def recipe_settings(task: TaskDef, cfg: TrainConfig, min_steps: int) -> dict:
@@ -176,6 +207,9 @@ def read_previous_runs(path: str, task_name: str, settings: dict) -> list[dict]:
         previous = list(csv.DictReader(handle))
     rows = []
     for line, raw in enumerate(previous, start=2):
+        if any(value in (None, "") for value in raw.values()) or None in raw:
+            raise ConfigError(f"{path}: line {line} is not a complete results row; "
+                              "remove that line to run it again")
         if raw.get("task") != task_name or raw.get("recipe") != recipe:
             changes = _recipe_changes(os.path.join(os.path.dirname(path), RECIPE_JSON), settings)
             raise ConfigError(

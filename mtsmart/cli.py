@@ -355,7 +355,7 @@ def _is_setting(text: str) -> bool:
 
 
 def command_adapt(args: argparse.Namespace) -> int:
-    from mtsmart.adaptation import parse_start, run_adaptation
+    from mtsmart.adaptation import check_labels, parse_start, run_adaptation
     from mtsmart.checkpoint import TASKS_FILE, encoder_source_problem
     from mtsmart.tasks import build_task_file, load_task_file, resolve_data_dir
 
@@ -367,6 +367,7 @@ def command_adapt(args: argparse.Namespace) -> int:
     if not args.starts:
         raise ConfigError("adapt: no START given (checkpoint directories or encoders, before the flags)")
     starts = [parse_start(text) for text in args.starts]
+    check_labels(starts)
     overrides = collect_overrides(args)
     for path, value, text in overrides:
         if (len(path) == 2 and path[0] == "training" and path[1] in ADAPT_SETS_PER_RUN
@@ -389,10 +390,14 @@ def command_adapt(args: argparse.Namespace) -> int:
     note_unused_settings({args.task: task_file.tasks[args.task]}, task_file.training, overrides)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        if not seeds:
+        if not seeds or not all(0 <= s < 2**32 for s in seeds):
             raise ValueError
     except ValueError:
-        raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+        raise ConfigError(f"--seeds: expected comma-separated integers in [0, 2**32), "
+                          f"got {args.seeds!r}") from None
+    repeated = next((s for s in seeds if seeds.count(s) > 1), None)
+    if repeated is not None:  # the same run twice would show as a spread of seeds
+        raise ConfigError(f"--seeds: {repeated} is given twice")
     for start in starts:
         problem = None if start.is_checkpoint else encoder_source_problem(start.path)
         if problem:

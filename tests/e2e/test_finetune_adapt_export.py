@@ -218,6 +218,21 @@ def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
     assert len(err) == 1 and "results.csv" in err[0] and "recipe" in err[0] and "--output" in err[0]
     assert "training.optim.lr was 0.001, now 0.0003" in err[0], err  # the change, named
     assert (out / "results.csv").read_text() == before
+    # a label the folder already ties to another start point would pool the two in one cell
+    assert main(["adapt", f"mt={tiny_model_dir}", "--seeds", "3", *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"START mt={tiny_model_dir}" in err[0] and "another label" in err[0], err
+    assert (out / "results.csv").read_text() == before
+
+
+def test_adapt_runs_sizes_that_land_on_one_count_once(caplog):
+    from mtsmart.adaptation import resolve_sizes
+
+    # the paper's grid on a pool smaller than its reference: 10% and 100% are both the pool
+    with caplog.at_level("WARNING"):
+        sizes = resolve_sizes(["0.001", "0.01", "0.1", "1.0"], reference_size=23596, pool_size=1304)
+    assert sizes == [("0.001", 24), ("0.01", 236), ("0.1", 1304)]
+    assert "0.1 and 1.0 are both n=1304" in caplog.text
 
 
 def test_export_round_trip_matches_predict(mt_checkpoint, tmp_path):

@@ -278,6 +278,26 @@ def test_adapt_refuses_a_setting_it_sets_for_each_run_itself(workdir, tiny_model
     assert not (workdir / "adapt").exists()
 
 
+@pytest.mark.parametrize("given, says", [
+    (["--seeds", "1,1"], ["--seeds: 1 is given twice"]),
+    (["--seeds", "-1"], ["--seeds", "[0, 2**32)"]),
+    (["--seeds", str(2**64)], ["--seeds", "[0, 2**32)"]),
+    (["raw={enc}"], ["START raw", "given twice"]),
+    (["raw={task_file}"], ["START raw", "given twice"]),
+])
+def test_adapt_refuses_seeds_and_labels_that_would_pose_as_seeds(workdir, tiny_model_dir, capsys, given, says):
+    """A repeated seed or label would put the same run (or two start points) in one table
+    cell as a spread of seeds; seeds outside numpy's range were a traceback."""
+    task_file = write(workdir, task_yaml())
+    given = [g.format(enc=tiny_model_dir, task_file=task_file) for g in given]
+    starts = [g for g in given if "=" in g]
+    flags = [g for g in given if "=" not in g]
+    code, err = run_main(["adapt", f"raw={tiny_model_dir}", *starts, "--task", "tiny",
+                          "--task-defs", str(task_file), "--train-sizes", "2",
+                          "--output", str(workdir / "adapt"), *flags], capsys)
+    assert_one_line(code, err, *says)
+
+
 @pytest.mark.parametrize("setting, says", [("training.optim.lr=-1", "training.optim.lr"),
                                             ("batch_size=0", "training.batch_size")])
 def test_adapt_reads_a_key_value_before_the_flags_as_an_override(workdir, tiny_model_dir, capsys, setting, says):
