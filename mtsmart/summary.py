@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import mean, stdev
 
 from mtsmart.checkpoint import TRAINING_FILE, is_checkpoint, load_checkpoint_tasks
 from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings, load_yaml
-from mtsmart.errors import ConfigError
+from mtsmart.errors import ConfigError, MtsmartError
+from mtsmart.tasks import task_to_plain
 
 RESULTS_FILE = "results.json"
 # Not part of a recipe: the seed, and what changes how a run runs but not its numbers.
 # Patience (where a run stops) and evaluation cadence (which evaluation is best, where
 # patience counts) do change them, though --resume may reset both.
 NOT_RECIPE = {"seed", *RUN_ONLY_SETTINGS} - {"patience", "eval_every"}
+TASK_KEY = "tasks."  # a recipe's keys for a task's own definition: tasks.NAME.max_length, ...
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class FinishedRun:
     recipe: dict  # flattened settings, the seed and run-only settings left out
     scores: dict[str, float]  # task -> main metric
     metrics: dict[str, str]  # task -> the main metric's name
+    # task -> its flattened definition (its own smart: block, max_length, data, ...);
+    # empty where a run from an older mtsmart kept neither it nor a checkpoint
+    task_settings: dict[str, dict] = field(default_factory=dict)
 
 
 def read_run(path: str, which: str = "last", weights: str = "student") -> FinishedRun:
@@ -62,14 +67,25 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     # Single-task runs of one recipe share a row, a column per task; a multi-task run's
     # task set is part of its recipe.
     recipe["tasks"] = ",".join(sorted(metrics)) if len(metrics) > 1 else "one each"
+    tasks = summary.get("tasks")
+    tasks = _tasks_from_checkpoint(path) if tasks is None else tasks
     return FinishedRun(path, int(training.get("seed", 0)), recipe,
                        {task: 100 * results[task][metric] for task, metric in metrics.items() if task in results},
-                       metrics)
+                       metrics, {name: flatten_settings(plain) for name, plain in tasks.items()})
 
 
 def _training_from_checkpoint(path: str) -> dict:
     """Runs written before results.json held their settings: a checkpoint's copy."""
     return load_yaml(os.path.join(_a_checkpoint(path), TRAINING_FILE))["training"]
+
+
+def _tasks_from_checkpoint(path: str) -> dict[str, dict]:
+    """Runs written before results.json held their task definitions: a checkpoint's copy,
+    or nothing where the run kept no checkpoint."""
+    try:
+        return {name: task_to_plain(task) for name, task in load_checkpoint_tasks(_a_checkpoint(path)).items()}
+    except MtsmartError:  # no checkpoint, or a damaged one: unknown, pooled as before
+        return {}
 
 
 def _main_metrics_from_checkpoint(path: str) -> dict[str, str]:
@@ -86,12 +102,9 @@ def _a_checkpoint(path: str) -> str:
 
 def summarize(runs: list[FinishedRun]) -> str:
     """A markdown table: one row per recipe, one column per task (mean ± std [each seed])."""
-    recipes: dict[str, list[FinishedRun]] = {}
-    for run in runs:
-        recipes.setdefault(json.dumps(run.recipe, sort_keys=True, default=str), []).append(run)
-    groups = list(recipes.values())
+    recipes, groups = zip(*_group_by_recipe(runs))
     tasks = sorted({task for run in runs for task in run.metrics})
-    labels = _labels([group[0].recipe for group in groups])
+    labels = _labels(list(recipes))
     header = ["recipe", "seeds"] + [f"{task} ({_metric_name(runs, task)})" for task in tasks]
     average_column = len(tasks) > 1
     if average_column:
@@ -113,6 +126,25 @@ def summarize(runs: list[FinishedRun]) -> str:
     return "\n".join(lines)
 
 
+def _group_by_recipe(runs: list[FinishedRun]) -> list[tuple[dict, list[FinishedRun]]]:
+    """Runs of one recipe: the same training settings and, for every task two of them ran,
+    the same task definition (so single-task runs of different tasks share a row, while a
+    task's own smart: block or max_length makes another recipe). Each recipe comes with
+    its tasks' settings as ``tasks.NAME.KEY`` keys."""
+    groups: list[tuple[str, dict[str, dict], list[FinishedRun]]] = []
+    for run in runs:
+        key = json.dumps(run.recipe, sort_keys=True, default=str)
+        for group_key, definitions, members in groups:
+            if group_key == key and all(definitions.get(t, d) == d for t, d in run.task_settings.items()):
+                definitions.update(run.task_settings)
+                members.append(run)
+                break
+        else:
+            groups.append((key, dict(run.task_settings), [run]))
+    return [({**members[0].recipe, **{f"{TASK_KEY}{t}.{k}": v for t, d in definitions.items() for k, v in d.items()}},
+             members) for _, definitions, members in groups]
+
+
 def _by_seed(label: str, task: str, group: list[FinishedRun]) -> dict[int, float]:
     """seed -> score of ``task`` in one recipe's runs, in seed order; a seed twice is an error."""
     scores: dict[int, float] = {}
@@ -131,8 +163,18 @@ def _labels(recipes: list[dict]) -> list[str]:
     if len(recipes) == 1:
         return ["all runs"]
     keys = sorted({k for recipe in recipes for k in recipe})
-    varying = [k for k in keys if len({json.dumps(r.get(k), default=str) for r in recipes}) > 1]
-    return [", ".join(f"{k}={recipe.get(k, 'unset')}" for k in varying) for recipe in recipes]
+    varying = [k for k in keys if len({json.dumps(r.get(k), default=str) for r in recipes if _has_task_of(r, k)}) > 1]
+    return [", ".join(f"{k}={recipe.get(k, 'unset')}" for k in varying if _has_task_of(recipe, k))
+            or "the same settings" for recipe in recipes]
+
+
+def _has_task_of(recipe: dict, key: str) -> bool:
+    """Whether ``recipe`` ran the task a ``tasks.NAME.KEY`` key belongs to (any other key:
+    True): a task's definition is compared only between recipes that ran it."""
+    if not key.startswith(TASK_KEY):
+        return True
+    prefix = TASK_KEY + key[len(TASK_KEY):].split(".", 1)[0] + "."
+    return any(k.startswith(prefix) for k in recipe)
 
 
 def _metric_name(runs: list[FinishedRun], task: str) -> str:

@@ -727,6 +727,7 @@ class Trainer:
             # what produced these numbers, so a results file is read without its checkpoints
             "training": to_plain(self.cfg),
             "main_metrics": {n: t.selection_metric for n, t in self.tasks.items()},
+            "tasks": {n: task_to_plain(t) for n, t in self.tasks.items()},
         }
         for which, record in (("last", records[-1]), ("best", best)):
             if "teacher_results" in record:

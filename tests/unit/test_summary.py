@@ -16,7 +16,8 @@ from mtsmart.summary import read_run, summarize
 
 
 def write_run(path: Path, seed: int, scores: dict[str, float], mode: str = "off", threads: int = 1,
-              teacher: dict[str, float] | None = None, patience: int | None = None) -> Path:
+              teacher: dict[str, float] | None = None, patience: int | None = None,
+              tasks: dict[str, dict] | None = None) -> Path:
     """A results.json as the trainer writes it (main metric accuracy for every task)."""
     training = to_plain(TrainConfig(seed=seed, num_threads=threads, patience=patience))
     training["smart"]["mode"] = mode
@@ -26,7 +27,8 @@ def write_run(path: Path, seed: int, scores: dict[str, float], mode: str = "off"
     path.mkdir(parents=True)
     (path / "results.json").write_text(json.dumps({
         "best": {"global_step": 5, "results": {t: {"accuracy": 0.9, "f1": 0.0} for t in scores}},
-        "last": last, "training": training, "main_metrics": {t: "accuracy" for t in scores}}))
+        "last": last, "training": training, "main_metrics": {t: "accuracy" for t in scores},
+        **({"tasks": tasks} if tasks is not None else {})}))
     return path
 
 
@@ -49,6 +51,25 @@ def test_seeds_pool_into_one_row_per_recipe_and_single_task_runs_share_it(tmp_pa
     assert cola == f"32.00 ± {stdev([30.0, 34.0]):.2f} [30.00, 34.00]"
     assert average == f"{mean([45.0, 42.0]):.2f} ± {stdev([45.0, 42.0]):.2f}"  # per seed over tasks
     assert table["smart.mode=full"] == ["1", "–", "62.00 [62.00]", "–"]
+
+
+def test_a_tasks_own_settings_make_another_recipe(tmp_path):
+    """A task's own smart: block or max_length is part of the recipe: such a run is not
+    another seed of the plain recipe. Different tasks' definitions never split a row."""
+    rte, cola = {"type": "classification", "max_length": 128}, {"type": "classification", "max_length": 64}
+    runs = [write_run(tmp_path / "r1", 1, {"rte": 0.60}, tasks={"rte": rte}),
+            write_run(tmp_path / "r2", 2, {"rte": 0.50}, tasks={"rte": rte}),
+            write_run(tmp_path / "c1", 1, {"cola": 0.30}, tasks={"cola": cola}),
+            write_run(tmp_path / "r3", 3, {"rte": 0.70}, tasks={"rte": {**rte, "smart": {"mode": "full"}}}),
+            write_run(tmp_path / "r4", 3, {"rte": 0.40}, tasks={"rte": {**rte, "max_length": 32}})]
+    table = rows(summarize([read_run(str(p)) for p in runs]))
+    plain, full, short = ("tasks.rte.max_length=128, tasks.rte.smart.mode=unset",
+                          "tasks.rte.max_length=128, tasks.rte.smart.mode=full",
+                          "tasks.rte.max_length=32, tasks.rte.smart.mode=unset")
+    assert set(table) == {plain, full, short}
+    seeds, cola_cell, rte_cell, _ = table[plain]
+    assert seeds == "1, 2" and cola_cell == "30.00 [30.00]" and rte_cell.endswith("[60.00, 50.00]")
+    assert table[full][2] == "70.00 [70.00]" and table[short][2] == "40.00 [40.00]"
 
 
 def test_best_and_teacher_scores_are_read_when_asked(tmp_path):
