@@ -14,11 +14,11 @@ import os
 import signal
 import sys
 import threading
-from typing import Optional, Sequence
+from typing import IO, Optional, Sequence
 
 from mtsmart.arguments import EXIT_USAGE, build_parser, collect_overrides, parse_args, settings_as_overrides
 from mtsmart.config import ADAPT_SETS_PER_RUN, TrainConfig, load_yaml
-from mtsmart.errors import ConfigError, MtsmartError
+from mtsmart.errors import ConfigError, MtsmartError, os_error_line
 from mtsmart.setting_notes import note_unused_settings
 
 
@@ -51,38 +51,33 @@ def command_train(args: argparse.Namespace) -> int:
         return dry_run(args, task_file.training, tasks, data_dir)
     replicas = Replicas.from_environment()
     lock = None  # the run folder's, held by the main replica while it trains there
+
+    def check_output() -> Optional[IO[str]]:
+        check_not_in_use(args.output)
+        if not args.resume:
+            check_output_dir(args.output, overwrite=args.overwrite, resume=False)
+            return None
+        held = lock_run(args.output) if os.path.isdir(args.output) else None
+        try:  # finishes an interrupted save, then compares the settings
+            prepare_resume(args.output)
+            check_resume_settings(args.output, task_file.training, tasks)
+        except BaseException:
+            if held is not None:
+                held.close()
+            raise
+        return held
+
     try:
         # Only the main replica touches the output directory; the others learn its verdict.
-        problem = None
-        if replicas.is_main:
-            try:
-                check_not_in_use(args.output)
-                if args.resume:  # finishes an interrupted save, then compares the settings
-                    lock = lock_run(args.output) if os.path.isdir(args.output) else None
-                    prepare_resume(args.output)
-                    check_resume_settings(args.output, task_file.training, tasks)
-                else:
-                    check_output_dir(args.output, overwrite=args.overwrite, resume=False)
-            except ConfigError as err:
-                problem = str(err)
-        problem = replicas.broadcast(problem)
-        if problem:
-            raise ConfigError(problem)
+        lock = replicas.on_main(check_output)
         trainer = Trainer(tasks, task_file.training, data_dir, args.output, resume=args.resume,
                           cache_dir=args.cache_dir, show_progress=not args.quiet, replicas=replicas,
                           command=args.command_line)
         try:
             # every setting, the encoder and every split checked before an old run is cleared
             trainer.prepare()
-            problem = None
-            if replicas.is_main and not args.resume:
-                try:
-                    lock = claim_output_dir(args.output, overwrite=args.overwrite)
-                except ConfigError as err:
-                    problem = str(err)
-            problem = replicas.broadcast(problem)  # the other replicas must not wait in setup()
-            if problem:
-                raise ConfigError(problem)
+            if not args.resume:  # the other replicas must not wait in setup()
+                lock = replicas.on_main(lambda: claim_output_dir(args.output, overwrite=args.overwrite))
             trainer.setup()
             summary = trainer.train()
         finally:
@@ -530,8 +525,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print(f"mtsmart: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:  # a disk that fills up, a folder that vanished: one line, not a traceback
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"mtsmart: error: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"mtsmart: error: {os_error_line(err)}", file=sys.stderr)
         return 1
     except Terminated:
         print("mtsmart: terminated (SIGTERM); a train run continues with --resume", file=sys.stderr)

@@ -28,14 +28,16 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from mtsmart.errors import ConfigError
+from mtsmart.errors import ConfigError, MtsmartError, os_error_line
+
+T = TypeVar("T")
 
 BUCKET_ELEMENTS = 16 * 1024 * 1024  # 64 MB of fp32 per all-reduce call
 GLOO_RELEASE_SECONDS = 0.1
@@ -122,22 +124,33 @@ class Replicas:
             for tensor in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(tensor.data, src=0)
 
-    def sum_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
+    def sum_gradients(self, parameters: Iterable[nn.Parameter], drop: bool = False) -> bool:
         """Sum ``.grad`` over ranks in place (each rank has already weighted its share).
 
         A parameter with no gradient on any rank (the head of a task not sampled in this
         update) is left ``None``; one with a gradient on some ranks only (a rank whose
-        batch was skipped) counts as zero there."""
+        slice was empty) counts as zero there.
+
+        ``drop``: this rank skipped a slice of the update (a non-finite loss). Then every
+        rank drops the update's gradients, so the batch is skipped as in one process
+        instead of the other ranks' part being applied alone; returns whether that
+        happened (always False for a single replica, which skips the batch itself)."""
         if not self.enabled:
-            return
+            return False
         params = [p for p in parameters if p.requires_grad]
         if not params:
-            return
+            return False
         device = params[0].device
-        present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32,
+        # one collective for both: which parameters have gradients, and whether any rank drops
+        present = torch.tensor([p.grad is not None for p in params] + [drop], dtype=torch.float32,
                                device=device)
         dist.all_reduce(present)
-        used = [p for p, flag in zip(params, present.tolist()) if flag > 0]
+        flags = present.tolist()
+        if flags.pop() > 0:
+            for p in params:
+                p.grad = None
+            return True
+        used = [p for p, flag in zip(params, flags) if flag > 0]
         for p in used:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -149,6 +162,7 @@ class Replicas:
             for g in grads:
                 g.copy_(flat[offset:offset + g.numel()].view_as(g))
                 offset += g.numel()
+        return False
 
     def all_gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (any picklable object), in rank order."""
@@ -165,6 +179,29 @@ class Replicas:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def on_main(self, check: Callable[[], T]) -> Optional[T]:
+        """``check()`` on the main replica only (None elsewhere), and its failure raised on
+        every replica: a user error or OSError on rank 0 alone would leave the others
+        waiting in their next collective until the job is torn down.
+
+        Raises:
+            MtsmartError, OSError: ``check``'s own, on the main replica.
+            ConfigError: the main replica's problem, as one line, on the others.
+        """
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = check()
+            except (MtsmartError, OSError) as err:
+                error = err
+        problem = self.broadcast(None if error is None else
+                                 os_error_line(error) if isinstance(error, OSError) else str(error))
+        if error is not None:
+            raise error
+        if problem:
+            raise ConfigError(problem)
+        return result
 
     def barrier(self) -> None:
         if self.enabled:

@@ -22,3 +22,9 @@ class DataError(MtsmartError):
 
 class CheckpointError(MtsmartError):
     """A checkpoint directory is missing, incomplete or inconsistent."""
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError as the CLI prints it: the path, then what went wrong."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"

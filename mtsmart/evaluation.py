@@ -36,6 +36,8 @@ def predict_split(model: MultiTaskModel, task: TaskDef, split: TokenizedSplit, b
             preds[batch["index"].cpu().numpy()] = batch_preds
     finally:
         model.train(was_training)
+    if preds is None:  # an empty split (a replica's share of a dev set smaller than the replicas)
+        preds = task.task_type.predict(torch.zeros(0, task.task_type.output_size(task.labels)))
     return preds
 
 

@@ -156,15 +156,7 @@ class Trainer:
         self.best_step = None
         self.evals_since_best = 0  # for patience: evaluations in a row without a better score
         self.counters = defaultdict(int)
-        problem = None
-        if self.replicas.is_main:
-            try:
-                self._record_session()
-            except ConfigError as err:
-                problem = str(err)
-        problem = self.replicas.broadcast(problem)  # every replica stops, not only the main one
-        if problem:
-            raise ConfigError(problem)
+        self.replicas.on_main(self._record_session)  # every replica stops, not only the main one
         if self.resume:
             self._restore()
             if self.replicas.is_main:
@@ -485,10 +477,9 @@ class Trainer:
                         desc="train", disable=not self.show_progress, dynamic_ncols=True)
         start, first_step = time.perf_counter(), self.global_step
         while self.global_step < self.plan.total_updates and not self.out_of_patience():
-            for _ in range(cfg.grad_accum_steps):
-                self._micro_step(window)
+            skipped = [self._micro_step(window) for _ in range(cfg.grad_accum_steps)]
             lr = scheduled_lr(self.optimizer)  # the rate this update uses (the step moves the schedule on)
-            grad_norm = self._optimizer_step()
+            grad_norm = self._optimizer_step(skipped_a_batch=any(skipped))
             self.global_step += 1
             progress.update(1)
             if self.global_step % cfg.log_every == 0 or self.global_step == self.plan.total_updates:
@@ -514,18 +505,29 @@ class Trainer:
         all replicas stop at the same update."""
         return self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience
 
-    def _micro_step(self, window: dict[str, list[tuple[int, float, float]]]) -> None:
+    def _micro_step(self, window: dict[str, list[tuple[int, float, float]]]) -> bool:
         """Sample a task, take its next batch (this replica's slice of it), compute the
-        objective and back-propagate; losses go to ``window`` for logging."""
+        objective and back-propagate; losses go to ``window`` for logging. Returns whether
+        a non-finite loss skipped the batch."""
         task_name = self.sampler.next_task()
-        batch, self.batch_share = self.replicas.shard(self.streams[task_name].next_batch())
+        whole = self.streams[task_name].next_batch()
+        batch, self.batch_share = self.replicas.shard(whole)
         self.counters[f"batches/{task_name}"] += 1
         self.micro_step += 1
         if batch is None:
-            return  # fewer examples than replicas: nothing left for this one
+            return False  # fewer examples than replicas: nothing left for this one
+        task = self.tasks[task_name]
+        loss_weight = task.loss_weight
+        class_weights = self.class_weights[task_name]
+        if self.replicas.enabled and class_weights is not None:
+            # A weighted cross-entropy is Σ w_y·ℓ / Σ w_y over the whole batch: a slice's part
+            # of it is its share of the class weights, not of the examples (÷ batch_share
+            # undoes the example share _backward applies).
+            weights = class_weights.cpu()
+            task_share = float(weights[batch["labels"]].sum() / weights[whole["labels"]].sum())
+            loss_weight = loss_weight * task_share / self.batch_share
         batch = {k: v.to(self.device) for k, v in batch.items()}
         adv_w, prox_w = self._weights_at(task_name, self.global_step)
-        task = self.tasks[task_name]
         # SMART's perturbation is below bf16's and fp16's resolution: under autocast the
         # adversarial term is rounding noise or zero (scripts/smart_precision.py), so the
         # batches that compute it run in float32.
@@ -534,7 +536,7 @@ class Trainer:
             losses = batch_objective(
                 self.model, self.teacher, task_name, task.task_type, batch,
                 self.task_smart[task_name], adv_weight=adv_w, prox_weight=prox_w,
-                loss_weight=task.loss_weight, class_weights=self.class_weights[task_name],
+                loss_weight=loss_weight, class_weights=class_weights,
                 perturbation_scale=self.perturbation_scales[task_name],
                 backward=self._backward, side_stream=self.side_stream)
         if losses.regularizer_skipped:
@@ -543,7 +545,7 @@ class Trainer:
             # Documented rule: a non-finite loss skips its batch (counted), so it
             # can never reach the weights or a checkpoint.
             self.counters["nonfinite_loss_skipped"] += 1
-            return
+            return True
         if not losses.backward_done:
             self._backward(losses.total)
         # the two terms as added to the loss (λ_s·R_s, μ·D), and the divergences themselves
@@ -554,6 +556,7 @@ class Trainer:
             if value is not None:
                 window[f"train/{task_name}/{key}"].append(
                     (self.micro_step, value, self.batch_share))
+        return False
 
     def _window_means(self, window: dict[str, list[tuple[int, float, float]]]) -> dict[str, float]:
         """Per tag, the mean over micro-steps of the whole-batch value (each replica's
@@ -586,9 +589,10 @@ class Trainer:
             loss = self.scaler.scale(loss)
         loss.backward()
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self, skipped_a_batch: bool = False) -> float:
         cfg = self.cfg
-        self.replicas.sum_gradients(self.model.parameters())
+        # under torchrun a batch one replica skipped is skipped by all: the update is dropped
+        self.replicas.sum_gradients(self.model.parameters(), drop=skipped_a_batch)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         # every batch of this update skipped (non-finite losses): there is nothing to step on

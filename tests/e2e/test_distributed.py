@@ -46,6 +46,11 @@ def test_two_replicas_equal_one_process_with_the_same_global_batch(tmp_path, env
     encoder = build_tiny_encoder(tmp_path / "encoder", dropout=0.0)
     task_file = write_tiny_tasks(tmp_path)
     task_file.write_text(task_file.read_text().replace("max_length: 32", "max_length: 32\n    head_dropout: 0.0"))
+    # Class weights make a batch's cross-entropy Σ w·ℓ / Σ w: a slice's share of it is its
+    # share of the weights, not of the examples.
+    weighted = task_file.read_text().replace('labels: ["no", "yes"]', 'labels: ["no", "yes"]\n    class_weights: [1.0, 4.0]')
+    assert weighted != task_file.read_text()
+    task_file.write_text(weighted)
     # Bregman-only SMART is deterministic without dropout, so the teacher is compared too.
     # Batch 7 over 40 examples ends each epoch with a batch of 5, split 3 / 2: the
     # replicas' shares must be weighted by their sizes to match.

@@ -792,3 +792,18 @@ def test_hparams_tell_apart_runs_that_differ_only_in_a_tasks_own_smart_setting(t
     raw = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     settings = plugin_data_pb2.HParamsPluginData.FromString(raw).session_start_info.hparams
     assert settings["task.scores.smart.adv_weight"].number_value == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_an_empty_split_predicts_an_empty_array_of_the_tasks_type(run_dir, tmp_path, task):
+    """Under torchrun a dev set smaller than the replicas leaves one replica nothing to
+    predict; its part of the gathered predictions must still have the task's dtype."""
+    from mtsmart.checkpoint import load_checkpoint
+    from mtsmart.data import load_tokenized
+    from mtsmart.evaluation import predict_split
+
+    loaded = load_checkpoint(str(run_dir / "last"))
+    split = load_tokenized(loaded.tasks[task], "dev", loaded.tokenizer, str(E2E), str(tmp_path))
+    whole = predict_split(loaded.model, loaded.tasks[task], split, 64, 0)
+    empty = predict_split(loaded.model, loaded.tasks[task], split.subset([]), 64, 0)
+    assert len(whole) == len(split) and empty.shape == (0,) and empty.dtype == whole.dtype
