@@ -11,10 +11,12 @@ Must not import the trainer or the CLI.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtsmart.config import TrainConfig
-from mtsmart.tasks import TaskDef
+
+if TYPE_CHECKING:  # tasks imports torch: `mtsmart --help` need not wait for it
+    from mtsmart.tasks import TaskDef
 
 logger = logging.getLogger("mtsmart")
 
