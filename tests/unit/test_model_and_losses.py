@@ -273,9 +273,14 @@ def test_classification_type():
     assert tt.output_size(labels) == 3
     assert tt.parse_target(" pos\n", labels) == 1
     assert tt.parse_target(2, labels) == 2 and tt.parse_target(np.int64(0), labels) == 0
-    for bad in ("positive", 3, -1, True, None, 1.0):
+    for bad in ("positive", True, None, 1.0):
         with pytest.raises(ValueError, match="label list"):
             tt.parse_target(bad, labels)
+    for bad in (3, -1):  # a hub ClassLabel id out of range
+        with pytest.raises(ValueError, match=r"class id -?\d is not one of 0..2"):
+            tt.parse_target(bad, labels)
+    with pytest.raises(ValueError, match="the hub's -1 marks a hidden label"):
+        tt.parse_target(-1, labels)
     logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
     assert tt.predict(logits).tolist() == [1, 0]
     assert tt.format_prediction(np.int64(2), labels) == "mixed"
