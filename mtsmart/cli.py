@@ -123,6 +123,7 @@ def steps_trained(first_step: int, stopped_at: int) -> str:
 def dry_run(args: argparse.Namespace, training, tasks, data_dir: str) -> int:
     """Everything ``mtsmart train`` would check and build before its first step, then the
     plan; the output folder is only inspected."""
+    from mtsmart.data import read_split
     from mtsmart.dry_run import describe
     from mtsmart.train import Trainer, check_not_in_use, check_output_dir, check_resume_settings, resume_checkpoint
 
@@ -136,6 +137,9 @@ def dry_run(args: argparse.Namespace, training, tasks, data_dir: str) -> int:
                       cache_dir=args.cache_dir, show_progress=False)
     try:
         trainer.prepare()
+        for task in tasks.values():  # a split the run never reads (test): its file and text fields
+            for split in set(task.splits) - {task.train_split, task.eval_split}:
+                read_split(task, split, data_dir, labeled=False)
         print(describe(trainer, resume_checkpoint(args.output) if args.resume else training.encoder))
     finally:
         trainer.cleanup()

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import torch
 
 from mtsmart.errors import ConfigError, DataError
 from mtsmart.tasks import FileSource, HubSource, TaskDef
+
+logger = logging.getLogger(__name__)
 
 CACHE_ENV = "MTSMART_CACHE"
 # Length-grouped batching sorts within windows of this many batches: large enough to
@@ -143,6 +146,8 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str,
                     f"{path}: task {task.name!r}: field {name!r}: no column {column!r} in the "
                     f"header (columns: {', '.join(header)})"
                 )
+    if header is not None and labeled and all(isinstance(columns[name], int) for name in fields):
+        _check_header_is_no_row(header, index_of[task.target_column], task, path)
 
     examples = Examples(texts=[], targets=[], lines=[], source=path)
     for line, row in rows:
@@ -173,6 +178,31 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str,
     return _non_empty(examples, task, split)
 
 
+def _check_header_is_no_row(header: list[str], target_index: int, task: TaskDef, path: str) -> None:
+    """A file whose columns are all given by index may have no header: read with the
+    default ``header: true`` its first row would vanish without a word. A first line whose
+    target is a valid label or number is a row, not a header."""
+    if not -len(header) <= target_index < len(header):
+        return
+    try:
+        task.task_type.parse_target(header[target_index], task.labels)
+    except ValueError:
+        return  # a column name, as a header has
+    raise DataError(f"{path} line 1: task {task.name!r}: reads as a row, not a header (its "
+                    f"{task.target_column!r} is {header[target_index]!r}); set 'header: false' "
+                    "in the source, or it is skipped")
+
+
+def _note_empty_texts(examples: Examples, task: TaskDef) -> None:
+    """Empty text is legal but is usually a column mapped to the wrong place: say so."""
+    empty = [(line, field) for text, line in zip(examples.texts, examples.lines)
+             for field, value in zip(task.text_fields, text) if not value.strip()]
+    if empty:
+        line, field = empty[0]
+        logger.warning("%s: task %r: %d empty text field(s), the first at line %d (field %r)",
+                       examples.source, task.name, len(empty), line, field)
+
+
 def _json_field(value, name: str, task: TaskDef, where: str):
     """A JSON (or hub) value as the text of a field. Numbers count as their text, as in tsv / csv:
     {"label": 5} is label "5", not index 5 (index semantics are for hub ClassLabel ids)."""
@@ -201,6 +231,7 @@ def _append_example(examples: Examples, task: TaskDef, values: dict, line: int, 
 def _non_empty(examples: Examples, task: TaskDef, split: str) -> Examples:
     if not examples.texts:
         raise DataError(f"{examples.source}: task {task.name!r}: split {split!r} has no rows")
+    _note_empty_texts(examples, task)
     return examples
 
 

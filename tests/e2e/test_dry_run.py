@@ -79,6 +79,15 @@ def test_bad_input_and_an_occupied_folder_fail_as_a_run_would(tmp_path, tiny_mod
     assert "\n" not in err and "pairs_dev.tsv" in err and "maybe" in err
     assert not (tmp_path / "new").exists()
 
+    # a declared split the run itself never reads is checked too (its text fields)
+    task_file.write_text(task_file.read_text().replace(
+        "splits: {train: pairs_train.tsv, dev: pairs_dev.tsv}",
+        "splits: {train: pairs_train.tsv, dev: pairs_dev.tsv, test: pairs_test.tsv}"))
+    dev.write_text(dev.read_text().replace("a cat\tthe dog\tmaybe\n", ""))
+    assert dry_run(task_file, tiny_model_dir, tmp_path / "new") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pairs_test.tsv: file not found" in err and "split 'test'" in err
+
 
 def test_the_teacher_line_follows_the_tasks_own_bregman_weights(tmp_path, tiny_model_dir, monkeypatch, capsys):
     monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))

@@ -152,6 +152,24 @@ def test_cola_like_no_header_with_index_columns():
     assert ex.texts[2] == ('One more "pseudo generalization and I give up.',)  # no final newline
 
 
+def test_a_headerless_file_read_with_a_header_is_an_error_not_a_lost_row():
+    """header: true is the default: CoLA read without 'header: false' lost its first row."""
+    task = cls_task({"path": "cola_like.tsv", "quoting": "none", "columns": {"sentence": 3, "label": 1}},
+                    text_fields=("sentence",))
+    with pytest.raises(DataError, match=r"cola_like.tsv line 1: task 't': reads as a row, not a header "
+                                        r"\(its 'label' is '1'\); set 'header: false'"):
+        read(task)
+
+
+def test_empty_text_fields_are_read_with_a_note(tmp_path, caplog):
+    (tmp_path / "e.tsv").write_text("sentence\tlabel\ngood\t1\n\t0\n   \t1\n", encoding="utf-8")
+    task = cls_task({"path": "e.tsv"}, text_fields=("sentence",))
+    with caplog.at_level("WARNING"):
+        ex = read_split(task, "train", str(tmp_path))
+    assert ex.texts == [("good",), ("",), ("   ",)]
+    assert "e.tsv: task 't': 2 empty text field(s), the first at line 3 (field 'sentence')" in caplog.text
+
+
 def test_no_header_with_named_column_is_an_error():
     task = cls_task({"path": "cola_like.tsv", "header": False, "quoting": "none",
                      "columns": {"sentence": 3}}, text_fields=("sentence",))
