@@ -6,6 +6,7 @@ Must not import the model, the trainer or the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -239,10 +240,13 @@ def read_hub_split(task: TaskDef, split: str, src: HubSource, labeled: bool = Tr
     try:
         import datasets
 
-        dataset = datasets.load_dataset(src.hub, src.name, split=src.split, revision=src.revision)
+        with _quiet_hub():
+            dataset = datasets.load_dataset(src.hub, src.name, split=src.split, revision=src.revision)
     except Exception as err:  # the datasets library raises many types; the user needs one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{task.where()}: split {split!r}: cannot load {src.describe()}: {first}") from None
+        offline = "" if os.environ.get("HF_HUB_OFFLINE") else (
+            " (without network access, HF_HUB_OFFLINE=1 fails at once instead of retrying)")
+        raise DataError(f"{task.where()}: split {split!r}: cannot load {src.describe()}: {first}{offline}") from None
     columns = dict(src.columns or {})
     examples = Examples(texts=[], targets=[], lines=[], source=src.describe())
     names = {name: columns.get(name, name) for name in _fields_read(task, labeled)}
@@ -280,6 +284,21 @@ def _class_id_reader(task: TaskDef, src: HubSource, feature):
         raise DataError(f"{task.where('labels')}: {src.describe()} has {len(names)} classes "
                         f"({', '.join(names)}); give {len(names)} labels, the ids' names in order")
     return lambda class_id: class_id
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """Silence the hub client's reports while a dataset loads: unreachable, it logs every
+    retry (twice, through its own handler and the root one) before the error we report."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets", "filelock")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def read_split(task: TaskDef, split: str, data_dir: str, labeled: bool = True) -> Examples:

@@ -731,3 +731,21 @@ def test_hub_missing_text_is_an_error_not_the_word_none(tmp_path):
     task = cls_task({"hub": folder, "split": "train"}, text_fields=("sentence",))
     with pytest.raises(DataError, match=r"row 2: task 't': field 'sentence': expected text or a number, got null"):
         read_split(task, "train", "/")
+
+
+def test_an_unreachable_hub_is_one_line_without_the_clients_retry_reports(monkeypatch, caplog, capsys):
+    datasets = pytest.importorskip("datasets")
+    import logging
+
+    def unreachable(*args, **kwargs):
+        for attempt in range(1, 6):  # what huggingface_hub logs on each retry
+            logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry %d/5].", attempt)
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    task = cls_task({"hub": "nyu-mll/glue", "name": "rte", "split": "train"})
+    with caplog.at_level("WARNING"), pytest.raises(DataError) as err:
+        read_split(task, "train", "/")
+    assert "Retrying" not in caplog.text + capsys.readouterr().err
+    assert "Couldn't reach 'nyu-mll/glue'" in str(err.value) and "HF_HUB_OFFLINE=1 fails at once" in str(err.value)
