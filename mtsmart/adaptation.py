@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Sequence
@@ -132,7 +133,8 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                                   eval_teacher=False, save_checkpoints=False,
                                   encoder=cfg.encoder if start.is_checkpoint else start.path)
                 run_dir = os.path.join(output_dir, "runs", start.label, f"n{n}", f"seed{seed}")
-                os.makedirs(run_dir, exist_ok=True)
+                shutil.rmtree(run_dir, ignore_errors=True)  # a killed attempt's logs would double its curves
+                os.makedirs(run_dir)
                 trainer = Trainer({task.name: task}, run_cfg, data_dir, run_dir,
                                   init_from=start.path if start.is_checkpoint else None,
                                   show_progress=show_progress, cache_dir=cache_dir,
@@ -288,6 +290,7 @@ def write_plot(path: str, rows: list[dict], task: TaskDef) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     metric = task.selection_metric
     starts, sizes, cells = _grouped(rows, metric)
@@ -299,6 +302,9 @@ def write_plot(path: str, rows: list[dict], task: TaskDef) -> None:
                 for n in xs]
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=start)
     ax.set_xscale("log")
+    # the sizes that ran, as counts: log-scale ticks like 3×10^1 name none of them
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("training examples (log scale)")
     ax.set_ylabel(f"{task.name} {metric} (%)")
     ax.set_title(f"Domain adaptation: {task.name}")

@@ -354,7 +354,7 @@ def _is_setting(text: str) -> bool:
 
 
 def command_adapt(args: argparse.Namespace) -> int:
-    from mtsmart.adaptation import check_labels, parse_start, run_adaptation
+    from mtsmart.adaptation import check_labels, parse_start, resolve_sizes, run_adaptation
     from mtsmart.checkpoint import TASKS_FILE, encoder_source_problem
     from mtsmart.tasks import build_task_file, load_task_file, resolve_data_dir
 
@@ -367,6 +367,12 @@ def command_adapt(args: argparse.Namespace) -> int:
         raise ConfigError("adapt: no START given (checkpoint directories or encoders, before the flags)")
     starts = [parse_start(text) for text in args.starts]
     check_labels(starts)
+    for start in starts:
+        problem = None if start.is_checkpoint else encoder_source_problem(start.path)
+        if problem:
+            raise ConfigError(f"START {start.label}: {problem}")
+    size_specs = args.train_sizes.split(",")
+    resolve_sizes(size_specs, args.reference_size, pool_size=sys.maxsize)  # their form, before any data loads
     overrides = collect_overrides(args)
     for path, value, text in overrides:
         if (len(path) == 2 and path[0] == "training" and path[1] in ADAPT_SETS_PER_RUN
@@ -397,13 +403,9 @@ def command_adapt(args: argparse.Namespace) -> int:
     repeated = next((s for s in seeds if seeds.count(s) > 1), None)
     if repeated is not None:  # the same run twice would show as a spread of seeds
         raise ConfigError(f"--seeds: {repeated} is given twice")
-    for start in starts:
-        problem = None if start.is_checkpoint else encoder_source_problem(start.path)
-        if problem:
-            raise ConfigError(f"START {start.label}: {problem}")
     os.makedirs(args.output, exist_ok=True)
     rows = run_adaptation(starts, task_file.tasks[args.task], task_file.training,
-                          resolve_data_dir(args.data_dir, task_file), args.train_sizes.split(","),
+                          resolve_data_dir(args.data_dir, task_file), size_specs,
                           seeds, args.output, reference_size=args.reference_size,
                           min_steps=args.min_steps, show_progress=not args.quiet,
                           command=args.command_line, cache_dir=args.cache_dir)

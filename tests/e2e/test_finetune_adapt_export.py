@@ -200,8 +200,12 @@ def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
     mt_row = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("| mt |"))
     assert "(1 seed)" in mt_row and "±" not in mt_row  # one seed shows no made-up spread
     capsys.readouterr()
+    killed = out / "runs" / "mt" / "n12" / "seed2" / "tensorboard"  # an attempt killed mid-run
+    killed.mkdir(parents=True)
+    (killed / "events.out.tfevents.killed").write_text("half a curve")
     # a second start point and a second seed: only the three new runs are trained
     assert main(["adapt", f"mt={ckpt}", f"raw={tiny_model_dir}", "--seeds", "1,2", *common]) == 0
+    assert not (killed / "events.out.tfevents.killed").exists()  # its run starts from an empty folder
     printed = capsys.readouterr().out
     assert printed.count("kept") == 1 and printed.count("adapt domain: start=") == 4
     with open(out / "results.csv") as handle:
@@ -400,3 +404,21 @@ def test_adapt_sets_for_each_run_exactly_the_settings_its_command_line_refuses(m
     changed = {f.name for f in dataclasses.fields(given) if getattr(given, f.name) != getattr(seen[0], f.name)}
     assert changed - {"encoder"} <= set(ADAPT_SETS_PER_RUN), changed
     assert {"seed", "max_steps", "eval_every", "save_checkpoints"} <= set(ADAPT_SETS_PER_RUN)
+
+
+def test_adapt_plot_names_the_sizes_that_ran(monkeypatch):
+    import matplotlib.figure
+
+    from mtsmart.adaptation import write_plot
+    from mtsmart.tasks import parse_task
+
+    task = parse_task("t", {"type": "classification", "text_fields": ["s"], "label_field": "l",
+                            "labels": ["0", "1"], "splits": {"train": "t.tsv", "dev": "d.tsv"}}, "x.yaml")
+    rows = [{"start": start, "n_train": n, "seed": seed, "accuracy": 0.5 + 0.01 * seed}
+            for start in ("mt", "raw") for n in (24, 236, 1304) for seed in (1, 2)]
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    write_plot("plot.png", rows, task)
+    (ax,) = figures[0].axes
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["24", "236", "1304"]
+    assert ax.get_xscale() == "log"

@@ -298,6 +298,15 @@ def test_adapt_refuses_seeds_and_labels_that_would_pose_as_seeds(workdir, tiny_m
     assert_one_line(code, err, *says)
 
 
+@pytest.mark.parametrize("sizes", ["0", "1.5", "abc"])
+def test_adapt_checks_its_train_sizes_before_any_data_loads(workdir, tiny_model_dir, capsys, sizes):
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(["adapt", f"raw={tiny_model_dir}", "--task", "tiny", "--task-defs", str(task_file),
+                          "--train-sizes", sizes, "--output", str(workdir / "adapt")], capsys)
+    assert_one_line(code, err, f"--train-sizes: {sizes!r} is neither a fraction in (0, 1] nor a positive count")
+    assert not (workdir / "adapt").exists()  # an empty folder was left behind
+
+
 @pytest.mark.parametrize("setting, says", [("training.optim.lr=-1", "training.optim.lr"),
                                             ("batch_size=0", "training.batch_size")])
 def test_adapt_reads_a_key_value_before_the_flags_as_an_override(workdir, tiny_model_dir, capsys, setting, says):
