@@ -467,22 +467,9 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def command_summarize(args: argparse.Namespace) -> int:
-    from mtsmart.summary import RESULTS_FILE, read_run, summarize
+    from mtsmart.summary import find_runs, read_run, summarize
 
-    paths = []
-    for path in args.runs:
-        if not os.path.isdir(path):
-            raise ConfigError(f"{path}: not a directory (give run directories)")
-        children = sorted(os.path.join(path, name) for name in os.listdir(path)
-                          if os.path.isdir(os.path.join(path, name)))
-        finished = [child for child in children if os.path.isfile(os.path.join(child, RESULTS_FILE))]
-        if finished and not os.path.isfile(os.path.join(path, RESULTS_FILE)):
-            paths += finished
-            for child in children:  # a run folder not finished yet: said, not silently dropped
-                if child not in finished and os.path.isfile(os.path.join(child, "run.json")):
-                    logging.warning("%s: left out, not finished (no %s)", child, RESULTS_FILE)
-        else:
-            paths.append(path)
+    paths = [run for path in args.runs for run in find_runs(path)]
     runs = [read_run(path, args.which, args.weights) for path in paths]
     print(summarize(runs))
     note = "last evaluation" if args.which == "last" else "best evaluation, selected on the same dev set"

@@ -11,6 +11,7 @@ Must not import the trainer or the CLI.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from statistics import mean, stdev
@@ -18,7 +19,10 @@ from statistics import mean, stdev
 from mtsmart.checkpoint import TRAINING_FILE, is_checkpoint, load_checkpoint_tasks
 from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings, load_yaml
 from mtsmart.errors import ConfigError, MtsmartError
+from mtsmart.provenance import RUN_FILE
 from mtsmart.tasks import task_to_plain
+
+logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 # Not part of a recipe: the seed, and what changes how a run runs but not its numbers.
@@ -38,6 +42,34 @@ class FinishedRun:
     # task -> its flattened definition (its own smart: block, max_length, data, ...);
     # empty where a run from an older mtsmart kept neither it nor a checkpoint
     task_settings: dict[str, dict] = field(default_factory=dict)
+
+
+def find_runs(path: str) -> list[str]:
+    """``path`` if it is a run folder (or a checkpoint, which read_run explains), else the
+    finished run folders at any depth beneath it, in name order; an unfinished one is named
+    in a note, not silently dropped.
+
+    Raises:
+        ConfigError: ``path`` is no directory, or holds no finished run.
+    """
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path}: not a directory (give run directories)")
+    if any(os.path.isfile(os.path.join(path, name)) for name in (RESULTS_FILE, RUN_FILE)) or is_checkpoint(path):
+        return [path]
+    found = []
+    for folder, children, files in os.walk(path):
+        children.sort()
+        if RESULTS_FILE in files:
+            found.append(folder)
+        elif RUN_FILE in files:
+            logger.warning("%s: left out, not finished (no %s)", folder, RESULTS_FILE)
+        else:
+            continue
+        children.clear()  # a run's own checkpoints and logs hold no further runs
+    if not found:
+        raise ConfigError(f"{path}: no finished run in it or in its sub-folders (a run folder holds "
+                          f"{RESULTS_FILE} once its training ends)")
+    return found
 
 
 def read_run(path: str, which: str = "last", weights: str = "student") -> FinishedRun:

@@ -105,7 +105,7 @@ def test_a_seed_twice_in_a_recipe_and_an_unfinished_run_are_refused(tmp_path, ca
     (tmp_path / "unfinished").mkdir()
     assert main(["summarize", str(a), str(tmp_path / "unfinished")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "unfinished: no results.json" in err
+    assert "\n" not in err and "unfinished: no finished run in it or in its sub-folders" in err
 
 
 def test_a_folder_of_runs_is_read_as_its_runs(tmp_path, capsys):
@@ -114,3 +114,19 @@ def test_a_folder_of_runs_is_read_as_its_runs(tmp_path, capsys):
     assert main(["summarize", str(tmp_path / "grid")]) == 0
     printed = capsys.readouterr().out
     assert "| all runs | 1, 2 | 55.00 ±" in printed and "2 runs;" in printed
+
+
+def test_runs_are_found_at_any_depth_and_a_folder_without_runs_says_so(tmp_path, capsys, caplog):
+    write_run(tmp_path / "rte" / "off" / "seed1", 1, {"rte": 0.6})
+    write_run(tmp_path / "rte" / "off" / "seed2", 2, {"rte": 0.5})
+    unfinished = tmp_path / "rte" / "off" / "seed3"
+    unfinished.mkdir()
+    (unfinished / "run.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert main(["summarize", str(tmp_path)]) == 0
+    assert "| all runs | 1, 2 | 55.00 ±" in capsys.readouterr().out
+    assert f"{unfinished}: left out, not finished" in caplog.text
+    (tmp_path / "empty").mkdir()
+    assert main(["summarize", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "empty: no finished run in it or in its sub-folders" in err
