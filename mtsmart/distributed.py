@@ -24,6 +24,7 @@ Must not import train or cli.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from torch import nn
 from mtsmart.errors import ConfigError, MtsmartError, os_error_line
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 BUCKET_ELEMENTS = 16 * 1024 * 1024  # 64 MB of fp32 per all-reduce call
 GLOO_RELEASE_SECONDS = 0.1
@@ -79,6 +81,12 @@ class Replicas:
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
         return cls(rank=rank, world_size=world_size, local_rank=local_rank)
+
+    def note_idle(self, batch_size: int) -> None:
+        """A global batch smaller than the replicas leaves some with nothing at every step."""
+        if self.is_main and batch_size < self.world_size:
+            logger.warning("training.batch_size %d is below the %d processes: %d of them get no "
+                           "examples at any step", batch_size, self.world_size, self.world_size - batch_size)
 
     def device(self) -> torch.device:
         if torch.cuda.is_available():

@@ -196,6 +196,7 @@ class Trainer:
             raise ConfigError("training.precision: fp16 needs a CUDA device; use bf16 on CPU")
         self._setup_model_and_tokenizer()
         self.replicas.broadcast_parameters(self.model)
+        self.replicas.note_idle(cfg.batch_size)
         if self.replicas.enabled:
             # Each replica sees other examples: give each its own dropout and noise draws.
             torch.manual_seed(self._replica_seed())
@@ -434,13 +435,14 @@ class Trainer:
 
     def _restore_replica_rng(self, path: str, replica_rngs: Optional[list],
                              replica_side_streams: Optional[list]) -> None:
-        if not self.replicas.enabled:
-            return
-        if replica_rngs is None or len(replica_rngs) != self.replicas.world_size:
-            logger.warning("%s was saved by %s process(es), this run has %d: the data and "
+        saved_by = len(replica_rngs) if replica_rngs else 1
+        if saved_by != self.replicas.world_size and self.replicas.is_main:
+            logger.warning("%s was saved by %d process(es), this run has %d: the data and "
                            "updates continue exactly, dropout and noise draws do not",
-                           path, len(replica_rngs) if replica_rngs else 1,
-                           self.replicas.world_size)
+                           path, saved_by, self.replicas.world_size)
+        if not self.replicas.enabled:
+            return  # one process continues with the main replica's generators
+        if saved_by != self.replicas.world_size:
             torch.manual_seed(self._replica_seed() + self.global_step)
             self.side_stream = SideStream(self._replica_seed() + SIDE_STREAM_SEED_OFFSET + self.global_step,
                                           self.device)

@@ -68,3 +68,23 @@ def test_a_check_only_the_main_replica_runs_fails_on_every_replica(tmp_path, sce
     results = _run(tmp_path, scenario)
     assert results[0] == main_error, results[0]
     assert results[1] == other_error, results[1]
+
+
+def test_a_batch_smaller_than_the_replicas_is_named(caplog):
+    with caplog.at_level("WARNING"):
+        Replicas(rank=0, world_size=4).note_idle(batch_size=2)
+        Replicas(rank=1, world_size=4).note_idle(batch_size=2)  # said once, by the main replica
+        Replicas(rank=0, world_size=4).note_idle(batch_size=4)
+    assert caplog.text.count("training.batch_size 2 is below the 4 processes: 2 of them get no examples") == 1
+    assert caplog.text.count("WARNING") == 1
+
+
+def test_one_process_resuming_a_run_of_two_says_so(caplog):
+    """2 -> 1 processes said nothing (1 -> 2 did): the noise draws do not continue."""
+    from mtsmart.train import Trainer
+
+    trainer = Trainer.__new__(Trainer)  # only what _restore_replica_rng reads
+    trainer.replicas = Replicas()
+    with caplog.at_level("WARNING"):
+        trainer._restore_replica_rng("run/last", [object(), object()], None)
+    assert "run/last was saved by 2 process(es), this run has 1" in caplog.text
