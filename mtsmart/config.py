@@ -336,8 +336,13 @@ def _did_you_mean(cls: type, key: str) -> str:
     ``optim.lr``), or a close spelling."""
     nested = [f"{name}.{key}" for name, hint in typing.get_type_hints(cls).items()
               if is_dataclass(hint) and key in {f.name for f in fields(hint)}]
-    close = difflib.get_close_matches(key, [f.name for f in fields(cls)], n=1)
-    suggestion = (nested or close or [""])[0]
+    return did_you_mean(key, [f.name for f in fields(cls)], nested)
+
+
+def did_you_mean(text: str, valid: list[str], likelier: list[str] = ()) -> str:
+    """`` (did you mean 'x'?)`` for the first of ``likelier``, else the closest spelling
+    among ``valid``; empty when nothing is close."""
+    suggestion = (list(likelier) or difflib.get_close_matches(text, valid, n=1) or [""])[0]
     return f" (did you mean {suggestion!r}?)" if suggestion else ""
 
 

@@ -20,6 +20,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from mtsmart.config import did_you_mean
 from mtsmart.errors import ConfigError, DataError
 from mtsmart.tasks import FileSource, HubSource, TaskDef
 
@@ -143,9 +144,11 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str,
                     "but the file has no header; give a 0-based column index in 'columns'"
                 )
             else:
+                hint = (" (the header starts with a UTF-8 BOM: read it with encoding utf-8-sig)"
+                        if header[0].startswith("\ufeff") else did_you_mean(str(column), header))
                 raise DataError(
                     f"{path}: task {task.name!r}: field {name!r}: no column {column!r} in the "
-                    f"header (columns: {', '.join(header)})"
+                    f"header{hint} (columns: {', '.join(header)})"
                 )
     if header is not None and labeled and all(isinstance(columns[name], int) for name in fields):
         _check_header_is_no_row(header, index_of[task.target_column], task, path)

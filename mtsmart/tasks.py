@@ -22,6 +22,7 @@ from mtsmart.config import (
     TrainConfig,
     apply_override,
     coerce,
+    did_you_mean,
     from_mapping,
     load_yaml,
     parse_train_config,
@@ -169,7 +170,8 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
         raise ConfigError(f"{where}: expected a mapping of settings")
     unknown = [k for k in raw if k not in _TASK_KEYS]
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(_TASK_KEYS)})")
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{did_you_mean(str(unknown[0]), _TASK_KEYS)} "
+                          f"(valid: {', '.join(_TASK_KEYS)})")
     for required in ("type", "text_fields", "splits"):
         if required not in raw:
             raise ConfigError(f"{where}: missing required key {required!r}")
@@ -204,6 +206,10 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
                 "max_length", "sampling_weight", "loss_weight", "head_dropout"):
         if key in raw:
             kwargs[key] = coerce(raw[key], type_hints[key], f"{where}: field {key!r}")
+    for key in ("label_field", "target_field"):
+        if kwargs.get(key) in text_fields:
+            raise ConfigError(f"{where}: field {key!r}: {kwargs[key]!r} is also a text field; the "
+                              "target is read from its own column")
 
     if task_type_name == "classification":
         if "target_field" in raw:

@@ -749,3 +749,13 @@ def test_an_unreachable_hub_is_one_line_without_the_clients_retry_reports(monkey
         read_split(task, "train", "/")
     assert "Retrying" not in caplog.text + capsys.readouterr().err
     assert "Couldn't reach 'nyu-mll/glue'" in str(err.value) and "HF_HUB_OFFLINE=1 fails at once" in str(err.value)
+
+
+def test_a_header_column_typo_or_a_bom_is_named(tmp_path):
+    (tmp_path / "t.tsv").write_text("sentense\tlabel\ngood\t1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"no column 'sentence' in the header \(did you mean 'sentense'\?\)"):
+        read_split(cls_task({"path": "t.tsv"}, text_fields=("sentence",)), "train", str(tmp_path))
+    (tmp_path / "b.tsv").write_text("\ufeffsentence\tlabel\ngood\t1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"starts with a UTF-8 BOM: read it with encoding utf-8-sig"):
+        read_split(cls_task({"path": "b.tsv", "encoding": "utf-8"}, text_fields=("sentence",)), "train",
+                   str(tmp_path))

@@ -335,3 +335,15 @@ def test_select_tasks_with_no_names_says_so():
     with pytest.raises(ConfigError) as err:
         select_tasks({"rte": None, "mrpc": None}, " , ", "--tasks")
     assert_names(err, "--tasks", "no task names", "tasks: rte, mrpc")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lables": ["0", "1"]}, r"unknown key 'lables' \(did you mean 'labels'\?\)"),
+    ({"label_field": "sentence1"}, r"field 'label_field': 'sentence1' is also a text field"),
+])
+def test_task_key_mistakes_name_the_likely_fix(changes, message):
+    raw = spec(CLS, **changes)
+    if "lables" in changes:
+        raw.pop("labels")
+    with pytest.raises(ConfigError, match=message):
+        parse_task("x", raw, FILE)
