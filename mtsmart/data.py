@@ -161,7 +161,8 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str,
             except json.JSONDecodeError as err:
                 raise DataError(f"{path} line {line}: task {task.name!r}: invalid JSON: {err.msg}") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path} line {line}: task {task.name!r}: expected a JSON object")
+                raise DataError(f"{path} line {line}: task {task.name!r}: expected a JSON object "
+                                "(.json and .jsonl files are JSON lines: one object per line)")
             values = {}
             for name in fields:
                 key = columns[name]

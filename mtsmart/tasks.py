@@ -251,6 +251,8 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
                 f"{where}: field 'metrics': {metric!r} is not a {task_type_name} metric "
                 f"(valid: {', '.join(task_type.metric_table)})"
             )
+    if len(set(metrics)) != len(metrics):
+        raise ConfigError(f"{where}: field 'metrics': {next(m for m in metrics if metrics.count(m) > 1)!r} twice")
     kwargs["metrics"] = tuple(metrics)
     main_metric = kwargs.get("main_metric")
     if main_metric is not None and main_metric not in metrics:

@@ -116,6 +116,10 @@ class Trainer:
         self.show_progress = show_progress and self.replicas.is_main
         self.prepared = False
         self._check_select_metric()
+        if all(task.sampling_weight == 0 for task in tasks.values()):
+            first = next(iter(tasks.values()))
+            raise ConfigError(f"{first.defined_in}: every task trained here ({', '.join(tasks)}) has "
+                              "sampling_weight 0, so none would be trained; give one a positive weight")
 
     def _check_select_metric(self) -> None:
         metric = self.cfg.select_metric

@@ -410,3 +410,13 @@ def test_predict_input_that_is_a_folder_says_so(workdir, capsys):
     code, err = run_main(["predict", str(workdir / "nope"), "--task", "t", "--input", str(workdir),
                           "--out", str(workdir / "p.tsv")], capsys)
     assert_one_line(code, err, "--input", "a directory, expected a file")
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"sampling_weight": 0}, ["tasks.yaml: every task trained here (tiny) has sampling_weight 0"]),
+    ({"metrics": ["accuracy", "accuracy"]}, ["task 'tiny'", "field 'metrics': 'accuracy' twice"]),
+])
+def test_task_settings_that_train_nothing_or_score_twice(workdir, tiny_model_dir, capsys, changes, says):
+    task_file = write(workdir, task_yaml(**changes))
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir), capsys)
+    assert_one_line(code, err, *says)

@@ -759,3 +759,9 @@ def test_a_header_column_typo_or_a_bom_is_named(tmp_path):
     with pytest.raises(DataError, match=r"starts with a UTF-8 BOM: read it with encoding utf-8-sig"):
         read_split(cls_task({"path": "b.tsv", "encoding": "utf-8"}, text_fields=("sentence",)), "train",
                    str(tmp_path))
+
+
+def test_a_json_array_file_says_json_lines_are_expected(tmp_path):
+    (tmp_path / "t.json").write_text('[{"sentence": "good", "label": "1"}]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 1: .*one object per line"):
+        read_split(cls_task({"path": "t.json"}, text_fields=("sentence",)), "train", str(tmp_path))
