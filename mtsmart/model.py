@@ -165,6 +165,11 @@ class MultiTaskModel(nn.Module):
         for module in self.encoder.modules():
             if isinstance(module, nn.Dropout):
                 module.p = p
+            # Others keep the rate as a plain float, read at call time (transformers 4.x's SDPA
+            # attention: dropout_prob): missed, attention dropout stayed on at p = 0.
+            for name, value in list(vars(module).items()):
+                if "dropout" in name and isinstance(value, float):
+                    setattr(module, name, p)
         config = self.encoder.config
         for name in ENCODER_DROPOUT_CONFIG_KEYS:
             value = getattr(config, name, None)
