@@ -599,10 +599,15 @@ class Trainer:
         cfg = self.cfg
         # under torchrun a batch one replica skipped is skipped by all: the update is dropped
         self.replicas.sum_gradients(self.model.parameters(), drop=skipped_a_batch)
+        if not any(p.grad is not None for p in self.model.parameters()):
+            # every batch of this update skipped (non-finite losses): nothing to step on, the
+            # teacher stays where it is, and the fp16 scaler has no gradients to check. The
+            # optimizer's step moves nothing here; taken, the schedule keeps its order.
+            self.optimizer.step()
+            self.scheduler.step()
+            return 0.0
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        # every batch of this update skipped (non-finite losses): there is nothing to step on
-        any_gradient = any(p.grad is not None for p in self.model.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
         grad_norm = float(grad_norm)
         if not math.isfinite(grad_norm):
@@ -615,7 +620,7 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.teacher is not None and math.isfinite(grad_norm) and any_gradient:
+        if self.teacher is not None and math.isfinite(grad_norm):
             # after every optimizer step (SMART.md): a skipped update leaves the anchor where it was
             smart_cfg = self.cfg.smart
             beta = smart.teacher_momentum(self.global_step, self.plan.total_updates,

@@ -98,3 +98,29 @@ def test_an_update_the_gradient_scaler_skips_is_counted(tmp_path, tiny_model_dir
     trainer.cleanup()
     assert sum(poisoned) >= 1 and trainer.scaler.get_scale() < 2.0 ** 16  # the scaler did skip
     assert trainer.counters["nonfinite_grad_skipped"] == sum(poisoned)
+
+
+def test_an_update_without_gradients_passes_the_gradient_scaler_by(tmp_path, tiny_model_dir, monkeypatch):
+    """Every batch of an update skipped (non-finite losses; under torchrun, on any replica):
+    there is nothing to step on, and the fp16 scaler's step raised 'No inf checks were
+    recorded' on gradients that were never there."""
+    from dataclasses import replace
+
+    from mtsmart.tasks import load_task_file
+    from mtsmart.train import Trainer
+
+    for kind in ("regression", "classification"):
+        task_type = type(get_task_type(kind))
+        real_loss = task_type.loss
+        monkeypatch.setattr(task_type, "loss", lambda self, o, t, w=None, real=real_loss: real(self, o, t, w) * math.nan)
+    loaded = load_task_file(str(write_tiny_tasks(tmp_path)))
+    cfg = replace(loaded.training, encoder=str(tiny_model_dir), max_steps=3, eval_every=3)
+    trainer = Trainer(loaded.tasks, cfg, loaded.data_dir, str(tmp_path / "run"),
+                      cache_dir=str(tmp_path / "cache"), show_progress=False)
+    trainer.setup()
+    trainer.scaler = torch.amp.GradScaler("cpu")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    trainer.cleanup()
+    assert trainer.counters["nonfinite_loss_skipped"] == 3 and trainer.global_step == 3
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
