@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from statistics import mean, stdev
 
+from mtsmart.adaptation import RECIPE_JSON as ADAPT_RECIPE
+from mtsmart.adaptation import RESULTS_CSV as ADAPT_RESULTS
 from mtsmart.checkpoint import TRAINING_FILE, is_checkpoint, load_checkpoint_tasks
 from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings, load_yaml
 from mtsmart.errors import ConfigError, MtsmartError
@@ -29,7 +31,10 @@ RESULTS_FILE = "results.json"
 # Patience (where a run stops) and evaluation cadence (which evaluation is best, where
 # patience counts) do change them, though --resume may reset both.
 NOT_RECIPE = {"seed", *RUN_ONLY_SETTINGS} - {"patience", "eval_every"}
-TASK_KEY = "tasks."  # a recipe's keys for a task's own definition: tasks.NAME.max_length, ...
+TASK_KEY = "tasks."  # a recipe's keys for a task's own settings: tasks.NAME.max_length, ...
+# The task settings that change what a run learns; its data sources, declared splits and
+# metrics do not (and a different --data-dir does not split a recipe either).
+TASK_RECIPE_KEYS = ("max_length", "sampling_weight", "loss_weight", "head_dropout", "class_weights", "smart")
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,8 @@ class FinishedRun:
     recipe: dict  # flattened settings, the seed and run-only settings left out
     scores: dict[str, float]  # task -> main metric
     metrics: dict[str, str]  # task -> the main metric's name
-    # task -> its flattened definition (its own smart: block, max_length, data, ...);
-    # empty where a run from an older mtsmart kept neither it nor a checkpoint
+    # task -> its flattened TASK_RECIPE_KEYS (its own smart: block, max_length, ...); empty
+    # where a run from an older mtsmart kept neither them nor a checkpoint
     task_settings: dict[str, dict] = field(default_factory=dict)
 
 
@@ -59,7 +64,9 @@ def find_runs(path: str) -> list[str]:
     found = []
     for folder, children, files in os.walk(path):
         children.sort()
-        if RESULTS_FILE in files:
+        if ADAPT_RESULTS in files and ADAPT_RECIPE in files:
+            logger.warning("%s: an adapt folder, left out (its %s and table.md summarise it)", folder, ADAPT_RESULTS)
+        elif RESULTS_FILE in files:
             found.append(folder)
         elif RUN_FILE in files:
             logger.warning("%s: left out, not finished (no %s)", folder, RESULTS_FILE)
@@ -101,9 +108,13 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     recipe["tasks"] = ",".join(sorted(metrics)) if len(metrics) > 1 else "one each"
     tasks = summary.get("tasks")
     tasks = _tasks_from_checkpoint(path) if tasks is None else tasks
+    if not tasks:  # a run that kept neither: pooled only with its like, never with known ones
+        recipe["task settings"] = "not recorded"
+    task_settings = {name: flatten_settings({k: v for k, v in plain.items() if k in TASK_RECIPE_KEYS})
+                     for name, plain in tasks.items()}
     return FinishedRun(path, int(training.get("seed", 0)), recipe,
                        {task: 100 * results[task][metric] for task, metric in metrics.items() if task in results},
-                       metrics, {name: flatten_settings(plain) for name, plain in tasks.items()})
+                       metrics, task_settings)
 
 
 def _training_from_checkpoint(path: str) -> dict:

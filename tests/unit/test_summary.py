@@ -58,7 +58,9 @@ def test_a_tasks_own_settings_make_another_recipe(tmp_path):
     another seed of the plain recipe. Different tasks' definitions never split a row."""
     rte, cola = {"type": "classification", "max_length": 128}, {"type": "classification", "max_length": 64}
     runs = [write_run(tmp_path / "r1", 1, {"rte": 0.60}, tasks={"rte": rte}),
-            write_run(tmp_path / "r2", 2, {"rte": 0.50}, tasks={"rte": rte}),
+            # a declared test split or another metric changes nothing a run learns
+            write_run(tmp_path / "r2", 2, {"rte": 0.50}, tasks={"rte": {**rte, "metrics": ["accuracy", "f1"],
+                                                                     "splits": {"test": {"path": "t.tsv"}}}}),
             write_run(tmp_path / "c1", 1, {"cola": 0.30}, tasks={"cola": cola}),
             write_run(tmp_path / "r3", 3, {"rte": 0.70}, tasks={"rte": {**rte, "smart": {"mode": "full"}}}),
             write_run(tmp_path / "r4", 3, {"rte": 0.40}, tasks={"rte": {**rte, "max_length": 32}})]
@@ -70,6 +72,10 @@ def test_a_tasks_own_settings_make_another_recipe(tmp_path):
     seeds, cola_cell, rte_cell, _ = table[plain]
     assert seeds == "1, 2" and cola_cell == "30.00 [30.00]" and rte_cell.endswith("[60.00, 50.00]")
     assert table[full][2] == "70.00 [70.00]" and table[short][2] == "40.00 [40.00]"
+    # a run that recorded no task settings is not pooled into a row whose tasks it may not share
+    unknown = write_run(tmp_path / "r5", 4, {"rte": 0.45})
+    table = rows(summarize([read_run(str(p)) for p in (*runs, unknown)]))
+    assert [label for label in table if "task settings=not recorded" in label] == ["task settings=not recorded"]
 
 
 def test_best_and_teacher_scores_are_read_when_asked(tmp_path):
@@ -126,6 +132,15 @@ def test_runs_are_found_at_any_depth_and_a_folder_without_runs_says_so(tmp_path,
         assert main(["summarize", str(tmp_path)]) == 0
     assert "| all runs | 1, 2 | 55.00 ±" in capsys.readouterr().out
     assert f"{unfinished}: left out, not finished" in caplog.text
+    adapt = tmp_path / "adapt"  # adapt's own runs are summarised by its table.md
+    write_run(adapt / "runs" / "raw" / "n24" / "seed1", 1, {"rte": 0.9})
+    (adapt / "results.csv").write_text("start\n")
+    (adapt / "recipe.json").write_text("{}")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["summarize", str(tmp_path)]) == 0
+    assert "| all runs | 1, 2 | 55.00 ±" in capsys.readouterr().out
+    assert f"{adapt}: an adapt folder, left out" in caplog.text
     (tmp_path / "empty").mkdir()
     assert main(["summarize", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip()
