@@ -194,8 +194,9 @@ def _check_header_is_no_row(header: list[str], target_index: int, task: TaskDef,
     except ValueError:
         return  # a column name, as a header has
     raise DataError(f"{path} line 1: task {task.name!r}: reads as a row, not a header (its "
-                    f"{task.target_column!r} is {header[target_index]!r}); set 'header: false' "
-                    "in the source, or it is skipped")
+                    f"{task.target_column!r} is {header[target_index]!r}): if it is data, set "
+                    "'header: false' in the source; if it is a header, name the columns by its "
+                    "names in 'columns'")
 
 
 def _note_empty_texts(examples: Examples, task: TaskDef) -> None:
@@ -258,7 +259,13 @@ def read_hub_split(task: TaskDef, split: str, src: HubSource, labeled: bool = Tr
         if column not in dataset.column_names:
             raise DataError(f"{task.where(name)}: {src.describe()} has no column {column!r} "
                             f"(columns: {', '.join(dataset.column_names)})")
-    class_ids = _class_id_reader(task, src, dataset.features.get(names.get(task.target_column)))
+    target_feature = dataset.features.get(names.get(task.target_column))
+    class_ids = _class_id_reader(task, src, target_feature)
+    if labeled and class_ids is None and task.labels and _holds_integers(target_feature) \
+            and not all(label.lstrip("-").isdigit() for label in task.labels):
+        raise DataError(f"{task.where('labels')}: {src.describe()} column {names[task.target_column]!r} "
+                        f"holds numbers, not class names or ClassLabel ids; give 'labels' as its values "
+                        "(e.g. '0', '1')")
     for row_number, row in enumerate(dataset, start=1):
         where = f"{src.describe()} row {row_number}"
         values = {name: _json_field(row[column], name, task, where) for name, column in names.items()
@@ -267,6 +274,10 @@ def read_hub_split(task: TaskDef, split: str, src: HubSource, labeled: bool = Tr
             values[task.target_column] = class_ids(row[names[task.target_column]])
         _append_example(examples, task, values, row_number, where, labeled)
     return _non_empty(examples, task, split)
+
+
+def _holds_integers(feature) -> bool:
+    return str(getattr(feature, "dtype", "")).startswith(("int", "uint"))
 
 
 def _class_id_reader(task: TaskDef, src: HubSource, feature):
@@ -283,7 +294,7 @@ def _class_id_reader(task: TaskDef, src: HubSource, feature):
     if names is None or task.labels is None:
         return None
     if sorted(names) == sorted(task.labels):
-        return lambda class_id: names[class_id] if 0 <= class_id < len(names) else class_id
+        return lambda class_id: names[class_id] if isinstance(class_id, int) and 0 <= class_id < len(names) else class_id
     if len(names) != len(task.labels):
         raise DataError(f"{task.where('labels')}: {src.describe()} has {len(names)} classes "
                         f"({', '.join(names)}); give {len(names)} labels, the ids' names in order")

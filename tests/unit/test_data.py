@@ -157,8 +157,16 @@ def test_a_headerless_file_read_with_a_header_is_an_error_not_a_lost_row():
     task = cls_task({"path": "cola_like.tsv", "quoting": "none", "columns": {"sentence": 3, "label": 1}},
                     text_fields=("sentence",))
     with pytest.raises(DataError, match=r"cola_like.tsv line 1: task 't': reads as a row, not a header "
-                                        r"\(its 'label' is '1'\); set 'header: false'"):
+                                        r"\(its 'label' is '1'\): if it is data, set 'header: false'.*"
+                                        r"if it is a header, name the columns by its names"):
         read(task)
+
+
+def test_a_header_that_reads_as_a_row_is_read_by_naming_its_columns(tmp_path):
+    """The way out the error offers for a real header such as pandas' '0,1' (labels '0', '1')."""
+    (tmp_path / "p.csv").write_text("0,1\ngood film,1\nbad film,0\n", encoding="utf-8")
+    task = cls_task({"path": "p.csv", "columns": {"sentence": "0", "label": "1"}}, text_fields=("sentence",))
+    assert read_split(task, "train", str(tmp_path)).targets == [1, 0]
 
 
 def test_empty_text_fields_are_read_with_a_note(tmp_path, caplog):
@@ -708,6 +716,11 @@ def test_hub_class_labels_match_by_name_in_any_order(tmp_path):
                                   "label": datasets.ClassLabel(names=["entailment", "not_entailment"])})
     folder = _hub_folder(tmp_path, {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1]},
                          features)
+    (tmp_path / "null").mkdir()  # a missing class id is an error, not a TypeError traceback
+    with_null = _hub_folder(tmp_path / "null", {"sentence1": ["a"], "sentence2": ["c"], "label": [None]}, features)
+    with pytest.raises(DataError, match=r"row 1: task 't': field 'label': label None is not in the label list"):
+        read_split(cls_task({"hub": with_null, "split": "train"}, labels=["entailment", "not_entailment"]),
+                   "train", "/")
     for labels in (["entailment", "not_entailment"], ["not_entailment", "entailment"]):
         task = cls_task({"hub": folder, "split": "train"}, labels=labels)
         examples = read_split(task, "train", "/")
@@ -765,3 +778,10 @@ def test_a_json_array_file_says_json_lines_are_expected(tmp_path):
     (tmp_path / "t.json").write_text('[{"sentence": "good", "label": "1"}]', encoding="utf-8")
     with pytest.raises(DataError, match=r"line 1: .*one object per line"):
         read_split(cls_task({"path": "t.json"}, text_fields=("sentence",)), "train", str(tmp_path))
+
+
+def test_hub_number_column_with_named_labels_says_it_holds_numbers(tmp_path):
+    folder = _hub_folder(tmp_path, {"text": ["a", "b"], "label": [0, 1]})
+    task = cls_task({"hub": folder, "split": "train"}, text_fields=("text",), labels=["neg", "pos"])
+    with pytest.raises(DataError, match=r"field 'labels': .* column 'label' holds numbers, not class names"):
+        read_split(task, "train", "/")
