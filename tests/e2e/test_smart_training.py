@@ -111,7 +111,8 @@ def test_gradient_checkpointing_trains_the_same_smart_run(tmp_path, tiny_model_d
                                gradient_checkpointing=True)
     layers_checkpointed = lambda model: [getattr(m, "gradient_checkpointing", False)
                                          for m in model.encoder.modules() if hasattr(m, "gradient_checkpointing")]
-    assert all(layers_checkpointed(checkpointed.model)) and len(layers_checkpointed(checkpointed.model)) >= 2
+    # transformers 5 flags each layer, 4.x the encoder's layer stack: on wherever it is kept
+    assert layers_checkpointed(checkpointed.model) and all(layers_checkpointed(checkpointed.model))
     assert not any(layers_checkpointed(plain.model))
     for trained, kept in ((checkpointed.model, plain.model), (checkpointed.teacher.model, plain.teacher.model)):
         for (name, a), b in zip(trained.state_dict().items(), kept.state_dict().values()):
