@@ -10,13 +10,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import shutil
 import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Sequence
-
-import logging
 
 import numpy as np
 
@@ -49,6 +48,17 @@ class StartPoint:
     def is_checkpoint(self) -> bool:
         return is_checkpoint(self.path)
 
+    @property
+    def key(self) -> str:
+        """What identifies the start point: the same folder however its path is written."""
+        return same_path_key(self.path)
+
+
+def same_path_key(path: str) -> str:
+    """A local path resolved (``runs/x/best/``, ``./runs/x/best`` and its absolute form are
+    one); a hub name as it is."""
+    return os.path.realpath(path) if os.path.exists(path) else path
+
 
 def parse_start(text: str) -> StartPoint:
     """``LABEL=PATH`` or ``PATH`` (labelled by its folder names)."""
@@ -58,7 +68,17 @@ def parse_start(text: str) -> StartPoint:
         path = text
         parts = [p for p in os.path.normpath(path).split(os.sep) if p not in ("", ".", "..")]
         label = "-".join(parts[-2:]) if parts and parts[-1] in ("best", "last") else (parts[-1] if parts else path)
+    if not label or label in (".", "..") or "/" in label or os.sep in label:
+        # the label names the start's row and its run folder (runs/LABEL/...)
+        raise ConfigError(f"START {text}: {label!r} is no label; give LABEL=PATH with a LABEL of "
+                          "letters, digits, '-' or '_'")
     return StartPoint(label=label, path=path)
+
+
+def check_size_specs(specs: Sequence[str]) -> None:
+    """The form of every --train-sizes entry, before any data is read."""
+    for spec in specs:
+        _size_of(spec.strip(), reference=1)
 
 
 def resolve_sizes(specs: list[str], reference_size: Optional[int], pool_size: int) -> list[tuple[str, int]]:
@@ -68,20 +88,7 @@ def resolve_sizes(specs: list[str], reference_size: Optional[int], pool_size: in
     sizes = []
     for spec in specs:
         spec = spec.strip()
-        try:
-            if any(c in spec for c in ".eE"):
-                fraction = float(spec)
-                if not 0 < fraction <= 1:
-                    raise ValueError
-                n = max(1, round(fraction * reference))
-            else:
-                n = int(spec)
-                if n < 1:
-                    raise ValueError
-        except ValueError:
-            raise ConfigError(f"--train-sizes: {spec!r} is neither a fraction in (0, 1] nor a "
-                              "positive count") from None
-        n = min(n, pool_size)
+        n = min(_size_of(spec, reference), pool_size)
         same = next((earlier for earlier, m in sizes if m == n), None)
         if same is not None:  # e.g. 10% and 100% of a reference larger than the pool
             logger.warning("--train-sizes: %s and %s are both n=%d (the pool has %d): run once",
@@ -89,6 +96,22 @@ def resolve_sizes(specs: list[str], reference_size: Optional[int], pool_size: in
             continue
         sizes.append((spec, n))
     return sizes
+
+
+def _size_of(spec: str, reference: int) -> int:
+    try:
+        if any(c in spec for c in ".eE"):
+            fraction = float(spec)
+            if not 0 < fraction <= 1:
+                raise ValueError
+            return max(1, round(fraction * reference))
+        n = int(spec)
+        if n < 1:
+            raise ValueError
+        return n
+    except ValueError:
+        raise ConfigError(f"--train-sizes: {spec!r} is neither a fraction in (0, 1] nor a "
+                          "positive count") from None
 
 
 def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, data_dir: str,
@@ -117,11 +140,11 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     rows = read_previous_runs(csv_path, task.name, settings)
     check_labels(starts, rows, csv_path)
     write_json(os.path.join(output_dir, RECIPE_JSON), settings)
-    done = {(r["start"], r["start_path"], r["n_train"], r["seed"]) for r in rows}
+    done = {(r["start"], same_path_key(r["start_path"]), r["n_train"], r["seed"]) for r in rows}
     for start in starts:
         for spec, n in sizes:
             for seed in seeds:
-                if (start.label, start.path, n, seed) in done:
+                if (start.label, start.key, n, seed) in done:
                     print(f"adapt {task.name}: start={start.label} n={n} seed={seed} already in "
                           f"{csv_path}, kept", flush=True)
                     continue
@@ -150,7 +173,7 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                        **{m: round(v, 6) for m, v in metrics.items()},
                        "train_seconds": round(summary["train_seconds"], 1)}
                 rows.append(row)
-                done.add((start.label, start.path, n, seed))
+                done.add((start.label, start.key, n, seed))
                 _write_csv(csv_path, rows)
                 print(f"adapt {task.name}: start={start.label} n={n} seed={seed} "
                       + " ".join(f"{m}={100 * v:.2f}" for m, v in metrics.items()), flush=True)
@@ -172,15 +195,15 @@ def check_labels(starts: Sequence[StartPoint], rows: Sequence[dict] = (), csv_pa
     Raises:
         ConfigError: a label given twice, or tied to another path in results.csv.
     """
-    paths = {}
+    by_label = {}
     for start in starts:
-        if paths.setdefault(start.label, start.path) != start.path or starts.count(start) > 1:
+        if by_label.setdefault(start.label, start) is not start:
             raise ConfigError(f"START {start.label}: the label is given twice; name each start "
                               "point once (LABEL=PATH)")
     for row in rows:
-        path = paths.get(row["start"])
-        if path is not None and path != row["start_path"]:
-            raise ConfigError(f"START {row['start']}={path}: {csv_path} has label {row['start']} "
+        start = by_label.get(row["start"])
+        if start is not None and start.key != same_path_key(row["start_path"]):
+            raise ConfigError(f"START {start.label}={start.path}: {csv_path} has label {start.label} "
                               f"for {row['start_path']}; give this start point another label")
 
 
@@ -223,7 +246,7 @@ def read_previous_runs(path: str, task_name: str, settings: dict) -> list[dict]:
                          for k, v in raw.items()})
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: line {line} is not a complete results row; "
-                              "remove the file to start over") from None
+                              "remove that line to run it again") from None
     return rows
 
 

@@ -354,7 +354,7 @@ def _is_setting(text: str) -> bool:
 
 
 def command_adapt(args: argparse.Namespace) -> int:
-    from mtsmart.adaptation import check_labels, parse_start, resolve_sizes, run_adaptation
+    from mtsmart.adaptation import check_labels, check_size_specs, parse_start, run_adaptation
     from mtsmart.checkpoint import TASKS_FILE, encoder_source_problem
     from mtsmart.tasks import build_task_file, load_task_file, resolve_data_dir
 
@@ -372,7 +372,7 @@ def command_adapt(args: argparse.Namespace) -> int:
         if problem:
             raise ConfigError(f"START {start.label}: {problem}")
     size_specs = args.train_sizes.split(",")
-    resolve_sizes(size_specs, args.reference_size, pool_size=sys.maxsize)  # their form, before any data loads
+    check_size_specs(size_specs)  # before any data loads
     overrides = collect_overrides(args)
     for path, value, text in overrides:
         if (len(path) == 2 and path[0] == "training" and path[1] in ADAPT_SETS_PER_RUN

@@ -222,6 +222,9 @@ def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
     assert len(err) == 1 and "results.csv" in err[0] and "recipe" in err[0] and "--output" in err[0]
     assert "training.optim.lr was 0.001, now 0.0003" in err[0], err  # the change, named
     assert (out / "results.csv").read_text() == before
+    # the same start written another way is the same start: nothing trains again
+    assert main(["adapt", f"mt={ckpt}{os.sep}", "--seeds", "1", *common]) == 0
+    assert "kept" in capsys.readouterr().out and (out / "results.csv").read_text() == before
     # a label the folder already ties to another start point would pool the two in one cell
     assert main(["adapt", f"mt={tiny_model_dir}", "--seeds", "3", *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -284,6 +284,8 @@ def test_adapt_refuses_a_setting_it_sets_for_each_run_itself(workdir, tiny_model
     (["--seeds", str(2**64)], ["--seeds", "[0, 2**32)"]),
     (["raw={enc}"], ["START raw", "given twice"]),
     (["raw={task_file}"], ["START raw", "given twice"]),
+    (["../x={enc}"], ["START ../x=", "'../x' is no label"]),
+    (["={enc}"], ["START =", "'' is no label"]),
 ])
 def test_adapt_refuses_seeds_and_labels_that_would_pose_as_seeds(workdir, tiny_model_dir, capsys, given, says):
     """A repeated seed or label would put the same run (or two start points) in one table
