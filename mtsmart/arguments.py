@@ -216,7 +216,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", help="Hugging Face model name or local directory")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--dry-run", action="store_true",
-                        help="check everything a run needs (settings, encoder, every split read and "
+                        help="check everything a run needs (settings, encoder, the train and dev splits read and "
                              "tokenized, the output folder) and print the plan; trains nothing and "
                              "writes nothing but the tokenization cache")
     parser.add_argument("--resume", action="store_true",

@@ -203,12 +203,13 @@ class Replicas:
                 result = check()
             except (MtsmartError, OSError) as err:
                 error = err
-        problem = self.broadcast(None if error is None else
-                                 os_error_line(error) if isinstance(error, OSError) else str(error))
+        # (failed, text): a failure whose text is empty must stop the other replicas too
+        failed, problem = self.broadcast((error is not None, "" if error is None else
+                                          os_error_line(error) if isinstance(error, OSError) else str(error)))
         if error is not None:
             raise error
-        if problem:
-            raise ConfigError(problem)
+        if failed:
+            raise ConfigError(problem or "the main process failed; see its error")
         return result
 
     def barrier(self) -> None:
