@@ -31,6 +31,8 @@ def _worker(rank: int, init_file: str, results, scenario: str) -> None:
             def check():
                 if scenario == "oserror":
                     raise NotADirectoryError(20, "Not a directory", "afile/run")
+                if scenario == "silent":
+                    raise OSError()  # no text at all: the others must stop all the same
                 raise ConfigError("run/: not empty")
             try:
                 replicas.on_main(check)
@@ -62,6 +64,7 @@ def test_a_batch_one_replica_skipped_is_dropped_by_every_replica(tmp_path):
 @pytest.mark.parametrize("scenario, main_error, other_error", [
     ("oserror", ("NotADirectoryError", "afile/run"), ("ConfigError", "afile/run: Not a directory")),
     ("config", ("ConfigError", "run/: not empty"), ("ConfigError", "run/: not empty")),
+    ("silent", ("OSError", None), ("ConfigError", "the main process failed; see its error")),
 ])
 def test_a_check_only_the_main_replica_runs_fails_on_every_replica(tmp_path, scenario, main_error, other_error):
     """Rank 0's OSError used to skip the broadcast: rank 1 waited in its next collective."""
