@@ -56,14 +56,16 @@ def export_task(checkpoint: str, task_name: str, out_dir: str, weights: str = "s
                               f"(heads: {', '.join(loaded.model.heads)})")
     task = loaded.tasks[task_name]
     encoder = loaded.model.encoder
+    if getattr(encoder, "pooler", None) is None:
+        raise CheckpointError(f"{checkpoint}: the encoder ({type(encoder).__name__}) has no pooler, so its "
+                              "family's *ForSequenceClassification head is not mtsmart's; export needs an "
+                              "encoder with a pooler (BERT, RoBERTa, XLM-R, ALBERT, MPNet) trained with "
+                              "training.pooling=pooler")
     if loaded.model.pooling != "pooler":
         raise CheckpointError(
             f"{checkpoint}: trained with pooling {loaded.model.pooling!r}; a standard "
             "*ForSequenceClassification head uses the encoder's pooler, so only checkpoints "
             "trained with training.pooling=pooler can be exported")
-    if getattr(encoder, "pooler", None) is None:
-        raise CheckpointError(f"{checkpoint}: the encoder has no pooler; export needs a BERT- or "
-                              "RoBERTa-style encoder")
     config = encoder.config.__class__.from_dict(encoder.config.to_dict())
     is_regression = task.type == "regression"
     config.num_labels = 1 if is_regression else len(task.labels)

@@ -37,6 +37,23 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def _truncated_config(config, num_hidden_layers: int, name_or_path: str):
+    """The encoder's config cut to its first ``num_hidden_layers`` layers. Truncation only:
+    more layers than the encoder has would be new random ones (transformers' warning about
+    them is silenced). Per-layer lists (ModernBERT's layer_types) are cut too: left at the
+    old length, the config loads but refuses to be saved, and the run's first checkpoint fails."""
+    available = getattr(config, "num_hidden_layers", None)
+    if available is not None and num_hidden_layers > available:
+        raise ConfigError(f"training.num_hidden_layers: {num_hidden_layers}, but the encoder "
+                          f"{name_or_path} has {available} layers (valid: 1 to {available})")
+    if available is not None:
+        for name, value in list(vars(config).items()):
+            if "layer" in name and isinstance(value, list) and len(value) == available:
+                setattr(config, name, value[:num_hidden_layers])
+    config.num_hidden_layers = num_hidden_layers
+    return config
+
+
 def _encoder_load_error(name_or_path: str, err: Exception) -> ConfigError:
     """One line for a failed ``from_pretrained``: transformers reports a missing local
     folder, an unreachable hub and a broken model each as a multi-line traceback."""
@@ -107,7 +124,8 @@ class MultiTaskModel(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
-            raise ValueError("pooling 'pooler' needs an encoder with a pooler; use 'cls' or 'mean'")
+            raise ConfigError(f"training.pooling: 'pooler', but the encoder ({type(encoder).__name__}) "
+                              "has no pooler (valid here: cls, mean)")
         self.pooling = pooling
         self.encoder = encoder
         self.heads = nn.ModuleDict()
@@ -138,14 +156,8 @@ class MultiTaskModel(nn.Module):
         try:
             with quiet_transformers():
                 if num_hidden_layers is not None:
-                    # Truncation only: more layers than the encoder has would be new random
-                    # ones, and transformers' warning about them is silenced here.
-                    available = getattr(AutoConfig.from_pretrained(name_or_path, **kwargs),
-                                        "num_hidden_layers", None)
-                    if available is not None and num_hidden_layers > available:
-                        raise ConfigError(f"training.num_hidden_layers: {num_hidden_layers}, but the encoder "
-                                          f"{name_or_path} has {available} layers (valid: 1 to {available})")
-                    kwargs["num_hidden_layers"] = num_hidden_layers
+                    kwargs["config"] = _truncated_config(AutoConfig.from_pretrained(name_or_path, **kwargs),
+                                                         num_hidden_layers, name_or_path)
                 encoder = AutoModel.from_pretrained(name_or_path, **kwargs)
         except LOAD_ERRORS as err:
             raise _encoder_load_error(name_or_path, err) from None

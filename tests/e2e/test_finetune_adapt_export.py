@@ -287,6 +287,25 @@ def test_export_refuses_a_checkpoint_without_pooler_pooling(tmp_path, tiny_model
     assert len(err) == 1 and "pooling" in err[0] and not (tmp_path / "x").exists()
 
 
+def test_export_of_an_encoder_without_a_pooler_names_the_families_that_export(mt_checkpoint, tmp_path,
+                                                                               monkeypatch, capsys):
+    """The advice used to be "train with pooling=pooler", which such an encoder refuses."""
+    import mtsmart.export
+
+    real_load = mtsmart.export.load_checkpoint
+
+    def without_pooler(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        loaded.model.encoder.pooler = None  # as ELECTRA, DeBERTa, DistilBERT and ModernBERT have
+        return loaded
+
+    monkeypatch.setattr(mtsmart.export, "load_checkpoint", without_pooler)
+    _, ckpt = mt_checkpoint
+    assert main(["export", str(ckpt), "--task", "pairs", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no pooler" in err[0] and "(BERT, RoBERTa, XLM-R, ALBERT, MPNet)" in err[0]
+
+
 def test_a_preset_replaces_the_checkpoints_smart_settings_under_the_flags(mt_checkpoint, tmp_path):
     """finetune inherits every setting of its checkpoint; --smart-preset must still set the
     preset's values over them (a flag given with it wins over the preset)."""

@@ -142,6 +142,32 @@ def test_encoder_dropout_reaches_every_encoder_dropout_and_spares_the_heads(enco
         assert not torch.allclose(m.forward_batch("bin", batch), expected, atol=1e-3)
 
 
+def test_pooler_pooling_without_a_pooler_is_one_line():
+    from transformers import BertConfig, BertModel
+
+    from mtsmart.errors import ConfigError
+
+    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32)
+    with pytest.raises(ConfigError, match=r"training.pooling: 'pooler', but the encoder \(BertModel\) has no pooler"):
+        MultiTaskModel(BertModel(config, add_pooling_layer=False), {"t": (2, 0.1)}, "pooler")
+
+
+def test_a_truncated_encoder_cuts_its_per_layer_settings_and_saves(tmp_path):
+    """ModernBERT keeps one layer_types entry per layer: cut to fewer layers, the config
+    loaded but refused to save, and a run died at its first checkpoint."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "ModernBertConfig"):
+        pytest.skip("this transformers has no ModernBERT")
+    config = transformers.ModernBertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3,
+                                           num_attention_heads=2, intermediate_size=64, pad_token_id=0)
+    transformers.ModernBertModel(config).save_pretrained(tmp_path / "enc")
+    model = MultiTaskModel.from_pretrained(str(tmp_path / "enc"), TASKS, num_hidden_layers=2)
+    assert model.encoder.config.num_hidden_layers == 2
+    assert all(len(v) == 2 for v in vars(model.encoder.config).values() if isinstance(v, list) and len(v) in (2, 3))
+    model.encoder.save_pretrained(tmp_path / "saved")  # raised: num_hidden_layers (2) != len(layer_types) (3)
+
+
 def test_gradients_reach_the_embedding_table(model):
     batch = make_batch(model)
     model.zero_grad(set_to_none=True)
