@@ -57,3 +57,14 @@ def balanced_class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
 def regression_loss(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Squared loss of [batch] or [batch, 1] predictions against [batch] targets, float32."""
     return F.mse_loss(pred.float().reshape(-1), targets.float().reshape(-1))
+
+
+def task_loss_share(class_weights: Optional[torch.Tensor], part_labels: torch.Tensor,
+                    whole_labels: torch.Tensor) -> float:
+    """A part of a batch's share of the batch's task loss. A weighted cross-entropy is
+    Σ w_y·ℓ / Σ w_y over the batch, so the share is the part's share of the class weights;
+    without weights, of the examples. [part], [batch] labels → a fraction in [0, 1]."""
+    if class_weights is None:
+        return len(part_labels) / len(whole_labels)
+    weights = class_weights.to(whole_labels.device, torch.float32)
+    return float(weights[part_labels.long()].sum() / weights[whole_labels.long()].sum())

@@ -16,6 +16,7 @@ import torch
 from mtsmart import smart
 from mtsmart.config import SmartConfig
 from mtsmart.ema import MeanTeacher
+from mtsmart.losses import task_loss_share
 from mtsmart.model import MultiTaskModel
 from mtsmart.task_types import TaskType
 
@@ -218,14 +219,10 @@ def _sliced_objective(model, teacher, task, task_type, batch, cfg, backward, *, 
     other half's gradient is kept."""
     size = batch["input_ids"].shape[0]
     halves = [slice(0, (size + 1) // 2), slice((size + 1) // 2, size)]
-    if class_weights is not None:
-        example_weights = class_weights.to(batch["labels"].device, torch.float32)[batch["labels"].long()]
-    else:
-        example_weights = torch.ones(size, device=batch["labels"].device)
     parts: list[tuple[float, float, BatchLosses]] = []
     for rows in halves:
         share = (rows.stop - rows.start) / size
-        task_share = float(example_weights[rows].sum() / example_weights.sum())
+        task_share = task_loss_share(class_weights, batch["labels"][rows], batch["labels"])
         half = _batch_rows(batch, rows)
         # ×share on the whole half below; the task loss needs task_share instead.
         losses = _objective(model, teacher, task, task_type, half, cfg, adv_weight=adv_weight,

@@ -38,7 +38,7 @@ from mtsmart.distributed import Replicas
 from mtsmart.ema import MeanTeacher
 from mtsmart.errors import CheckpointError, ConfigError
 from mtsmart.evaluation import predict_split, score_split, selection_score
-from mtsmart.losses import balanced_class_weights
+from mtsmart.losses import balanced_class_weights, task_loss_share
 from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_after, write_json
 from mtsmart.model import MultiTaskModel, head_spec, load_tokenizer
 from mtsmart.objective import SideStream, batch_objective
@@ -526,12 +526,9 @@ class Trainer:
         loss_weight = task.loss_weight
         class_weights = self.class_weights[task_name]
         if self.replicas.enabled and class_weights is not None:
-            # A weighted cross-entropy is Σ w_y·ℓ / Σ w_y over the whole batch: a slice's part
-            # of it is its share of the class weights, not of the examples (÷ batch_share
-            # undoes the example share _backward applies).
-            weights = class_weights.cpu()
-            task_share = float(weights[batch["labels"]].sum() / weights[whole["labels"]].sum())
-            loss_weight = loss_weight * task_share / self.batch_share
+            # a slice's part of a weighted cross-entropy is its share of the class weights, not
+            # of the examples (÷ batch_share undoes the example share _backward applies)
+            loss_weight *= task_loss_share(class_weights, batch["labels"], whole["labels"]) / self.batch_share
         batch = {k: v.to(self.device) for k, v in batch.items()}
         adv_w, prox_w = self._weights_at(task_name, self.global_step)
         # SMART's perturbation is below bf16's and fp16's resolution: under autocast the

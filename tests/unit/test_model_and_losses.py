@@ -338,3 +338,17 @@ def test_compute_metrics_through_the_type():
     tt = TASK_TYPES["classification"]
     out = tt.compute_metrics(["accuracy", "mcc"], np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]))
     assert out["accuracy"] == 0.75 and set(out) == {"accuracy", "mcc"}
+
+
+def test_task_loss_share_is_the_parts_share_of_the_class_weights():
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    weights = torch.tensor([1.0, 4.0])
+    part = labels[:2]
+    assert losses.task_loss_share(None, part, labels) == pytest.approx(2 / 5)
+    assert losses.task_loss_share(weights, part, labels) == pytest.approx(5 / 14)
+    # the parts' weighted losses add up to the whole batch's weighted cross-entropy
+    logits = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    whole = losses.classification_loss(logits, labels, weights)
+    halves = sum(losses.task_loss_share(weights, labels[s], labels) * losses.classification_loss(logits[s], labels[s], weights)
+                 for s in (slice(0, 2), slice(2, 5)))
+    torch.testing.assert_close(halves, whole)
