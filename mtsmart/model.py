@@ -40,15 +40,15 @@ def quiet_transformers():
 def _truncated_config(config, num_hidden_layers: int, name_or_path: str):
     """The encoder's config cut to its first ``num_hidden_layers`` layers. Truncation only:
     more layers than the encoder has would be new random ones (transformers' warning about
-    them is silenced). Per-layer lists (ModernBERT's layer_types) are cut too: left at the
-    old length, the config loads but refuses to be saved, and the run's first checkpoint fails."""
+    them is silenced). Per-layer lists (ModernBERT's layer_types, Longformer's attention_window)
+    are cut too: left at the old length, the config loads but refuses to be saved or built."""
     available = getattr(config, "num_hidden_layers", None)
     if available is not None and num_hidden_layers > available:
         raise ConfigError(f"training.num_hidden_layers: {num_hidden_layers}, but the encoder "
                           f"{name_or_path} has {available} layers (valid: 1 to {available})")
     if available is not None:
         for name, value in list(vars(config).items()):
-            if "layer" in name and isinstance(value, list) and len(value) == available:
+            if ("layer" in name or name == "attention_window") and isinstance(value, list) and len(value) == available:
                 setattr(config, name, value[:num_hidden_layers])
     config.num_hidden_layers = num_hidden_layers
     return config
@@ -178,9 +178,10 @@ class MultiTaskModel(nn.Module):
             if isinstance(module, nn.Dropout):
                 module.p = p
             # Others keep the rate as a plain float, read at call time (transformers 4.x's SDPA
-            # attention: dropout_prob): missed, attention dropout stayed on at p = 0.
+            # attention: dropout_prob; DeBERTa's StableDropout before 4.47: drop_prob): missed,
+            # their dropout stayed on at p = 0.
             for name, value in list(vars(module).items()):
-                if "dropout" in name and isinstance(value, float):
+                if ("dropout" in name or name == "drop_prob") and isinstance(value, float):
                     setattr(module, name, p)
         config = self.encoder.config
         for name in ENCODER_DROPOUT_CONFIG_KEYS:

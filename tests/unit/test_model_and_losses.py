@@ -142,6 +142,17 @@ def test_encoder_dropout_reaches_every_encoder_dropout_and_spares_the_heads(enco
         assert not torch.allclose(m.forward_batch("bin", batch), expected, atol=1e-3)
 
 
+def test_encoder_dropout_reaches_rates_kept_as_plain_floats(tiny_model_dir):
+    """Some attention implementations read a float rate at call time, not an nn.Dropout
+    (transformers 4.x's SDPA BERT: dropout_prob; DeBERTa before 4.47: drop_prob)."""
+    m = MultiTaskModel.from_pretrained(str(tiny_model_dir), TASKS)
+    attention = m.encoder.encoder.layer[0].attention.self
+    attention.dropout_prob, attention.drop_prob, attention.dropout_layers = 0.1, 0.1, 3
+    m.set_encoder_dropout(0.0)
+    assert attention.dropout_prob == 0.0 and attention.drop_prob == 0.0
+    assert attention.dropout_layers == 3  # not a rate: left alone
+
+
 def test_pooler_pooling_without_a_pooler_is_one_line():
     from transformers import BertConfig, BertModel
 
@@ -166,6 +177,15 @@ def test_a_truncated_encoder_cuts_its_per_layer_settings_and_saves(tmp_path):
     assert model.encoder.config.num_hidden_layers == 2
     assert all(len(v) == 2 for v in vars(model.encoder.config).values() if isinstance(v, list) and len(v) in (2, 3))
     model.encoder.save_pretrained(tmp_path / "saved")  # raised: num_hidden_layers (2) != len(layer_types) (3)
+
+
+def test_a_truncated_longformer_cuts_its_attention_windows(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LongformerConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                           intermediate_size=64, attention_window=[4, 4, 8], max_position_embeddings=80)
+    transformers.LongformerModel(config).save_pretrained(tmp_path / "enc")
+    model = MultiTaskModel.from_pretrained(str(tmp_path / "enc"), TASKS, num_hidden_layers=2)
+    assert model.encoder.config.attention_window == [4, 4]
 
 
 def test_gradients_reach_the_embedding_table(model):
