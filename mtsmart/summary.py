@@ -32,9 +32,10 @@ RESULTS_FILE = "results.json"
 # patience counts) do change them, though --resume may reset both.
 NOT_RECIPE = {"seed", *RUN_ONLY_SETTINGS} - {"patience", "eval_every"}
 TASK_KEY = "tasks."  # a recipe's keys for a task's own settings: tasks.NAME.max_length, ...
-# The task settings that change what a run learns; its data sources, declared splits and
-# metrics do not (and a different --data-dir does not split a recipe either).
-TASK_RECIPE_KEYS = ("max_length", "sampling_weight", "loss_weight", "head_dropout", "class_weights", "smart")
+# A task's training settings, part of a recipe beside what it trains on and how it is
+# scored (_task_recipe); splits the run never reads and metrics besides the main one are not.
+TASK_RECIPE_KEYS = ("type", "labels", "max_length", "sampling_weight", "loss_weight", "head_dropout",
+                    "class_weights", "smart")
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class FinishedRun:
     recipe: dict  # flattened settings, the seed and run-only settings left out
     scores: dict[str, float]  # task -> main metric
     metrics: dict[str, str]  # task -> the main metric's name
-    # task -> its flattened TASK_RECIPE_KEYS (its own smart: block, max_length, ...); empty
-    # where a run from an older mtsmart kept neither them nor a checkpoint
+    # task -> its flattened _task_recipe (its own smart: block, max_length, data, ...); empty
+    # where a run from an older mtsmart kept neither it nor a checkpoint
     task_settings: dict[str, dict] = field(default_factory=dict)
 
 
@@ -108,10 +109,9 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     recipe["tasks"] = ",".join(sorted(metrics)) if len(metrics) > 1 else "one each"
     tasks = summary.get("tasks")
     tasks = _tasks_from_checkpoint(path) if tasks is None else tasks
-    if not tasks:  # a run that kept neither: pooled only with its like, never with known ones
-        recipe["task settings"] = "not recorded"
-    task_settings = {name: flatten_settings({k: v for k, v in plain.items() if k in TASK_RECIPE_KEYS})
-                     for name, plain in tasks.items()}
+    # a run that kept neither: pooled only with its like, never with known ones
+    recipe["task settings"] = "recorded" if tasks else "not recorded"
+    task_settings = {name: _task_recipe(plain) for name, plain in tasks.items()}
     return FinishedRun(path, int(training.get("seed", 0)), recipe,
                        {task: 100 * results[task][metric] for task, metric in metrics.items() if task in results},
                        metrics, task_settings)
@@ -120,6 +120,18 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
 def _training_from_checkpoint(path: str) -> dict:
     """Runs written before results.json held their settings: a checkpoint's copy."""
     return load_yaml(os.path.join(_a_checkpoint(path), TRAINING_FILE))["training"]
+
+
+def _task_recipe(plain: dict) -> dict:
+    """What a task (in its YAML form) adds to a recipe, flattened: its training settings, the
+    data it trains on and is scored on, and the metric it is scored by."""
+    splits = plain.get("splits", {})
+    return flatten_settings({
+        **{k: plain[k] for k in TASK_RECIPE_KEYS if k in plain},
+        "main_metric": plain.get("main_metric") or (plain.get("metrics") or [None])[0],
+        "train_data": splits.get(plain.get("train_split", "train")),
+        "eval_data": splits.get(plain.get("eval_split", "dev")),
+    })
 
 
 def _tasks_from_checkpoint(path: str) -> dict[str, dict]:

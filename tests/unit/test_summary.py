@@ -56,7 +56,8 @@ def test_seeds_pool_into_one_row_per_recipe_and_single_task_runs_share_it(tmp_pa
 def test_a_tasks_own_settings_make_another_recipe(tmp_path):
     """A task's own smart: block or max_length is part of the recipe: such a run is not
     another seed of the plain recipe. Different tasks' definitions never split a row."""
-    rte, cola = {"type": "classification", "max_length": 128}, {"type": "classification", "max_length": 64}
+    rte = {"type": "classification", "max_length": 128, "metrics": ["accuracy"]}
+    cola = {"type": "classification", "max_length": 64, "metrics": ["mcc"]}
     runs = [write_run(tmp_path / "r1", 1, {"rte": 0.60}, tasks={"rte": rte}),
             # a declared test split or another metric changes nothing a run learns
             write_run(tmp_path / "r2", 2, {"rte": 0.50}, tasks={"rte": {**rte, "metrics": ["accuracy", "f1"],
@@ -76,6 +77,14 @@ def test_a_tasks_own_settings_make_another_recipe(tmp_path):
     unknown = write_run(tmp_path / "r5", 4, {"rte": 0.45})
     table = rows(summarize([read_run(str(p)) for p in (*runs, unknown)]))
     assert [label for label in table if "task settings=not recorded" in label] == ["task settings=not recorded"]
+    assert all("task settings=recorded" in label for label in table if "not recorded" not in label)
+    # another main metric or another dev file is another experiment, never one cell
+    scored_by_f1 = write_run(tmp_path / "r6", 3, {"rte": 0.30},
+                             tasks={"rte": {**rte, "main_metric": "f1", "metrics": ["accuracy", "f1"]}})
+    other_dev = write_run(tmp_path / "r7", 4, {"rte": 0.35},
+                          tasks={"rte": {**rte, "splits": {"dev": {"path": "other_dev.tsv"}}}})
+    table = rows(summarize([read_run(str(p)) for p in (*runs, scored_by_f1, other_dev)]))
+    assert len(table) == 5 and sum("[60.00, 50.00]" in cells[2] for cells in table.values()) == 1
 
 
 def test_best_and_teacher_scores_are_read_when_asked(tmp_path):
