@@ -194,18 +194,17 @@ class Replicas:
         waiting in their next collective until the job is torn down.
 
         Raises:
-            MtsmartError, OSError: ``check``'s own, on the main replica.
+            Exception: ``check``'s own, on the main replica.
             ConfigError: the main replica's problem, as one line, on the others.
         """
         result, error = None, None
         if self.is_main:
             try:
                 result = check()
-            except (MtsmartError, OSError) as err:
+            except Exception as err:  # any failure: the others must not wait for rank 0
                 error = err
         # (failed, text): a failure whose text is empty must stop the other replicas too
-        failed, problem = self.broadcast((error is not None, "" if error is None else
-                                          os_error_line(error) if isinstance(error, OSError) else str(error)))
+        failed, problem = self.broadcast((error is not None, _one_line(error)))
         if error is not None:
             raise error
         if failed:
@@ -245,3 +244,13 @@ def _buckets(params: list[nn.Parameter], max_elements: int) -> Iterable[list[nn.
         size += p.numel()
     if bucket:
         yield bucket
+
+
+def _one_line(error: Optional[BaseException]) -> str:
+    if error is None:
+        return ""
+    if isinstance(error, OSError):
+        return os_error_line(error)
+    if isinstance(error, MtsmartError):
+        return str(error)
+    return f"the main process failed ({type(error).__name__}: {error}); see its error"

@@ -33,12 +33,14 @@ def _worker(rank: int, init_file: str, results, scenario: str) -> None:
                     raise NotADirectoryError(20, "Not a directory", "afile/run")
                 if scenario == "silent":
                     raise OSError()  # no text at all: the others must stop all the same
+                if scenario == "bug":
+                    raise KeyError("trainer_state")  # not a user error: still stops the others
                 raise ConfigError("run/: not empty")
             try:
                 replicas.on_main(check)
                 results[rank] = "no error"
-            except (ConfigError, OSError) as err:
-                results[rank] = (type(err).__name__, str(err) if isinstance(err, ConfigError) else err.filename)
+            except (ConfigError, OSError, KeyError) as err:
+                results[rank] = (type(err).__name__, err.filename if isinstance(err, OSError) else str(err))
         dist.destroy_process_group()
     except Exception:  # the parent reports it: a worker's traceback is otherwise lost
         results[rank] = traceback.format_exc()
@@ -65,6 +67,8 @@ def test_a_batch_one_replica_skipped_is_dropped_by_every_replica(tmp_path):
     ("oserror", ("NotADirectoryError", "afile/run"), ("ConfigError", "afile/run: Not a directory")),
     ("config", ("ConfigError", "run/: not empty"), ("ConfigError", "run/: not empty")),
     ("silent", ("OSError", None), ("ConfigError", "the main process failed; see its error")),
+    ("bug", ("KeyError", "'trainer_state'"),
+     ("ConfigError", "the main process failed (KeyError: 'trainer_state'); see its error")),
 ])
 def test_a_check_only_the_main_replica_runs_fails_on_every_replica(tmp_path, scenario, main_error, other_error):
     """Rank 0's OSError used to skip the broadcast: rank 1 waited in its next collective."""
