@@ -70,8 +70,8 @@ def parse_start(text: str) -> StartPoint:
         label = "-".join(parts[-2:]) if parts and parts[-1] in ("best", "last") else (parts[-1] if parts else path)
     if not label or label in (".", "..") or "/" in label or os.sep in label:
         # the label names the start's row and its run folder (runs/LABEL/...)
-        raise ConfigError(f"START {text}: {label!r} is no label; give LABEL=PATH with a LABEL of "
-                          "letters, digits, '-' or '_'")
+        raise ConfigError(f"START {text}: {label!r} is no label; give LABEL=PATH with a LABEL that "
+                          "can name a folder (not empty, '.' or '..', no '/')")
     return StartPoint(label=label, path=path)
 
 
@@ -197,9 +197,10 @@ def check_labels(starts: Sequence[StartPoint], rows: Sequence[dict] = (), csv_pa
     """
     by_label = {}
     for start in starts:
-        if by_label.setdefault(start.label, start) is not start:
+        if start.label in by_label:
             raise ConfigError(f"START {start.label}: the label is given twice; name each start "
                               "point once (LABEL=PATH)")
+        by_label[start.label] = start
     for row in rows:
         start = by_label.get(row["start"])
         if start is not None and start.key != same_path_key(row["start_path"]):
