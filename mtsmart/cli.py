@@ -507,7 +507,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: Optional[Sequence[str]]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(format="mtsmart: note: %(message)s", level=logging.WARNING)
+    # under torchrun every process finds the same notes: the first one says them
+    is_first_process = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(format="mtsmart: note: %(message)s",
+                        level=logging.WARNING if is_first_process else logging.ERROR)
     parser = build_parser()
     args = parse_args(parser, argv)
     args.command_line = ["mtsmart", *(sys.argv[1:] if argv is None else argv)]  # kept in run.json

@@ -263,6 +263,20 @@ def test_subprocess_label_error(workdir, tiny_model_dir):
     assert f"{workdir / 'train.tsv'} line 5" in proc.stderr and "'maybe'" in proc.stderr
 
 
+def test_notes_come_from_the_first_process_only(workdir, tiny_model_dir):
+    """Under torchrun every process finds the same notes; they were printed once per process."""
+    task_file = write(workdir, task_yaml())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    notes = {}
+    for rank in ("0", "1"):
+        proc = subprocess.run([sys.executable, "-m", "mtsmart", *argv(workdir, task_file, tiny_model_dir, "--dry-run",
+                                                                      "--adv-weight", "0.5")],
+                              capture_output=True, text=True, env={**env, "RANK": rank}, cwd=str(workdir), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        notes[rank] = [line for line in proc.stderr.splitlines() if line.startswith("mtsmart: note:")]
+    assert any("--adv-weight" in line for line in notes["0"]) and notes["1"] == []
+
+
 @pytest.mark.parametrize("given, setting", [
     (["--seed", "3"], "training.seed"),
     (["--max-steps", "50"], "training.max_steps"),
