@@ -324,22 +324,26 @@ def build_parser() -> ArgumentParser:
                     "DIR/tensorboard.")
     adapt.add_argument("starts", nargs="+", metavar="START",
                        help="checkpoint directories or raw encoders (name or directory), "
-                            "optionally labelled LABEL=PATH")
+                            "optionally labelled LABEL=PATH (default: the folder's name, RUN-best for a "
+                            "checkpoint); a label names a table row and the folder runs/LABEL, so it is a "
+                            "folder name and stays with one path")
     adapt.add_argument("--task", required=True, metavar="NAME", help="the target task")
     adapt.add_argument("--task-defs", metavar="FILE",
                        help="task-definition file holding the task (and the training recipe)")
     adapt.add_argument("--train-sizes", required=True, metavar="S,S",
                        help="fractions of --reference-size (with a decimal point: 0.001,0.01,1.0) "
-                            "or absolute counts (24,236); capped at the pool size")
+                            "or absolute counts (24,236); capped at the pool size, and two that land on "
+                            "one count run once")
     adapt.add_argument("--reference-size", type=positive_int, metavar="N",
                        help="the size fractions refer to (e.g. the original training set's; "
                             "default: the pool)")
-    adapt.add_argument("--seeds", default="1,2,3", metavar="S,S", help="seeds (subset and training)")
+    adapt.add_argument("--seeds", default="1,2,3", metavar="S,S", help="distinct seeds in [0, 2**32), for the subset and the training (default 1,2,3)")
     adapt.add_argument("--min-steps", type=positive_int, default=30, metavar="N",
-                       help="at least this many updates per run, so tiny subsets train too")
+                       help="at least this many updates per run, so tiny subsets train too (default 30)")
     adapt.add_argument("--output", "-o", required=True, metavar="DIR",
-                       help="one run folder per start point, size and seed, plus results.csv, "
-                            "table.md and plot.png")
+                       help="DIR/runs/LABEL/nN/seedS for each run (metrics only, no checkpoints; a run "
+                            "not yet in results.csv restarts from an empty folder), plus results.csv, "
+                            "recipe.json, table.md, plot.png and tensorboard/")
     add_common_training_flags(adapt)
     for action in adapt._actions:  # set for each run by adapt: hidden here, refused with the reason
         if action.dest in ADAPT_SETS_PER_RUN:
@@ -382,11 +386,13 @@ def build_parser() -> ArgumentParser:
     summarize = sub.add_parser(
         "summarize", help="finished runs as one table, seeds of a recipe pooled",
         description="Read each run's results.json and print a markdown table: one row per recipe "
-                    "(runs whose settings differ only in the seed), each task's main metric as "
+                    "(runs whose settings, tasks' own settings, data and main metrics differ only in "
+                    "the seed or in how they ran), each task's main metric as "
                     "mean ± std over the seeds with every seed's value; recipes are labelled by "
                     "the settings that differ between them.")
     summarize.add_argument("runs", nargs="+", metavar="RUN",
-                           help="run directories, or a directory whose sub-directories are runs")
+                           help="run directories, or folders searched at any depth for finished runs "
+                                "(adapt folders and unfinished runs are left out, with a note)")
     summarize.add_argument("--which", choices=("last", "best"), default="last",
                            help="the last evaluation (default) or the best one, which is selected "
                                 "on the same dev set and so reads high")

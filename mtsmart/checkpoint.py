@@ -269,7 +269,7 @@ def encoder_source_problem(name_or_path: str) -> Optional[str]:
             return f"{name_or_path}: no config.json, so not a Hugging Face model directory"
     elif os.path.exists(name_or_path):
         return f"{name_or_path}: a file, expected a model directory or a Hugging Face hub name"
-    elif name_or_path.startswith((os.sep, ".", "~")) or name_or_path.count("/") > 1:
+    elif name_or_path.startswith((os.sep, ".", "~")) or name_or_path.endswith("/") or name_or_path.count("/") > 1:
         # not a hub name (OWNER/NAME) either: asking the hub would only add its own complaint
         return f"{name_or_path}: no such directory (a local encoder is a folder with config.json)"
     return None

@@ -211,7 +211,8 @@ def test_select_metric_of_unknown_task(workdir, tiny_model_dir, capsys):
     assert_one_line(code, err, "select_metric", "'rte/accuracy'", "tiny/accuracy")
 
 
-@pytest.mark.parametrize("case", ["run_folder", "checkpoint", "missing_dir", "no_config", "a_file", "hub_name"])
+@pytest.mark.parametrize("case", ["run_folder", "checkpoint", "missing_dir", "missing_dir_slash", "no_config",
+                                  "a_file", "hub_name"])
 def test_an_encoder_that_cannot_load(workdir, capsys, case):
     run = workdir / "run"
     for checkpoint in ("best", "last"):
@@ -221,6 +222,7 @@ def test_an_encoder_that_cannot_load(workdir, capsys, case):
         "run_folder": (run, ["run folder", str(run / "best"), str(run / "last")]),
         "checkpoint": (run / "best", ["checkpoint", "mtsmart finetune"]),
         "missing_dir": (workdir / "nope", ["no such directory", "config.json"]),
+        "missing_dir_slash": ("nope/", ["no such directory"]),  # a hub name never ends in '/'
         "no_config": (workdir, ["no config.json"]),
         "a_file": (workdir / "train.tsv", ["a file"]),
         "hub_name": ("nobody/no-such-encoder", ["'nobody/no-such-encoder'", "Hugging Face hub"]),  # offline in tests
