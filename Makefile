@@ -28,8 +28,9 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# offline only when both the encoder and the data are local: the hub tasks need the network
 demo: setup
-	HF_HUB_OFFLINE=$(if $(wildcard $(LOCAL_ENCODER)/config.json),1,0) \
+	HF_HUB_OFFLINE=$(if $(and $(wildcard $(LOCAL_ENCODER)/config.json),$(wildcard $(DATA_DIR)/glue/RTE/train.tsv)),1,0) \
 	$(BIN)/mtsmart train $(TASK_FILE) --encoder $(ENCODER) --data-dir $(DATA_DIR) \
 		--output runs/demo --overwrite --smart full --max-steps $(DEMO_STEPS) \
 		--eval-every $(DEMO_STEPS) --sampler temperature
