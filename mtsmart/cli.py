@@ -146,8 +146,8 @@ def dry_run(args: argparse.Namespace, training, tasks, data_dir: str) -> int:
         print(describe(trainer, resume_checkpoint(args.output) if args.resume else training.encoder))
     finally:
         trainer.cleanup()
-    print(f"\ndry run: every setting, the encoder and every split checked; nothing trained, "
-          f"{args.output} untouched")
+    print(f"\ndry run: every setting, the encoder and the splits checked (a split the run does not "
+          f"read and could not be read is named above); nothing trained, {args.output} untouched")
     return 0
 
 
