@@ -70,14 +70,26 @@ def test_nonfinite_losses_and_gradients_are_skipped_and_counted(tmp_path, tiny_m
     assert any(not torch.equal(start[k], trained[k]) for k in start), "the finite updates still train"
 
 
-def test_an_update_the_gradient_scaler_skips_is_counted(tmp_path, tiny_model_dir, monkeypatch):
-    """Under fp16 the scaler, not the trainer, skips a non-finite update; it is counted all
-    the same. fp16 needs CUDA, so the scaler here is torch's CPU one, swapped in after setup."""
+def trainer_with_a_gradient_scaler(tmp_path, tiny_model_dir, updates: int):
+    """A set-up trainer with fp16's gradient scaler. fp16 needs CUDA, so the scaler is
+    torch's CPU one, swapped in after setup."""
     from dataclasses import replace
 
     from mtsmart.tasks import load_task_file
     from mtsmart.train import Trainer
 
+    loaded = load_task_file(str(write_tiny_tasks(tmp_path)))
+    cfg = replace(loaded.training, encoder=str(tiny_model_dir), max_steps=updates, eval_every=updates)
+    trainer = Trainer(loaded.tasks, cfg, loaded.data_dir, str(tmp_path / "run"),
+                      cache_dir=str(tmp_path / "cache"), show_progress=False)
+    trainer.setup()
+    trainer.scaler = torch.amp.GradScaler("cpu")
+    return trainer
+
+
+def test_an_update_the_gradient_scaler_skips_is_counted(tmp_path, tiny_model_dir, monkeypatch):
+    """Under fp16 the scaler, not the trainer, skips a non-finite update; it is counted all
+    the same."""
     classification = type(get_task_type("classification"))
     real_loss = classification.loss
     poisoned = []
@@ -88,12 +100,7 @@ def test_an_update_the_gradient_scaler_skips_is_counted(tmp_path, tiny_model_dir
         return _NanGradient.apply(loss) if poisoned[-1] else loss
 
     monkeypatch.setattr(classification, "loss", nan_gradient_sometimes)
-    loaded = load_task_file(str(write_tiny_tasks(tmp_path)))
-    cfg = replace(loaded.training, encoder=str(tiny_model_dir), max_steps=10, eval_every=10)
-    trainer = Trainer(loaded.tasks, cfg, loaded.data_dir, str(tmp_path / "run"),
-                      cache_dir=str(tmp_path / "cache"), show_progress=False)
-    trainer.setup()
-    trainer.scaler = torch.amp.GradScaler("cpu")
+    trainer = trainer_with_a_gradient_scaler(tmp_path, tiny_model_dir, updates=10)
     trainer.train()
     trainer.cleanup()
     assert sum(poisoned) >= 1 and trainer.scaler.get_scale() < 2.0 ** 16  # the scaler did skip
@@ -104,21 +111,11 @@ def test_an_update_without_gradients_passes_the_gradient_scaler_by(tmp_path, tin
     """Every batch of an update skipped (non-finite losses; under torchrun, on any replica):
     there is nothing to step on, and the fp16 scaler's step raised 'No inf checks were
     recorded' on gradients that were never there."""
-    from dataclasses import replace
-
-    from mtsmart.tasks import load_task_file
-    from mtsmart.train import Trainer
-
     for kind in ("regression", "classification"):
         task_type = type(get_task_type(kind))
         real_loss = task_type.loss
         monkeypatch.setattr(task_type, "loss", lambda self, o, t, w=None, real=real_loss: real(self, o, t, w) * math.nan)
-    loaded = load_task_file(str(write_tiny_tasks(tmp_path)))
-    cfg = replace(loaded.training, encoder=str(tiny_model_dir), max_steps=3, eval_every=3)
-    trainer = Trainer(loaded.tasks, cfg, loaded.data_dir, str(tmp_path / "run"),
-                      cache_dir=str(tmp_path / "cache"), show_progress=False)
-    trainer.setup()
-    trainer.scaler = torch.amp.GradScaler("cpu")
+    trainer = trainer_with_a_gradient_scaler(tmp_path, tiny_model_dir, updates=3)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
     trainer.cleanup()
