@@ -74,7 +74,10 @@ def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
         return
     delimiter = "\t" if fmt == "tsv" else ","
     quoting = csv.QUOTE_NONE if src.quoting == "none" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    # strict: a field that opens with a quote and goes on after the closing one, or a quote
+    # never closed, is refused; the lenient reader dropped the quotes or the rest of the file.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting,
+                        strict=True)
     try:
         start = 1
         for row in reader:
@@ -90,7 +93,11 @@ def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
                 yield reader.line_num, row
             start = reader.line_num + 1
     except csv.Error as err:
-        raise DataError(f"{src.path} line {reader.line_num}: malformed {fmt}: {err}") from None
+        advice = ("; if quotes are literal text in this file, read it with quoting: none "
+                  "(predict --input: --quoting none)") if quoting == csv.QUOTE_MINIMAL else ""
+        problem = ("a double quote opened here is never closed" if "unexpected end of data" in str(err)
+                   else f"malformed {fmt}: {err}")
+        raise DataError(f"{src.path} line {start}: {problem}{advice}") from None
 
 
 def _fields_read(task: TaskDef, labeled: bool) -> tuple[str, ...]:

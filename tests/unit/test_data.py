@@ -124,6 +124,34 @@ def test_a_quote_that_merges_tsv_rows_is_an_error_not_a_lost_row(tmp_path):
     assert len(read_split(task, "train", str(tmp_path)).texts) == 3
 
 
+@pytest.mark.parametrize("fmt, text, line", [
+    # a field that opens with a quote and goes on after the closing one: the lenient csv
+    # reader drops both quotes ('"Hello" world' became 'Hello world')
+    ("tsv", 'sentence\tlabel\nok\t1\n"Hello" world\t0\n', 3),
+    ("csv", 'sentence,label\nok,1\n"Hello" world,0\n', 3),
+    # a quote never closed in a csv: the lenient reader took the rest of the file as one field
+    ("csv", 'sentence,label\nok,1\n"never closed,0\nnext,1\n', 3),
+])
+def test_quotes_that_minimal_quoting_cannot_read_are_an_error_not_dropped(tmp_path, fmt, text, line):
+    (tmp_path / f"q.{fmt}").write_text(text, encoding="utf-8")
+    task = cls_task({"path": f"q.{fmt}", "quoting": "minimal"}, text_fields=("sentence",))
+    with pytest.raises(DataError) as err:
+        read_split(task, "train", str(tmp_path))
+    message = str(err.value)
+    assert f"q.{fmt} line {line}" in message and "quoting: none" in message
+    assert "\n" not in message
+    task = cls_task({"path": f"q.{fmt}", "quoting": "none"}, text_fields=("sentence",))
+    assert read_split(task, "train", str(tmp_path)).texts[1][0].startswith('"')
+
+
+def test_minimal_quoting_still_reads_quoted_fields_and_inner_quotes(tmp_path):
+    (tmp_path / "q.csv").write_text('sentence,label\n"a, b ""c""",1\nhe said "hi",0\n"two\nlines",1\n',
+                                    encoding="utf-8")
+    task = cls_task({"path": "q.csv", "quoting": "minimal"}, text_fields=("sentence",))
+    assert [t[0] for t in read_split(task, "train", str(tmp_path)).texts] == [
+        'a, b "c"', 'he said "hi"', "two\nlines"]
+
+
 def test_mrpc_like_bom_header_and_named_columns():
     source = {"path": "mrpc_like.tsv", "quoting": "none",
               "columns": {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}}
