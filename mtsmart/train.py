@@ -491,7 +491,9 @@ class Trainer:
             if self.global_step % cfg.log_every == 0 or self.global_step == self.plan.total_updates:
                 scalars = self._window_means(window)
                 scalars["train/lr"] = lr
-                scalars["train/grad_norm"] = grad_norm
+                if grad_norm is not None and math.isfinite(grad_norm):
+                    # a skipped update has no norm to show; the skip counters say what happened
+                    scalars["train/grad_norm"] = grad_norm
                 scalars.update({f"train/{k}": v for k, v in self._global_counters().items()})
                 self.logger.log_dict(scalars, self.global_step)
                 losses_now = [v for k, v in scalars.items() if k.endswith("/loss")]
@@ -592,7 +594,9 @@ class Trainer:
             loss = self.scaler.scale(loss)
         loss.backward()
 
-    def _optimizer_step(self, skipped_a_batch: bool = False) -> float:
+    def _optimizer_step(self, skipped_a_batch: bool = False) -> Optional[float]:
+        """Step on the accumulated gradients; the gradient norm before clipping, or None
+        when no batch of the update left a gradient."""
         cfg = self.cfg
         # under torchrun a batch one replica skipped is skipped by all: the update is dropped
         self.replicas.sum_gradients(self.model.parameters(), drop=skipped_a_batch)
@@ -602,7 +606,7 @@ class Trainer:
             # optimizer's step moves nothing here; taken, the schedule keeps its order.
             self.optimizer.step()
             self.scheduler.step()
-            return 0.0
+            return None
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)

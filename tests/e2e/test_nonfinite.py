@@ -117,7 +117,13 @@ def test_an_update_without_gradients_passes_the_gradient_scaler_by(tmp_path, tin
         monkeypatch.setattr(task_type, "loss", lambda self, o, t, w=None, real=real_loss: real(self, o, t, w) * math.nan)
     trainer = trainer_with_a_gradient_scaler(tmp_path, tiny_model_dir, updates=3)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    logged = []
+    real_log = trainer.logger.log_dict
+    trainer.logger.log_dict = lambda scalars, step: (logged.append(dict(scalars)), real_log(scalars, step))
     trainer.train()
     trainer.cleanup()
     assert trainer.counters["nonfinite_loss_skipped"] == 3 and trainer.global_step == 3
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    # no update, no gradient norm: a 0 on the curve would read as a converged model
+    train_logs = [scalars for scalars in logged if "train/lr" in scalars]
+    assert train_logs and not any("train/grad_norm" in scalars for scalars in train_logs)
