@@ -79,7 +79,8 @@ def trainer_with_a_gradient_scaler(tmp_path, tiny_model_dir, updates: int):
     from mtsmart.train import Trainer
 
     loaded = load_task_file(str(write_tiny_tasks(tmp_path)))
-    cfg = replace(loaded.training, encoder=str(tiny_model_dir), max_steps=updates, eval_every=updates)
+    cfg = replace(loaded.training, encoder=str(tiny_model_dir), max_steps=updates, eval_every=updates,
+                  log_every=1)
     trainer = Trainer(loaded.tasks, cfg, loaded.data_dir, str(tmp_path / "run"),
                       cache_dir=str(tmp_path / "cache"), show_progress=False)
     trainer.setup()
@@ -101,10 +102,17 @@ def test_an_update_the_gradient_scaler_skips_is_counted(tmp_path, tiny_model_dir
 
     monkeypatch.setattr(classification, "loss", nan_gradient_sometimes)
     trainer = trainer_with_a_gradient_scaler(tmp_path, tiny_model_dir, updates=10)
+    norms = []
+    real_log = trainer.logger.log_dict
+    trainer.logger.log_dict = lambda scalars, step: (norms.append(scalars.get("train/grad_norm")),
+                                                     real_log(scalars, step))
     trainer.train()
     trainer.cleanup()
     assert sum(poisoned) >= 1 and trainer.scaler.get_scale() < 2.0 ** 16  # the scaler did skip
     assert trainer.counters["nonfinite_grad_skipped"] == sum(poisoned)
+    # every update logs (log_every 1); the skipped ones without a norm, the others with a finite one
+    train_norms = norms[:10]
+    assert train_norms.count(None) == sum(poisoned) and all(n is None or math.isfinite(n) for n in train_norms)
 
 
 def test_an_update_without_gradients_passes_the_gradient_scaler_by(tmp_path, tiny_model_dir, monkeypatch):
