@@ -204,8 +204,14 @@ def check_labels(starts: Sequence[StartPoint], rows: Sequence[dict] = (), csv_pa
     for row in rows:
         start = by_label.get(row["start"])
         if start is not None and start.key != same_path_key(row["start_path"]):
+            recorded = row["start_path"]
+            hint = ""
+            if not os.path.isabs(recorded) and not os.path.exists(recorded) and os.path.exists(start.path):
+                # a relative path is recorded as given, so it resolves only from the folder it was given in
+                hint = (f" (if {recorded} is a path relative to the folder adapt ran in when it wrote "
+                        "that row, run adapt from there)")
             raise ConfigError(f"START {start.label}={start.path}: {csv_path} has label {start.label} "
-                              f"for {row['start_path']}; give this start point another label")
+                              f"for {recorded}; give this start point another label{hint}")
 
 
 def recipe_settings(task: TaskDef, cfg: TrainConfig, min_steps: int) -> dict:

@@ -232,6 +232,24 @@ def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
     assert (out / "results.csv").read_text() == before
 
 
+def test_a_relative_start_path_recorded_from_another_folder_is_explained(tmp_path, monkeypatch):
+    from mtsmart.adaptation import StartPoint, check_labels
+    from mtsmart.errors import ConfigError
+
+    (tmp_path / "project" / "runs" / "mt" / "best").mkdir(parents=True)
+    row = {"start": "mt", "start_path": "runs/mt/best"}
+    monkeypatch.chdir(tmp_path / "project")  # the folder that wrote the row: the same start
+    check_labels([StartPoint("mt", "runs/mt/best")], [row], "out/results.csv")
+    monkeypatch.chdir(tmp_path)  # the same folder, named from one level up
+    with pytest.raises(ConfigError) as err:
+        check_labels([StartPoint("mt", "project/runs/mt/best")], [row], "out/results.csv")
+    assert "has label mt for runs/mt/best" in str(err.value) and "run adapt from there" in str(err.value)
+    # a start that is not a local folder gets no such hint
+    with pytest.raises(ConfigError) as err:
+        check_labels([StartPoint("mt", "org/some-hub-model")], [row], "out/results.csv")
+    assert "run adapt from there" not in str(err.value)
+
+
 def test_adapt_runs_sizes_that_land_on_one_count_once(caplog):
     from mtsmart.adaptation import resolve_sizes
 
