@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import zipfile
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
@@ -422,8 +423,8 @@ def tokenize_examples(examples: Examples, tokenizer, max_length: int, dtype,
                     targets=cached["targets"],
                     lines=cached["lines"],
                 )
-        except (OSError, KeyError, ValueError):
-            pass  # a damaged cache entry is rebuilt below
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged cache entry (not a zip, cut short, empty) is rebuilt below
 
     columns = list(zip(*examples.texts))
     second = list(columns[1]) if len(columns) > 1 else None

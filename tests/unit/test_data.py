@@ -514,11 +514,14 @@ def test_tokenize_cache_keeps_line_numbers(tokenizer, tmp_path):
     assert again.lines.tolist() == moved.lines
 
 
-def test_damaged_cache_entry_is_rebuilt(tokenizer, tmp_path):
+@pytest.mark.parametrize("damage", ["not a zip", "cut short", "empty"])
+def test_damaged_cache_entry_is_rebuilt(tokenizer, tmp_path, damage):
     ex = make_examples()
     first = tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
     (entry,) = os.listdir(tmp_path)
-    (tmp_path / entry).write_bytes(b"not a zip file")
+    whole = (tmp_path / entry).read_bytes()
+    (tmp_path / entry).write_bytes({"not a zip": b"not a zip file", "cut short": whole[: len(whole) // 2],
+                                    "empty": b""}[damage])
     again = tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
     assert np.array_equal(first.input_ids, again.input_ids)
 
