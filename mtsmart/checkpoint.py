@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from mtsmart.config import CHECKPOINT_WEIGHTS, TrainConfig, parse_train_config, to_plain
 from mtsmart.errors import CheckpointError
-from mtsmart.model import MultiTaskModel, quiet_transformers
+from mtsmart.model import MultiTaskModel, fit_tokenizer_to_positions, quiet_transformers
 from mtsmart.provenance import software_versions
 from mtsmart.tasks import TaskDef, parse_task, task_to_plain
 
@@ -347,6 +347,7 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
     with reading(encoder_dir), quiet_transformers():
         encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
+    fit_tokenizer_to_positions(tokenizer, encoder)
     heads_path = os.path.join(path, HEADS_FILE)
     with reading(f"{os.path.join(path, META_FILE)} and {heads_path}"):
         heads = {name: (int(size), float(dropout)) for name, (size, dropout) in meta["heads"].items()}

@@ -79,6 +79,29 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
         raise _encoder_load_error(name_or_path, err) from None
 
 
+def position_limit(encoder: nn.Module) -> Optional[int]:
+    """The most tokens the encoder's learned position table covers; None when it has none
+    (relative or rotary positions: DeBERTa v2/v3, ModernBERT). RoBERTa-style tables
+    (XLM-R, MPNet, Longformer) number positions from padding_idx + 1, so those rows are
+    out of reach."""
+    embeddings = getattr(encoder, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        return None
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return table.num_embeddings - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
+
+
+def fit_tokenizer_to_positions(tokenizer, encoder: nn.Module) -> None:
+    """Lower the tokenizer's ``model_max_length`` to what the encoder's positions cover.
+    Many tokenizers say no limit (1e30), and a task's max_length beyond the position table
+    then crashed at the first long batch instead of being refused up front
+    (data.load_tokenized checks max_length against this)."""
+    limit = position_limit(encoder)
+    if limit is not None and tokenizer.model_max_length > limit:
+        tokenizer.model_max_length = limit
+
+
 class TaskHead(nn.Module):
     """Dropout then a linear layer on the pooled representation (see ``pooling``)."""
 

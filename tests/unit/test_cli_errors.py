@@ -389,6 +389,17 @@ def test_max_length_beyond_the_encoders_positions_fails_before_anything_runs(wor
     assert not (workdir / "out").exists()
 
 
+def test_max_length_beyond_the_position_table_fails_when_the_tokenizer_names_no_limit(workdir, tiny_model_dir,
+                                                                                       capsys):
+    """The tiny tokenizer, like many, says no limit (1e30); its encoder has 160 positions.
+    The run crashed at the first batch longer than that, deep inside the encoder."""
+    task_file = write(workdir, task_yaml(max_length=161))
+    for extra in (["--dry-run"], []):
+        code, err = run_main(argv(workdir, task_file, tiny_model_dir, *extra), capsys)
+        assert_one_line(code, err, "'tiny'", "max_length", "at most 160")
+    assert not (workdir / "out").exists()
+
+
 @pytest.mark.parametrize("command", [["evaluate", "ckpt", "--batch-size", "0"],
                                      ["predict", "ckpt", "--task", "t", "--out", "p.tsv", "--batch-size", "-4"],
                                      ["compare", "a", "b", "--batch-size", "0"],

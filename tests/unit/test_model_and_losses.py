@@ -372,3 +372,52 @@ def test_task_loss_share_is_the_parts_share_of_the_class_weights():
     halves = sum(losses.task_loss_share(weights, labels[s], labels) * losses.classification_loss(logits[s], labels[s], weights)
                  for s in (slice(0, 2), slice(2, 5)))
     torch.testing.assert_close(halves, whole)
+
+
+_TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+             intermediate_size=64, max_position_embeddings=64)
+
+
+@pytest.mark.parametrize("family, extra, limit", [
+    ("Bert", {}, 64),
+    ("Roberta", {"pad_token_id": 1}, 62),  # positions start after the padding index
+    ("XLMRoberta", {"pad_token_id": 1}, 62),
+    ("MPNet", {}, 62),
+    ("DistilBert", {"dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64}, 64),
+    ("Electra", {"embedding_size": 16}, 64),
+    ("Deberta", {}, 64),
+    ("DebertaV2", {"relative_attention": True, "position_biased_input": False,
+                   "pos_att_type": ["p2c", "c2p"]}, None),  # relative positions only: no table
+])
+def test_position_limit_is_the_longest_input_the_encoder_takes(family, extra, limit):
+    import transformers
+
+    from mtsmart.model import fit_tokenizer_to_positions, position_limit
+
+    config = getattr(transformers, f"{family}Config")(**{**_TINY, **extra})
+    encoder = getattr(transformers, f"{family}Model")(config).eval()
+    assert position_limit(encoder) == limit
+
+    def runs(length: int) -> bool:
+        ids = torch.full((1, length), 5)
+        try:
+            with torch.no_grad():
+                encoder(input_ids=ids, attention_mask=torch.ones_like(ids))
+            return True
+        except (RuntimeError, IndexError):
+            return False
+
+    if limit is None:
+        assert runs(100)
+    else:
+        assert runs(limit) and not runs(limit + 1)
+
+    class Tokenizer:
+        model_max_length = int(1e30)  # what a tokenizer without a limit says
+
+    tokenizer = Tokenizer()
+    fit_tokenizer_to_positions(tokenizer, encoder)
+    assert tokenizer.model_max_length == (limit if limit is not None else int(1e30))
+    tokenizer.model_max_length = 32  # a tokenizer's own lower limit stays
+    fit_tokenizer_to_positions(tokenizer, encoder)
+    assert tokenizer.model_max_length == 32
