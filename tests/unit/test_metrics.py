@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
@@ -187,3 +188,68 @@ def test_f1_averages_by_the_tasks_labels_not_by_the_classes_a_split_holds():
     assert scores["acc_and_f1"] == pytest.approx((accuracy_score(targets, preds) + macro) / 2)
     two = _task("classification", ("f1",))
     assert score(two, preds, targets)["f1"] == pytest.approx(f1_score(targets, preds))
+
+
+def test_mcc_keeps_its_sign():
+    targets = np.array([0, 1, 1, 0, 1, 0])
+    assert metrics.mcc(1 - targets, targets) == pytest.approx(-1.0)
+    assert metrics.mcc(targets, targets) == pytest.approx(1.0)
+
+
+def test_identical_predictions_are_not_called_better():
+    from mtsmart.evaluation import paired_bootstrap
+
+    gen = np.random.default_rng(0)
+    targets = gen.integers(0, 2, 100)
+    preds = np.where(gen.random(100) < 0.7, targets, 1 - targets)
+    result = paired_bootstrap(_task("classification", ("accuracy",)), preds, preds, targets, resamples=50)
+    assert result["accuracy"]["p_b_not_better"] == 1.0
+
+
+def test_the_interval_is_the_central_level_of_the_resampled_scores():
+    from mtsmart.evaluation import _resampled_metrics, bootstrap_intervals
+
+    task = _task("classification", ("accuracy",))
+    gen = np.random.default_rng(0)
+    targets = gen.integers(0, 2, 200)
+    preds = np.where(gen.random(200) < 0.7, targets, 1 - targets)
+    (draws,) = _resampled_metrics(task, [preds], targets, 300, 0)
+    low, high = bootstrap_intervals(task, preds, targets, resamples=300, level=0.9)["accuracy"]
+    assert (low, high) == pytest.approx(tuple(np.percentile(draws["accuracy"], [5, 95])))
+
+
+def test_average_selection_uses_each_tasks_main_metric():
+    from mtsmart.evaluation import selection_score
+    from mtsmart.tasks import TaskDef
+
+    task = TaskDef(name="t", type="classification", text_fields=("a",), splits={}, label_field="y",
+                   labels=("no", "yes"), metrics=("accuracy", "f1"), main_metric="f1")
+    assert selection_score({"t": {"accuracy": 0.9, "f1": 0.5}}, {"t": task}, "average") == 0.5
+
+
+class _LengthModel(torch.nn.Module):
+    """Predicts each example's own length, and records whether autocast was on."""
+
+    def __init__(self):
+        super().__init__()
+        self.autocast_seen = []
+
+    def forward_batch(self, task, batch):
+        self.autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return batch["attention_mask"].sum(1, keepdim=True).float()
+
+
+def test_predictions_come_back_in_file_order_in_full_precision_and_training_mode_is_restored():
+    from mtsmart.data import TokenizedSplit
+    from mtsmart.evaluation import predict_split
+
+    lengths = np.array([3, 7, 2, 9, 5, 4, 8, 1])  # eval batches are length-sorted, so out of order
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    split = TokenizedSplit(input_ids=np.arange(5, 5 + offsets[-1]).astype(np.int32), token_type_ids=None,
+                           offsets=offsets, targets=np.zeros(len(lengths), np.float32),
+                           lines=np.arange(len(lengths)) + 2)
+    model = _LengthModel().train()
+    preds = predict_split(model, _task("regression", ("pearson",)), split, batch_size=3, pad_token_id=0)
+    assert preds.tolist() == lengths.astype(float).tolist()
+    assert model.autocast_seen and not any(model.autocast_seen)
+    assert model.training

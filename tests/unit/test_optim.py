@@ -102,3 +102,8 @@ def test_schedules_share_the_warm_up_and_end_as_named():
     assert lr_multiplier(35, warmup, total, "cosine") > lr_multiplier(35, warmup, total, "linear")
     assert lr_multiplier(total, warmup, total, "cosine") == pytest.approx(0.0)
     assert {lr_multiplier(u, warmup, total, "constant") for u in range(warmup, total)} == {1.0}
+
+
+def test_linear_decay_by_hand():
+    # 10 warm-up updates of 110: full rate at the end of the warm-up, half way down at 60
+    assert [linear_warmup_decay(u, 10, 110) for u in (9, 10, 60, 109)] == pytest.approx([1.0, 1.0, 0.5, 0.01])

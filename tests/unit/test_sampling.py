@@ -182,3 +182,18 @@ def test_zero_weight_tasks_do_not_lengthen_the_epoch():
     sampler = TaskSampler(["a", "b"], [3, 5], [1.0, 0.0], SamplerConfig(), seed=1, total_draws=6)
     assert sampler.draws_per_epoch == 3
     assert {sampler.next_task() for _ in range(6)} == {"a"}
+
+
+def test_temperature_scales_size_times_weight():
+    """The weight multiplies the size before the temperature flattens it (with weights of
+    one, (n·w)^(1/T) and n^(1/T)·w agree)."""
+    probs = task_probabilities([600, 300, 100], [1, 2, 4], SamplerConfig(name="temperature", temperature=2.0))
+    by_hand = (np.array([600, 300, 100.0]) * [1, 2, 4]) ** 0.5
+    assert np.allclose(probs, by_hand / by_hand.sum())
+
+
+def test_an_epochs_leftover_draws_go_to_the_largest_remainders():
+    s = TaskSampler(["a", "b", "c"], [7, 5, 3], [1.0, 2.0, 0.5], SamplerConfig(), seed=1, total_draws=100)
+    counts = Counter(s.next_task() for _ in range(15))
+    # ideal shares of the 15 draws: 5.68, 8.11, 1.22; the one left over goes to 'a'
+    assert [counts[n] for n in "abc"] == [6, 8, 1]
