@@ -526,6 +526,34 @@ def test_damaged_cache_entry_is_rebuilt(tokenizer, tmp_path, damage):
     assert np.array_equal(first.input_ids, again.input_ids)
 
 
+def test_an_interrupted_cache_write_leaves_nothing_under_the_entrys_name(tokenizer, tmp_path, monkeypatch):
+    """The entry is written beside its name and renamed into place: a run killed while
+    writing leaves no half entry for the next run to trust."""
+    ex = make_examples()
+
+    def killed_while_writing(path, **arrays):
+        with open(path, "wb") as handle:
+            handle.write(b"PK\x03\x04 torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data.np, "savez", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
+    monkeypatch.undo()
+    assert not [name for name in os.listdir(tmp_path) if ".tmp." not in name]
+    again = tokenize_examples(ex, tokenizer, 16, np.int64, cache_dir=str(tmp_path))
+    assert np.array_equal(again.input_ids, tokenize_examples(ex, tokenizer, 16, np.int64).input_ids)
+
+
+def test_max_length_equal_to_the_encoders_limit_is_allowed(tokenizer, tmp_path, monkeypatch):
+    task = reg_task({"path": "stsb_like.tsv", "quoting": "none"})
+    monkeypatch.setattr(tokenizer, "model_max_length", task.max_length)
+    assert len(data.load_tokenized(task, "train", tokenizer, DATA_DIR, str(tmp_path))) == 3
+    monkeypatch.setattr(tokenizer, "model_max_length", task.max_length - 1)
+    with pytest.raises(Exception, match=f"at most {task.max_length - 1}"):
+        data.load_tokenized(task, "train", tokenizer, DATA_DIR, str(tmp_path))
+
+
 def test_load_tokenized_from_file(tokenizer, tmp_path):
     task = reg_task({"path": "stsb_like.tsv", "quoting": "none"})
     split = data.load_tokenized(task, "train", tokenizer, DATA_DIR, str(tmp_path))
@@ -554,6 +582,10 @@ def test_collate_pads_to_the_longest(tokenizer):
         assert batch["input_ids"][row, n:].eq(0).all()
     assert batch["attention_mask"].sum().item() == int(lengths.sum())
     assert batch["index"].tolist() == indices
+    # each row keeps its own label (distinct labels, so a misalignment cannot coincide)
+    labelled = TokenizedSplit(split.input_ids, split.token_type_ids, split.offsets,
+                              np.arange(100, 100 + len(split)), split.lines)
+    assert collate(labelled, indices, pad_token_id=0)["labels"].tolist() == [100 + i for i in indices]
     assert batch["labels"].tolist() == split.targets[indices].tolist()
     assert batch["labels"].dtype == torch.long
 
