@@ -177,6 +177,139 @@ def test_gradient_flows_through_both_sides_of_the_final_term():
     assert model.heads["cls"].linear.weight.grad.abs().sum() > 0
 
 
+def test_one_small_ascent_step_raises_the_divergence():
+    """Inside a large ball a small step is not hidden by the projection: it must go up the
+    divergence (a sign error would go down it as surely)."""
+    model = tiny_model()
+    model.eval()
+    batch = tiny_batch(batch=8)
+    mask = batch["attention_mask"]
+    embeds = model.embed(batch["input_ids"]).detach()
+    forward, inputs = _recording_forward(model, "cls", mask)
+    clean = forward(embeds)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        del inputs[1:]
+        result = smart.adversarial_loss(forward, embeds, clean, mask, symmetric_kl, epsilon=10.0,
+                                        noise_std=1e-2, step_size=1e-3, num_steps=1, norm="l2")
+        with torch.no_grad():
+            at_the_start = float(symmetric_kl(model("cls", inputs_embeds=inputs[1], attention_mask=mask), clean))
+        assert float(result.loss.detach()) > at_the_start
+
+
+def test_the_start_noise_has_std_sigma_and_each_step_moves_eta():
+    model = tiny_model()
+    model.eval()
+    batch = tiny_batch()
+    mask = batch["attention_mask"]
+    embeds = model.embed(batch["input_ids"]).detach()
+    forward, inputs = _recording_forward(model, "cls", mask)
+    clean = forward(embeds)
+    smart.adversarial_loss(forward, embeds, clean, mask, symmetric_kl, epsilon=10.0, noise_std=1e-3,
+                           step_size=1e-4, num_steps=1, norm="inf")
+    start, after_one_step = inputs[1] - embeds, inputs[2] - embeds
+    real = mask.bool()
+    assert float(start[real].std()) == pytest.approx(1e-3, rel=0.1)
+    step = smart.token_norms(after_one_step - start, "inf").squeeze(-1)[real]
+    assert torch.allclose(step, torch.full_like(step, 1e-4), rtol=1e-2)
+
+
+@pytest.mark.parametrize("norm", ["inf", "l2"])
+def test_noise_is_zero_at_padding_even_where_padding_reaches_the_output(norm):
+    """In BERT the gradient at padding is zero, which would hide a missing mask; here the
+    padded positions move the output, so only the mask keeps the noise off them."""
+    weight = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[0, 3:] = 0
+    inputs = []
+
+    def forward(e):
+        inputs.append(e.detach().clone())
+        return (e.tanh() @ weight).sum(1)
+
+    embeds = torch.randn(2, 5, 8)
+    smart.adversarial_loss(forward, embeds, forward(embeds), mask, symmetric_kl, epsilon=0.1,
+                           noise_std=0.05, step_size=0.05, num_steps=2, norm=norm)
+    assert len(inputs) == 1 + 2 + 1
+    for seen in inputs[1:]:  # the start noise, after each ascent step, and the final pass
+        assert ((seen - embeds)[mask == 0] == 0).all()
+        assert ((seen - embeds)[mask == 1] != 0).any()
+
+
+def test_each_side_of_the_final_term_carries_gradient():
+    """SMART.md: R_s's gradient reaches θ through f(x + ν) and through f(x)."""
+    model = tiny_model()
+    model.eval()
+    batch = tiny_batch()
+    mask = batch["attention_mask"]
+    embeds = model.embed(batch["input_ids"])
+    forward, _ = _recording_forward(model, "cls", mask)
+    clean = forward(embeds)
+    kwargs = dict(epsilon=0.05, noise_std=0.01, step_size=0.1)
+    result = smart.adversarial_loss(forward, embeds, clean, mask, symmetric_kl, **kwargs)
+    (through_clean,) = torch.autograd.grad(result.loss, [clean], allow_unused=True)
+    assert through_clean is not None and through_clean.abs().sum() > 0
+    result = smart.adversarial_loss(forward, embeds, clean.detach(), mask, symmetric_kl, **kwargs)
+    (through_perturbed,) = torch.autograd.grad(result.loss, [embeds], allow_unused=True)
+    assert through_perturbed is not None and through_perturbed.abs().sum() > 0
+
+
+def test_a_non_finite_final_term_or_ascent_skips_only_the_regulariser():
+    model = tiny_model()
+    model.eval()
+    batch = tiny_batch()
+    mask = batch["attention_mask"]
+    embeds = model.embed(batch["input_ids"])
+    clean = model("cls", inputs_embeds=embeds, attention_mask=mask)
+    calls = []
+
+    def nan_on(call):
+        def forward(e):
+            calls.append(1)
+            out = model("cls", inputs_embeds=e, attention_mask=mask)
+            return out * math.nan if len(calls) == call else out
+        return forward
+
+    # the ascent finite, the final pass not: the regulariser is dropped, not the batch
+    result = smart.adversarial_loss(nan_on(2), embeds, clean, mask, symmetric_kl,
+                                    epsilon=0.05, noise_std=0.01, step_size=0.1)
+    assert not result.is_finite and float(result.loss) == 0.0 and len(calls) == 2
+    # the ascent not finite: it stops there, with no final pass and a finite logged norm
+    calls.clear()
+    result = smart.adversarial_loss(nan_on(1), embeds, clean, mask, symmetric_kl,
+                                    epsilon=0.05, noise_std=0.01, step_size=0.1, num_steps=2)
+    assert not result.is_finite and len(calls) == 1 and math.isfinite(result.perturbation_norm)
+
+
+def test_a_non_finite_teacher_skips_only_the_bregman_term():
+    model = tiny_model()
+    teacher = MeanTeacher(model)
+    with torch.no_grad():
+        teacher.model.heads["cls"].linear.weight.fill_(math.nan)
+    losses = batch_objective(model, teacher, "cls", get_task_type("classification"), tiny_batch(),
+                             SmartConfig(mode="bregman"), adv_weight=0.0, prox_weight=1.0)
+    assert torch.isfinite(losses.total) and losses.regularizer_skipped
+    assert losses.teacher_divergence is None and losses.prox_loss is None
+    assert float(losses.total) == pytest.approx(losses.task_loss)
+
+
+def test_a_non_finite_perturbation_flags_the_regulariser_skipped():
+    losses = batch_objective(tiny_model(), None, "cls", get_task_type("classification"), tiny_batch(),
+                             SmartConfig(mode="adversarial"), adv_weight=1.0, prox_weight=0.0,
+                             perturbation_scale=math.inf)  # ν = ±inf, the clean pass finite
+    assert torch.isfinite(losses.total) and losses.regularizer_skipped and losses.adv_loss is None
+
+
+def test_the_embedding_norm_scale_reaches_epsilon_sigma_and_eta(monkeypatch):
+    seen = {}
+    real = smart.adversarial_loss
+    monkeypatch.setattr(smart, "adversarial_loss", lambda *a, **k: (seen.update(k), real(*a, **k))[1])
+    batch_objective(tiny_model(), None, "cls", get_task_type("classification"), tiny_batch(),
+                    SmartConfig(mode="adversarial", epsilon=1e-3, noise_std=2e-4, step_size=3e-3),
+                    adv_weight=1.0, prox_weight=0.0, perturbation_scale=7.0)
+    assert (seen["epsilon"], seen["noise_std"], seen["step_size"]) == pytest.approx((7e-3, 1.4e-3, 2.1e-2))
+
+
 # --------------------------------------------------------------------- schedules
 def test_teacher_momentum_schedule_and_weight_ramp():
     betas = [smart.teacher_momentum(u, 100, 0.999, 0.99, 0.1) for u in range(100)]
@@ -263,6 +396,7 @@ class ForwardCounter:
     (1.0, 0.0, 3, 0),  # clean + ascent + final perturbed
     (0.0, 1.0, 1, 1),  # clean + graph-free teacher
     (1.0, 1.0, 3, 1),
+    (2.0, 0.5, 3, 1),  # each weight multiplies its own term in the total
 ])
 def test_zero_weights_skip_their_forward_passes(adv, prox, student_forwards, teacher_forwards):
     model = tiny_model()
