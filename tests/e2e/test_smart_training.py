@@ -167,3 +167,38 @@ def test_a_runs_thread_count_is_given_back_when_it_ends(tmp_path, tiny_model_dir
     task_file = write_tiny_tasks(tmp_path)
     trainer = run_trainer(task_file, tmp_path / "run", tiny_model_dir, SmartConfig(mode="off"), num_threads=wanted)
     assert trainer.cfg.num_threads == wanted and torch.get_num_threads() == before
+
+
+def test_the_teacher_steps_after_each_optimizer_step_with_the_scheduled_beta(tmp_path, tiny_model_dir, monkeypatch):
+    """SMART.md: the EMA follows every optimizer step, β_early for the first 10% of the
+    updates, then β."""
+    from mtsmart.ema import MeanTeacher
+
+    task_file = write_tiny_tasks(tmp_path)
+    # β = 0: the teacher is a copy of the student as the last optimizer step left it
+    copy = run_trainer(task_file, tmp_path / "copy", tiny_model_dir,
+                       SmartConfig(mode="bregman", teacher_beta=0.0, teacher_beta_early=0.0,
+                                   teacher_horizon_fraction=None))
+    student = copy.model.state_dict()
+    assert all(torch.equal(v, student[k]) for k, v in copy.teacher.state_dict().items())
+    betas = []
+    real_update = MeanTeacher.update
+    monkeypatch.setattr(MeanTeacher, "update", lambda self, model, beta: (betas.append(beta),
+                                                                          real_update(self, model, beta)))
+    run_trainer(task_file, tmp_path / "schedule", tiny_model_dir,
+                SmartConfig(mode="bregman", teacher_horizon_fraction=None), max_steps=20, eval_every=20)
+    assert betas == [0.99] * 2 + [0.999] * 18
+
+
+def test_a_skipped_regulariser_is_counted_per_task(tmp_path, tiny_model_dir):
+    loaded = load_task_file(str(write_tiny_tasks(tmp_path)))
+    cfg = replace(loaded.training, encoder=str(tiny_model_dir), smart=SmartConfig(mode="adversarial"))
+    trainer = Trainer(loaded.tasks, cfg, loaded.data_dir, str(tmp_path / "run"),
+                      cache_dir=str(tmp_path / "cache"), show_progress=False)
+    trainer.setup()
+    trainer.perturbation_scales = {name: float("inf") for name in trainer.perturbation_scales}  # ν = ±inf
+    trainer.train()
+    trainer.cleanup()
+    for name in loaded.tasks:
+        assert trainer.counters[f"regularizer_skipped/{name}"] == trainer.counters[f"batches/{name}"] > 0
+    assert trainer.counters["nonfinite_loss_skipped"] == 0  # the batches themselves still trained
