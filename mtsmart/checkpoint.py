@@ -24,7 +24,9 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -155,16 +157,45 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
                        "pooling": model.pooling, "written_by": software_versions(), **meta}, handle,
                       indent=2, sort_keys=True)
         share_like_other_files(tmp)
-        if os.path.exists(path):
-            old = f"{tmp}.old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        with _interrupts_deferred():
+            if os.path.exists(path):
+                old = f"{tmp}.old"
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then act on them as before.
+
+    Between the renames no checkpoint has its name, and a half-removed old one is left
+    behind; an interruption there is what a scheduler's SIGTERM hits sooner or later.
+    Python runs signal handlers in the main thread only, so elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signum = received[0]
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)  # the default action, now that it is back
 
 
 def _temporary_prefix(path: str) -> str:

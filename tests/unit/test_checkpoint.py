@@ -47,3 +47,46 @@ def test_a_checkpoint_of_another_format_is_refused_in_one_line(tmp_path):
                                                     "pooling": "cls"}))
     with pytest.raises(CheckpointError, match=f"format {FORMAT_VERSION + 1} is not supported"):
         read_meta(str(tmp_path))
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("during", ["first rename", "second rename", "removing the old one"])
+def test_a_signal_while_a_checkpoint_replaces_another_leaves_one_whole_checkpoint(tmp_path, tiny_model_dir,
+                                                                                 monkeypatch, signum, during):
+    """SIGTERM (a scheduler) or Ctrl-C between the renames left no checkpoint under its name,
+    only the old one in a temporary folder; during the old one's removal, a half-removed
+    folder. The interruption now waits until the checkpoint is in place."""
+    import os
+    import shutil
+    import signal
+
+    from mtsmart import checkpoint
+    from mtsmart.cli import _terminate
+
+    path, _ = saved(tmp_path, tiny_model_dir, {"a": (2, 0.1)})
+    sig = getattr(signal, signum)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    calls = {"replace": 0}
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+
+    def replace(src, dst):
+        calls["replace"] += 1
+        real_replace(src, dst)
+        if (during, calls["replace"]) in (("first rename", 1), ("second rename", 2)):
+            os.kill(os.getpid(), sig)
+
+    def rmtree(target, *args, **kwargs):
+        if during == "removing the old one" and str(target).endswith(".old"):
+            os.kill(os.getpid(), sig)
+        real_rmtree(target, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", rmtree)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # Terminated is one
+            saved(tmp_path, tiny_model_dir, {"a": (2, 0.1), "b": (1, 0.1)})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    assert set(read_meta(str(path))["heads"]) == {"a", "b"}  # the new one, whole
