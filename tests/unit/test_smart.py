@@ -177,14 +177,19 @@ def test_gradient_flows_through_both_sides_of_the_final_term():
     assert model.heads["cls"].linear.weight.grad.abs().sum() > 0
 
 
+def _dropout_free(batch_size: int = 4):
+    """A tiny model without dropout, a batch's attention mask and its word embeddings."""
+    model = tiny_model()
+    model.eval()
+    batch = tiny_batch(batch=batch_size)
+    return model, batch["attention_mask"], model.embed(batch["input_ids"])
+
+
 def test_one_small_ascent_step_raises_the_divergence():
     """Inside a large ball a small step is not hidden by the projection: it must go up the
     divergence (a sign error would go down it as surely)."""
-    model = tiny_model()
-    model.eval()
-    batch = tiny_batch(batch=8)
-    mask = batch["attention_mask"]
-    embeds = model.embed(batch["input_ids"]).detach()
+    model, mask, embeds = _dropout_free(batch_size=8)
+    embeds = embeds.detach()
     forward, inputs = _recording_forward(model, "cls", mask)
     clean = forward(embeds)
     for seed in range(3):
@@ -198,11 +203,8 @@ def test_one_small_ascent_step_raises_the_divergence():
 
 
 def test_the_start_noise_has_std_sigma_and_each_step_moves_eta():
-    model = tiny_model()
-    model.eval()
-    batch = tiny_batch()
-    mask = batch["attention_mask"]
-    embeds = model.embed(batch["input_ids"]).detach()
+    model, mask, embeds = _dropout_free()
+    embeds = embeds.detach()
     forward, inputs = _recording_forward(model, "cls", mask)
     clean = forward(embeds)
     smart.adversarial_loss(forward, embeds, clean, mask, symmetric_kl, epsilon=10.0, noise_std=1e-3,
@@ -238,11 +240,7 @@ def test_noise_is_zero_at_padding_even_where_padding_reaches_the_output(norm):
 
 def test_each_side_of_the_final_term_carries_gradient():
     """SMART.md: R_s's gradient reaches θ through f(x + ν) and through f(x)."""
-    model = tiny_model()
-    model.eval()
-    batch = tiny_batch()
-    mask = batch["attention_mask"]
-    embeds = model.embed(batch["input_ids"])
+    model, mask, embeds = _dropout_free()
     forward, _ = _recording_forward(model, "cls", mask)
     clean = forward(embeds)
     kwargs = dict(epsilon=0.05, noise_std=0.01, step_size=0.1)
@@ -255,11 +253,7 @@ def test_each_side_of_the_final_term_carries_gradient():
 
 
 def test_a_non_finite_final_term_or_ascent_skips_only_the_regulariser():
-    model = tiny_model()
-    model.eval()
-    batch = tiny_batch()
-    mask = batch["attention_mask"]
-    embeds = model.embed(batch["input_ids"])
+    model, mask, embeds = _dropout_free()
     clean = model("cls", inputs_embeds=embeds, attention_mask=mask)
     calls = []
 
