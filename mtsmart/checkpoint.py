@@ -181,7 +181,8 @@ def _interrupts_deferred() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
+    # a handler installed outside Python (getsignal gives None) could not be put back: left alone
+    held = [signum for signum in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(signum) is not None]
     previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
                 for signum in held}
     try:

@@ -90,3 +90,29 @@ def test_a_signal_while_a_checkpoint_replaces_another_leaves_one_whole_checkpoin
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
     assert set(read_meta(str(path))["heads"]) == {"a", "b"}  # the new one, whole
+
+
+def test_a_signal_handler_installed_outside_python_is_left_alone(tmp_path, tiny_model_dir, monkeypatch):
+    """signal.getsignal says None for a handler a C library installed; Python cannot put such
+    a handler back (signal.signal(..., None) raises), so the save does not take it over."""
+    import signal
+
+    from mtsmart import checkpoint
+
+    real_signal = signal.signal
+    monkeypatch.setattr(checkpoint.signal, "getsignal",
+                        lambda signum: None if signum == signal.SIGTERM else signal.default_int_handler)
+
+    def as_if_installed_outside_python(signum, handler):
+        previous = real_signal(signum, handler)
+        return None if signum == signal.SIGTERM else previous
+
+    monkeypatch.setattr(checkpoint.signal, "signal", as_if_installed_outside_python)
+    previous = real_signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        saved(tmp_path, tiny_model_dir, {"a": (2, 0.1)})
+        saved(tmp_path, tiny_model_dir, {"a": (2, 0.1), "b": (1, 0.1)})
+        assert real_signal(signal.SIGTERM, previous) == signal.SIG_DFL  # untouched
+    finally:
+        real_signal(signal.SIGTERM, previous)
+    assert set(read_meta(str(tmp_path / "ckpt"))["heads"]) == {"a", "b"}
