@@ -21,7 +21,7 @@ import numpy as np
 
 from mtsmart.checkpoint import is_checkpoint
 from mtsmart.config import TrainConfig, flatten_settings
-from mtsmart.data import load_tokenized, default_cache_dir, stratified_subset
+from mtsmart.data import check_max_length, default_cache_dir, load_tokenized, stratified_subset
 from mtsmart.errors import ConfigError
 from mtsmart.metric_logging import MetricLogger, write_json
 from mtsmart.tasks import TaskDef
@@ -120,17 +120,16 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                    show_progress: bool = True, command: Optional[Sequence[str]] = None,
                    cache_dir: Optional[str] = None) -> list[dict]:
     """Fine-tune each start on each subset with each seed; write the report files."""
-    from mtsmart.model import load_tokenizer
     from mtsmart.train import Trainer
 
+    # Every start's limit is checked before any run: a later start with a shorter position
+    # table would otherwise stop the sweep after the earlier starts had trained.
+    tokenizers = [start_tokenizer(start, task, cfg.trust_remote_code) for start in starts]
     os.makedirs(output_dir, exist_ok=True)
     # The pool is tokenized with the first start's tokenizer only to learn its size and
     # labels; every run tokenizes with its own start's tokenizer.
-    first = starts[0]
-    tokenizer_dir = os.path.join(first.path, "encoder") if first.is_checkpoint else first.path
-    tokenizer = load_tokenizer(tokenizer_dir)
     cache_dir = cache_dir or default_cache_dir()
-    pool = load_tokenized(task, task.train_split, tokenizer, data_dir, cache_dir)
+    pool = load_tokenized(task, task.train_split, tokenizers[0], data_dir, cache_dir)
     sizes = resolve_sizes(size_specs, reference_size, len(pool))
     is_classification = task.type == "classification"
     summary_logger = MetricLogger(os.path.join(output_dir, "tensorboard"))
@@ -186,6 +185,18 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     write_table(os.path.join(output_dir, TABLE_MD), rows, task)
     write_plot(os.path.join(output_dir, PLOT_PNG), rows, task)
     return rows
+
+
+def start_tokenizer(start: StartPoint, task: TaskDef, trust_remote_code: bool = False):
+    """The start's tokenizer, its limit lowered to the encoder's position table; a task
+    max_length beyond it is refused naming the start."""
+    from mtsmart.model import encoder_skeleton, fit_tokenizer_to_positions, load_tokenizer
+
+    encoder_dir = os.path.join(start.path, "encoder") if start.is_checkpoint else start.path
+    tokenizer = load_tokenizer(encoder_dir, trust_remote_code=trust_remote_code)
+    fit_tokenizer_to_positions(tokenizer, encoder_skeleton(encoder_dir, trust_remote_code))
+    check_max_length(task, tokenizer, f"START {start.label}'s encoder")
+    return tokenizer
 
 
 def check_labels(starts: Sequence[StartPoint], rows: Sequence[dict] = (), csv_path: str = "") -> None:

@@ -406,7 +406,6 @@ def command_adapt(args: argparse.Namespace) -> int:
     repeated = next((s for s in seeds if seeds.count(s) > 1), None)
     if repeated is not None:  # the same run twice would show as a spread of seeds
         raise ConfigError(f"--seeds: {repeated} is given twice")
-    os.makedirs(args.output, exist_ok=True)
     rows = run_adaptation(starts, task_file.tasks[args.task], task_file.training,
                           resolve_data_dir(args.data_dir, task_file), size_specs,
                           seeds, args.output, reference_size=args.reference_size,

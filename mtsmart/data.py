@@ -575,14 +575,20 @@ def padding_stats(lengths: np.ndarray, batches: list[np.ndarray]) -> tuple[int, 
     return real, padded
 
 
+def check_max_length(task: TaskDef, tokenizer, encoder_name: str = "the encoder") -> None:
+    """Refuse a max_length beyond what the tokenizer says its encoder takes (see
+    model.fit_tokenizer_to_positions): longer inputs would run past the encoder's
+    position embeddings, mid-run."""
+    limit = tokenizer.model_max_length
+    if limit < 1_000_000 and task.max_length > limit:  # tokenizers without a limit say 1e30
+        raise ConfigError(f"{task.where('max_length')}: {task.max_length} tokens, but {encoder_name} takes "
+                          f"at most {limit} (valid: 8 to {limit})")
+
+
 def load_tokenized(task: TaskDef, split: str, tokenizer, data_dir: str,
                    cache_dir: Optional[str], labeled: bool = True) -> TokenizedSplit:
     """Read and tokenize one split of one task (cached); ``labeled`` as in read_split."""
-    limit = tokenizer.model_max_length
-    if limit < 1_000_000 and task.max_length > limit:  # tokenizers without a limit say 1e30
-        # longer inputs would run past the encoder's position embeddings, mid-run
-        raise ConfigError(f"{task.where('max_length')}: {task.max_length} tokens, but the encoder takes "
-                          f"at most {limit} (valid: 8 to {limit})")
+    check_max_length(task, tokenizer)
     examples = read_split(task, split, data_dir, labeled)
     dtype = np.int64 if task.task_type.target_dtype == torch.long else np.float32
     return tokenize_examples(examples, tokenizer, task.max_length, dtype, cache_dir)

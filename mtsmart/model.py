@@ -92,6 +92,20 @@ def position_limit(encoder: nn.Module) -> Optional[int]:
     return table.num_embeddings - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
 
 
+def encoder_skeleton(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
+    """A saved encoder's modules built from its config on the meta device: its shapes
+    (``position_limit``) without reading or allocating its weights."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            with torch.device("meta"):
+                return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except LOAD_ERRORS as err:
+        raise _encoder_load_error(name_or_path, err) from None
+
+
 def fit_tokenizer_to_positions(tokenizer, encoder: nn.Module) -> None:
     """Lower the tokenizer's ``model_max_length`` to what the encoder's positions cover.
     Many tokenizers say no limit (1e30), and a task's max_length beyond the position table

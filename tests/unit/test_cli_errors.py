@@ -400,6 +400,28 @@ def test_max_length_beyond_the_position_table_fails_when_the_tokenizer_names_no_
     assert not (workdir / "out").exists()
 
 
+def test_adapt_checks_every_starts_positions_before_the_first_run(workdir, tiny_model_dir, capsys):
+    """A later start with a shorter position table stopped the sweep only once the
+    earlier starts had trained: hours into a real one."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModel
+
+    short = workdir / "short"  # the tiny encoder with 64 positions instead of 160
+    shutil.copytree(tiny_model_dir, short)
+    config = AutoConfig.from_pretrained(short)
+    config.max_position_embeddings = 64
+    AutoModel.from_config(config).save_pretrained(short)
+    capsys.readouterr()  # the save's progress bar
+    task_file = write(workdir, task_yaml(max_length=100))
+    code, err = run_main(["adapt", f"long={tiny_model_dir}", f"short={short}", "--task", "tiny",
+                          "--task-defs", str(task_file), "--train-sizes", "2", "--data-dir", str(workdir),
+                          "--cache-dir", str(workdir / "cache"), "--output", str(workdir / "adapt"), "--quiet"],
+                         capsys)
+    assert_one_line(code, err, "'tiny'", "max_length", "START short's encoder takes at most 64")
+    assert not (workdir / "adapt").exists()
+
+
 @pytest.mark.parametrize("command", [["evaluate", "ckpt", "--batch-size", "0"],
                                      ["predict", "ckpt", "--task", "t", "--out", "p.tsv", "--batch-size", "-4"],
                                      ["compare", "a", "b", "--batch-size", "0"],
