@@ -8,11 +8,13 @@ Must not import the trainer; the CLI hands it the arguments.
 from __future__ import annotations
 
 import argparse
+import typing
+from dataclasses import is_dataclass
 from typing import Any, Optional, Sequence
 
 from mtsmart.config import (ADAPT_SETS_PER_RUN, CHECKPOINT_WEIGHTS, LR_SCHEDULES, NORMS, PRECISIONS,
                             RUN_ONLY_SETTINGS, SAMPLERS, SMART_MODES, SMART_PRESETS, SamplerConfig,
-                            SmartConfig, load_yaml, parse_override)
+                            SmartConfig, TrainConfig, load_yaml, parse_override)
 from mtsmart.errors import ConfigError
 
 EXIT_USAGE = 2
@@ -72,6 +74,12 @@ def positive_int(text: str) -> int:
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any):
+        # argparse's default takes a prefix for the flag it starts: finetune, which has no
+        # --encoder, read `--encoder 0.1` as --encoder-dropout 0.1
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line and exit 2, like every other error
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -443,13 +451,17 @@ def _expand_preset(path: list[str], value: Any, text: str) -> list[tuple[list[st
     return [(["training", "smart", key], preset_value, where) for key, preset_value in SMART_PRESETS[value].items()]
 
 
-def settings_as_overrides(prefix: list[str], value: Any, text: str) -> list[tuple[list[str], Any, str]]:
+def settings_as_overrides(prefix: list[str], value: Any, text: str,
+                          block: Optional[type] = TrainConfig) -> list[tuple[list[str], Any, str]]:
     """A mapping from --config is applied key by key, so it merges with the task file's
-    own training settings instead of replacing them."""
-    if isinstance(value, dict) and value:
+    own training settings instead of replacing them. A block of settings (``block``, a
+    config dataclass) left empty or null, its keys all commented out, sets nothing: as
+    one override it would have reset the task file's block to the defaults."""
+    if block is not None and is_dataclass(block) and (value is None or isinstance(value, dict)):
+        hints = typing.get_type_hints(block)
         items = []
-        for key, sub in value.items():
-            items.extend(settings_as_overrides([*prefix, str(key)], sub, text))
+        for key, sub in (value or {}).items():
+            items.extend(settings_as_overrides([*prefix, str(key)], sub, text, hints.get(str(key))))
         return items
     return [(prefix, value, text)]
 

@@ -1,0 +1,141 @@
+"""arguments.py: every flag, KEY=VALUE and --config setting reaches the run's settings,
+in the documented order (the task file, then --config, --smart-preset, KEY=VALUE, the
+flags; a later one wins)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mtsmart.arguments import TRAIN_FLAGS, build_parser, collect_overrides, parse_args
+from mtsmart.config import TrainConfig
+from mtsmart.errors import ConfigError
+from mtsmart.tasks import load_task_file
+from tiny_tasks import write_tiny_tasks
+
+
+def loaded(tmp_path, *argv: str):
+    """The tiny task file loaded with ``mtsmart train``'s command line ``argv``."""
+    task_file = write_tiny_tasks(tmp_path)
+    # -o last: KEY=VALUE typed before the first flag and after it take argparse's two paths
+    args = parse_args(build_parser(), ["train", str(task_file), *argv, "-o", "out"])
+    overrides = collect_overrides(args)
+    return load_task_file(str(task_file), overrides), overrides
+
+
+FLAG_VALUES = {  # flag: a value other than the tiny task file's and the default, and the setting it sets
+    "encoder": ("some/encoder", "encoder"), "num_hidden_layers": (1, "num_hidden_layers"),
+    "pooling": ("cls", "pooling"), "encoder_dropout": (0.2, "encoder_dropout"),
+    "gradient_checkpointing": (True, "gradient_checkpointing"), "max_steps": (9, "max_steps"),
+    "epochs": (2.5, "epochs"), "batch_size": (5, "batch_size"), "grad_accum_steps": (3, "grad_accum_steps"),
+    "lr": (2e-4, "optim.lr"), "lr_schedule": ("cosine", "optim.schedule"), "layer_decay": (0.8, "optim.layer_decay"),
+    "head_lr_scale": (4.0, "optim.head_lr_scale"), "seed": (11, "seed"), "eval_every": (7, "eval_every"),
+    "select_metric": ("pairs/accuracy", "select_metric"), "patience": (4, "patience"),
+    "sampler": ("uniform", "sampler.name"), "precision": ("bf16", "precision"), "num_threads": (2, "num_threads"),
+    "keep_last": (3, "keep_last"), "trust_remote_code": (True, "trust_remote_code"),
+}
+
+
+def _setting(training: TrainConfig, path: str):
+    value = training
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+@pytest.mark.parametrize("flag", sorted(FLAG_VALUES))
+def test_every_training_flag_reaches_its_setting(tmp_path, flag):
+    """The SMART flags have test_every_smart_setting_has_a_flag_that_sets_it; the other
+    flags had none. The setting each flag must reach is spelled out here, not read from
+    TRAIN_FLAGS, so a wrong entry there shows."""
+    assert set(FLAG_VALUES) | {k for k in TRAIN_FLAGS if TRAIN_FLAGS[k].startswith("training.smart.")} \
+        == set(TRAIN_FLAGS), "a new flag: give it a value here"
+    value, setting = FLAG_VALUES[flag]
+    option = "--" + flag.replace("_", "-")
+    argv = [option] if value is True else [option, str(value)]
+    if flag == "epochs":
+        argv += ["--max-steps", "9"]  # --epochs alone would also clear max_steps
+    task_file, _ = loaded(tmp_path, *argv)
+    assert _setting(task_file.training, setting) == value
+    untouched = TrainConfig() if flag != "epochs" else None
+    if untouched is not None:  # and nothing else moved but what the tiny file sets
+        before = load_task_file(str(tmp_path / "tasks.yaml")).training
+        moved = {f.name for f in dataclasses.fields(TrainConfig)
+                 if getattr(before, f.name) != getattr(task_file.training, f.name)}
+        assert moved == {setting.split(".")[0]}, moved
+
+
+def test_flags_win_over_key_value_which_wins_over_config_and_the_task_file(tmp_path):
+    """arguments.py: '--config's, --smart-preset's, KEY=VALUE, then the flags', a later one
+    winning; whichever order they are typed in."""
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  seed: 5\n  batch_size: 6\n  optim: {lr: 3.0e-4, weight_decay: 0.2}\n")
+    for argv in (["--config", str(config), "seed=7", "optim.lr=4e-4", "--lr", "5e-4"],
+                 ["--lr", "5e-4", "--config", str(config), "seed=7", "optim.lr=4e-4"]):
+        training = loaded(tmp_path, *argv)[0].training
+        assert training.optim.lr == 5e-4  # the flag
+        assert training.seed == 7  # KEY=VALUE over --config
+        assert training.batch_size == 6 and training.optim.weight_decay == 0.2  # --config over the file
+        assert training.max_steps == 6  # the file's own, untouched
+    training = loaded(tmp_path, "seed=7", "--lr", "5e-4", "seed=8")[0].training
+    assert training.seed == 8  # of two KEY=VALUE, the later one, after the flags or not
+
+
+def test_key_value_and_flags_win_over_the_smart_preset(tmp_path):
+    """--smart-preset's help: 'flags and KEY=VALUE still win over it'."""
+    smart = loaded(tmp_path, "--smart-preset", "paper", "smart.epsilon=0.002", "--noise-std", "0.003")[0].training.smart
+    assert smart.epsilon == 0.002 and smart.noise_std == 0.003
+    assert smart.norm == "inf" and smart.adv_weight == 1.0  # the rest is the preset's
+
+
+def test_a_config_file_with_an_unknown_top_level_key_is_refused(tmp_path):
+    """A --config file holds a 'training:' mapping and nothing else: a second block (a
+    pasted tasks: or a typo such as 'trainig:') would be dropped silently."""
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  seed: 5\ntrainig:\n  lr: 1\n")
+    with pytest.raises(ConfigError) as err:
+        loaded(tmp_path, "--config", str(config))
+    assert str(config) in str(err.value) and "'trainig'" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["", "training:\n", "training: {}\n",
+                                  "training:\n  optim: {}\n", "training:\n  smart:\n#    epsilon: 0.1\n"])
+def test_an_empty_config_file_or_block_changes_nothing(tmp_path, text):
+    """settings_as_overrides: 'A mapping from --config is applied key by key, so it merges
+    with the task file's own training settings instead of replacing them.' An empty
+    mapping (or a block whose keys are all commented out, YAML null) is applied as one
+    override of the whole block: the task file's batch_size 8, max_steps 6, lr 1e-3 and
+    seed 3 (or its smart: block) silently become the defaults."""
+    task_file = write_tiny_tasks(tmp_path)
+    task_file.write_text(task_file.read_text() + "  smart: {mode: full, epsilon: 0.05}\n")
+    before = load_task_file(str(task_file)).training
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    args = parse_args(build_parser(), ["train", str(task_file), "-o", "out", "--config", str(config)])
+    assert load_task_file(str(task_file), collect_overrides(args)).training == before
+
+
+def test_an_override_reaches_a_training_block_the_file_left_empty(tmp_path):
+    """A task file whose `training:` has every key commented out (YAML null) still takes
+    flags and KEY=VALUE."""
+    task_file = write_tiny_tasks(tmp_path)
+    text = task_file.read_text()
+    task_file.write_text(text[:text.index("training:")] + "training:\n#  batch_size: 8\n")
+    args = parse_args(build_parser(), ["train", str(task_file), "-o", "out", "--lr", "2e-4",
+                                       "smart.mode=full", "training.sampler.name=uniform"])
+    training = load_task_file(str(task_file), collect_overrides(args)).training
+    assert training.optim.lr == 2e-4 and training.smart.mode == "full" and training.sampler.name == "uniform"
+
+
+@pytest.mark.parametrize("argv, unknown", [
+    (["finetune", "ckpt", "--task", "t", "-o", "o", "--encoder", "0.1"], "--encoder 0.1"),
+    (["train", "tasks.yaml", "-o", "o", "--lr-sched", "cosine"], "--lr-sched cosine"),
+])
+def test_a_flag_is_never_taken_for_a_longer_one_it_begins(argv, unknown, capsys):
+    """argparse reads a prefix as the flag it starts: finetune, which has no --encoder (the
+    encoder is the checkpoint's), read `--encoder 0.1` as --encoder-dropout 0.1."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(build_parser(), argv)
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {unknown}" in capsys.readouterr().err
