@@ -73,17 +73,28 @@ def _shadowed_by_a_task(tasks: dict[str, TaskDef], training: TrainConfig, given:
 
 def _switched_off(tasks: dict[str, TaskDef], training: TrainConfig, given: list[Override]) -> list[str]:
     """A knob of a SMART term that no task runs (the mode, or a zero weight, switches it off)."""
-    smart = [task.smart_config(training.smart) for task in tasks.values()]
-    running = {"adversarial": any(c.use_adversarial for c in smart), "Bregman": any(c.use_bregman for c in smart)}
+    smart = {name: task.smart_config(training.smart) for name, task in tasks.items()}
+    running = {"adversarial": any(c.use_adversarial for c in smart.values()),
+               "Bregman": any(c.use_bregman for c in smart.values())}
     notes = []
     for path, value, text in given:
-        if len(path) != 3 or path[:2] != ["training", "smart"]:
+        run_wide = len(path) == 3 and path[:2] == ["training", "smart"]
+        one_task = len(path) == 4 and path[0] == "tasks" and path[1] in smart and path[2] == "smart"
+        if not (run_wide or one_task):
             continue
-        key = path[2]
+        key = path[-1]
         term = "adversarial" if key in ADVERSARIAL_KEYS else "Bregman" if key in BREGMAN_KEYS else None
         switching_off = key in ("adv_weight", "prox_weight") and value == 0
-        if term and not running[term] and not switching_off:
+        mode = "adversarial" if term == "adversarial" else "bregman"
+        if not term or switching_off:
+            continue
+        if run_wide and not running[term]:
             notes.append(f"{text} does nothing: no task runs the {term} term (mode "
-                         f"{training.smart.mode}; --smart {'adversarial' if term == 'adversarial' else 'bregman'} "
-                         "or full, with its weight above 0, does)")
+                         f"{training.smart.mode}; --smart {mode} or full, with its weight above 0, does)")
+        elif one_task:
+            cfg = smart[path[1]]
+            if not (cfg.use_adversarial if term == "adversarial" else cfg.use_bregman):
+                notes.append(f"{text} does nothing: task {path[1]!r} does not run the {term} term (its "
+                             f"mode {cfg.mode}; tasks.{path[1]}.smart.mode={mode} or full, with its "
+                             "weight above 0, does)")
     return notes

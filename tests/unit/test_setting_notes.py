@@ -3,18 +3,23 @@ settings the run uses get none."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
 
 from mtsmart.arguments import build_parser, collect_overrides, parse_args
+from mtsmart.config import SmartConfig
 from mtsmart.setting_notes import note_unused_settings
 from mtsmart.tasks import load_task_file
 from tiny_tasks import write_tiny_tasks
 
 
-def notes(tmp_path, caplog, *flags: str, command: str = "train") -> list[str]:
+def notes(tmp_path, caplog, *flags: str, command: str = "train", edit=None) -> list[str]:
+    """The notes for ``flags`` on the tiny task file (its text changed by ``edit``)."""
     task_file = write_tiny_tasks(tmp_path)
+    if edit:
+        task_file.write_text(edit(task_file.read_text()))
     argv = (["train", str(task_file), "-o", "out"] if command == "train"
             else ["finetune", "ckpt", "--task", "pairs", "-o", "out"])
     overrides = collect_overrides(parse_args(build_parser(), [*argv, *flags]))
@@ -71,3 +76,52 @@ def test_a_value_yaml_reads_as_text_is_compared_as_the_run_reads_it(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         note_unused_settings(loaded.tasks, loaded.training, overrides)
     assert not caplog.records
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--smart", "bregman", "--memory-efficient"], "--memory-efficient does nothing: no task runs the adversarial"),
+    (["--smart", "adversarial", "--teacher-horizon-fraction", "0.2"],
+     "--teacher-horizon-fraction does nothing: no task runs the Bregman"),
+    (["--sampler", "temperature", "training.sampler.anneal_final_alpha=0.5"],
+     "the temperature sampler does not read training.sampler.anneal_final_alpha"),
+])
+def test_every_smart_knob_and_sampler_setting_left_unused_is_named(tmp_path, caplog, flags, says):
+    said = notes(tmp_path, caplog, *flags)
+    assert any(says in note for note in said), said
+
+
+def test_every_smart_flag_belongs_to_a_term_the_notes_know():
+    """Each run-wide SMART key but the mode is a knob of one term: a new key must join
+    ADVERSARIAL_KEYS or BREGMAN_KEYS, or a flag for it that does nothing gets no note."""
+    from mtsmart import setting_notes
+
+    knobs = {f.name for f in dataclasses.fields(SmartConfig)} - {"mode"}
+    assert set(setting_notes.ADVERSARIAL_KEYS) | set(setting_notes.BREGMAN_KEYS) == knobs
+    assert not set(setting_notes.ADVERSARIAL_KEYS) & set(setting_notes.BREGMAN_KEYS)
+
+
+def test_a_knob_a_task_runs_through_its_own_mode_gets_no_note(tmp_path, caplog):
+    """docs/smart.md: the terms run 'whether the mode and weight come from the run-wide
+    settings or the task's own'."""
+    said = notes(tmp_path, caplog, "--smart", "off", "tasks.score.smart.mode=full", "--epsilon", "0.02",
+                  "--teacher-beta", "0.9")
+    assert said == []
+
+
+def test_a_run_wide_key_a_task_also_overrides_on_the_command_line_is_not_called_shadowed(tmp_path, caplog):
+    """Both given on the command line: no surprise, no note."""
+    said = notes(tmp_path, caplog, "--smart", "full", "--epsilon", "0.001", "tasks.score.smart.epsilon=0.002",
+                 edit=lambda text: text.replace("    target_field: score\n",
+                                                "    target_field: score\n    smart: {epsilon: 0.05}\n"))
+    assert said == []
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--smart", "off", "tasks.pairs.smart.epsilon=0.1"], "tasks.pairs.smart.epsilon=0.1 does nothing"),
+    (["--smart", "adversarial", "tasks.pairs.smart.prox_weight=2"], "tasks.pairs.smart.prox_weight=2 does nothing"),
+])
+def test_a_per_task_smart_knob_the_task_leaves_unused_is_named(tmp_path, caplog, flags, says):
+    """As `--epsilon 0.1` with --smart off: a task's knob of a term that task does not run."""
+    said = notes(tmp_path, caplog, *flags)
+    assert any(says in note and "task 'pairs' does not run" in note for note in said), said
+    assert notes(tmp_path, caplog, "--smart", "full", *flags[2:]) == []  # the task runs it: no note
