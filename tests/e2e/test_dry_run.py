@@ -3,12 +3,13 @@ follow, from the same objects, while training and writing nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from mtsmart.checkpoint import load_trainer_state_json
 from mtsmart.cli import main
-from mtsmart.config import load_yaml, parse_train_config
+from mtsmart.config import SmartConfig, load_yaml, parse_train_config
 from mtsmart.tasks import load_task_file
 from mtsmart.train import Trainer
 from tiny_tasks import write_tiny_tasks
@@ -147,3 +148,39 @@ def test_a_run_shorter_than_an_epoch_plans_one_evaluation(tmp_path, tiny_model_d
     assert "one evaluation, at the end (update 3)" in capsys.readouterr().out
     assert dry_run(task_file, tiny_model_dir, tmp_path / "b", "--max-steps", "12", "--eval-every", "5") == 0
     assert "evaluation every 5 and at the end" in capsys.readouterr().out
+
+
+def test_the_plan_shows_epsilon_in_the_embeddings_units_and_the_tasks_own_ramp():
+    """dry_run.smart_summary: 'ε in the embeddings' own units'."""
+    from mtsmart.dry_run import smart_summary
+
+    cfg = SmartConfig(mode="full", epsilon=0.01, prox_warmup_fraction=0.25, teacher_early_fraction=0.1)
+    assert smart_summary(cfg, 2.0) == ("full: λ_s 0.3 (ε 0.01 × 2 = 0.02, l2, K 1), "
+                                       "μ 0.3 (ramped over 25% of updates)")
+    absolute = dataclasses.replace(cfg, relative_to_embedding_norm=False, mode="adversarial")
+    assert smart_summary(absolute, 2.0) == "adversarial: λ_s 0.3 (ε 0.01, l2, K 1)"
+    assert smart_summary(dataclasses.replace(cfg, adv_weight=0, prox_weight=0), 2.0) == \
+        "full, every weight 0: nothing computed"
+
+
+def test_the_teacher_line_counts_the_early_updates_as_the_schedule_does():
+    """The early phase covers updates below ceil(fraction · total) (smart.teacher_momentum)."""
+    from mtsmart import smart
+    from mtsmart.dry_run import teacher_summary
+
+    cfg = SmartConfig(mode="full", teacher_early_fraction=0.15, teacher_horizon_fraction=None)
+    line = teacher_summary(cfg, 10)
+    early = [u for u in range(10) if smart.teacher_momentum(u, 10, 0.999, 0.99, 0.15, None) == 0.99]
+    assert early == [0, 1]
+    assert "β 0.99 for the first 2 updates, then 0.999" in line, line
+
+
+def test_the_plan_names_patience_layer_decay_and_head_rate(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A setting that shapes the run shows in the --dry-run plan."""
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    assert dry_run(task_file, tiny_model_dir, tmp_path / "run", "--max-steps", "12", "--eval-every", "4",
+                   "--patience", "2", "--layer-decay", "0.8", "--head-lr-scale", "3", "--lr-schedule", "cosine") == 0
+    printed = capsys.readouterr().out
+    assert "patience 2 evaluations" in printed
+    assert "lr 0.001 (cosine after the warm-up, layer decay 0.8), heads ×3;" in printed

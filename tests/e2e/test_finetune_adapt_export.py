@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from mtsmart.cli import main
@@ -462,3 +464,33 @@ def test_adapt_plot_names_the_sizes_that_ran(monkeypatch):
     (ax,) = figures[0].axes
     assert [label.get_text() for label in ax.get_xticklabels()] == ["24", "236", "1304"]
     assert ax.get_xscale() == "log"
+
+
+def test_finetune_settings_are_the_checkpoints_then_the_task_defs_then_the_command_line(mt_checkpoint, tmp_path,
+                                                                                          caplog):
+    """The checkpoint's training settings, then the task-definition file's training block,
+    then --config / KEY=VALUE / flags; and a note for training.encoder, which finetune
+    does not read (the encoder is the checkpoint's)."""
+    from mtsmart.arguments import build_parser, parse_args
+    from mtsmart.cli import _load_finetune_tasks
+
+    _, tiny_checkpoint = mt_checkpoint
+    defs = tmp_path / "defs.yaml"
+    text = (tiny_checkpoint / "tasks.yaml").read_text()
+    defs.write_text(yaml.safe_dump({**yaml.safe_load(text), "training": {"batch_size": 5, "seed": 9}}))
+    args = parse_args(build_parser(), ["finetune", str(tiny_checkpoint), "--task", "pairs", "-o", str(tmp_path / "ft"),
+                                       "--task-defs", str(defs), "--seed", "11"])
+    training = _load_finetune_tasks(args).training
+    assert training.optim.lr == 1e-3  # the checkpoint's
+    assert training.batch_size == 5  # --task-defs' over the checkpoint's 8
+    assert training.seed == 11  # the flag over both
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("x")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["finetune", str(tiny_checkpoint), "--task", "pairs", "-o", str(occupied),
+                     "training.encoder=/elsewhere"]) == 2  # refused after the notes: the folder is not empty
+    assert any("training.encoder=/elsewhere does nothing: the encoder comes from the checkpoint" in r.getMessage()
+               for r in caplog.records)

@@ -326,7 +326,8 @@ def test_adapt_checks_its_train_sizes_before_any_data_loads(workdir, tiny_model_
 
 
 @pytest.mark.parametrize("setting, says", [("training.optim.lr=-1", "training.optim.lr"),
-                                            ("batch_size=0", "training.batch_size")])
+                                            ("batch_size=0", "training.batch_size"),
+                                            ("tasks.tiny.max_length=4", "'max_length'")])
 def test_adapt_reads_a_key_value_before_the_flags_as_an_override(workdir, tiny_model_dir, capsys, setting, says):
     """argparse would hand it to START; the error shows it reached the settings instead."""
     task_file = write(workdir, task_yaml())
@@ -335,6 +336,17 @@ def test_adapt_reads_a_key_value_before_the_flags_as_an_override(workdir, tiny_m
                           "--output", str(workdir / "adapt")], capsys)
     assert_one_line(code, err, says, setting)
     assert "START" not in err
+
+
+def test_adapt_names_a_setting_it_leaves_unused(workdir, tiny_model_dir, capsys, caplog):
+    """The notes run in adapt as in train (here before --seeds is refused, so nothing trains)."""
+    task_file = write(workdir, task_yaml())
+    with caplog.at_level("WARNING"):
+        code, err = run_main(["adapt", f"raw={tiny_model_dir}", "--task", "tiny", "--task-defs", str(task_file),
+                              "--train-sizes", "2", "--output", str(workdir / "adapt"), "--smart", "off",
+                              "--adv-weight", "5", "--seeds", "1,1"], capsys)
+    assert_one_line(code, err, "--seeds: 1 is given twice")
+    assert any("--adv-weight does nothing" in record.getMessage() for record in caplog.records)
 
 
 @pytest.mark.parametrize("layers, expected", [("3", ["has 2 layers", "valid: 1 to 2"]), ("0", ["must be >= 1"])])

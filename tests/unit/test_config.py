@@ -391,3 +391,121 @@ def test_from_mapping_accepts_an_instance_and_none():
 def test_a_bare_on_for_a_mode_says_to_quote_it():
     with pytest.raises(ConfigError, match="YAML reads a bare on/yes/true as true: quote the word"):
         parse_train_config({"smart": {"mode": True}}, WHERE)
+
+
+# ----------------------------------------------------------------------------- defaults and ranges
+
+
+def test_the_paper_preset_is_the_whole_paper_recipe():
+    """docs/smart.md: the preset is 'absolute ε, β = 0.99 for the first 10% of updates then
+    0.999, no horizon cap, no μ ramp', not only its weights and radii."""
+    cfg = parse_smart({"preset": "paper"}, "x.smart")
+    assert cfg.relative_to_embedding_norm is False
+    assert cfg.teacher_horizon_fraction is None
+    assert cfg.prox_warmup_fraction == 0.0
+    assert cfg.teacher_early_fraction == 0.1
+    assert cfg.mode == "off"  # the preset never switches SMART on by itself
+    assert set(config.SMART_PRESETS["paper"]) | {"mode", "same_dropout_masks", "memory_efficient"} == \
+        {f.name for f in dataclasses.fields(SmartConfig)}
+
+
+def test_the_defaults_are_the_documented_ones():
+    """docs/task-definitions.md ('Training settings') and docs/smart.md ('Defaults'): a
+    changed default changes every run that relies on it."""
+    train = TrainConfig()
+    assert (train.encoder, train.pooling, train.batch_size, train.eval_batch_size, train.epochs,
+            train.max_steps, train.grad_accum_steps, train.seed, train.eval_every, train.log_every,
+            train.select_metric, train.patience, train.length_grouped, train.precision,
+            train.eval_teacher, train.save_checkpoints, train.keep_last, train.trust_remote_code,
+            train.gradient_checkpointing) == (
+        "sentence-transformers/all-MiniLM-L6-v2", "mean", 32, 64, 3.0, None, 1, 1, 0, 10,
+        "average", None, True, "fp32", True, True, 1, False, False)
+    assert OptimConfig() == OptimConfig(lr=5e-5, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8,
+                                        warmup_fraction=0.1, schedule="linear", max_grad_norm=1.0,
+                                        layer_decay=1.0, head_lr_scale=1.0, fused=True)
+    assert SamplerConfig() == SamplerConfig(name="proportional", temperature=2.0, anneal_final_alpha=0.0)
+    assert SmartConfig() == SmartConfig(
+        mode="off", adv_weight=0.3, prox_weight=0.3, epsilon=0.01, noise_std=5e-4, step_size=1.0,
+        num_steps=1, norm="l2", relative_to_embedding_norm=True, teacher_beta=0.999,
+        teacher_beta_early=0.99, teacher_early_fraction=0.1, teacher_horizon_fraction=0.1,
+        prox_warmup_fraction=0.1, memory_efficient=False, same_dropout_masks=False)
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"_comment": "x"}, "'_comment'"),
+    ({"optim": {"_lr": 1}}, "'_lr'"),
+    ({"sampler": {"_name": "uniform"}}, "'_name'"),
+    ({"smart": {"_mode": "full"}}, "'_mode'"),
+    ({"Seed": 2}, "'Seed'"),
+])
+def test_any_unknown_key_is_refused_at_every_level(data, key):
+    """Not only near-miss spellings: any key the schema lacks."""
+    with pytest.raises(ConfigError, match="unknown key") as err:
+        parse_train_config(data, WHERE)
+    assert key in str(err.value)
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"smart": {"prox_warmup_fraction": -0.1}}, "smart.prox_warmup_fraction"),
+    ({"smart": {"teacher_early_fraction": 1.5}}, "smart.teacher_early_fraction"),
+    ({"smart": {"teacher_beta_early": -0.1}}, "smart.teacher_beta_early"),
+    ({"smart": {"teacher_horizon_fraction": 0}}, "smart.teacher_horizon_fraction"),
+    ({"smart": {"teacher_horizon_fraction": 1.5}}, "smart.teacher_horizon_fraction"),
+    ({"keep_last": 0}, "keep_last"),
+    ({"eval_batch_size": 0}, "eval_batch_size"),
+    ({"grad_accum_steps": 0}, "grad_accum_steps"),
+    ({"log_every": 0}, "log_every"),
+    ({"seed": 2 ** 32}, "seed"),  # numpy takes at most 2**32 - 1
+    ({"encoder_dropout": 1.0}, "encoder_dropout"),  # every activation dropped
+    ({"encoder_dropout": -0.1}, "encoder_dropout"),
+    ({"optim": {"weight_decay": -0.5}}, "optim.weight_decay"),
+    ({"optim": {"warmup_fraction": -0.1}}, "optim.warmup_fraction"),
+    ({"optim": {"betas": [-0.1, 0.9]}}, "optim.betas"),
+    ({"smart": {"adv_weight": -1}}, "smart.adv_weight"),
+    ({"smart": {"prox_weight": -1}}, "smart.prox_weight"),
+])
+def test_more_out_of_range_values_are_rejected(data, key):
+    with pytest.raises(ConfigError) as err:
+        parse_train_config(data, WHERE)
+    assert f"{WHERE}.{key}" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("data", [
+    {"smart": {"teacher_beta": 1.0, "teacher_beta_early": 0.0}},  # the closed ends of [0, 1]
+    {"smart": {"teacher_early_fraction": 1.0}},
+    {"smart": {"teacher_horizon_fraction": 1.0}},
+    {"smart": {"prox_warmup_fraction": 0.0, "adv_weight": 0, "prox_weight": 0, "epsilon": 0}},
+    {"seed": 0}, {"seed": 2 ** 32 - 1},
+    {"optim": {"weight_decay": 0, "warmup_fraction": 0, "layer_decay": 1.0, "betas": [0, 0.999]}},
+    {"encoder_dropout": 0.0},
+    {"keep_last": 1, "eval_batch_size": 1, "patience": 1, "num_threads": 1, "num_hidden_layers": 1},
+])
+def test_values_on_the_edge_of_their_range_are_accepted(data):
+    """The documented ranges are closed where they say so: an off-by-one in a bound would
+    refuse a valid setting."""
+    parse_train_config(data, WHERE)
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
+    """YAML keeps the last of two equal keys silently."""
+    path = tmp_path / "t.yaml"
+    path.write_text("training:\n  seed: 1\n  batch_size: 8\n  seed: 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_yaml(str(path))
+    assert str(path) in str(err.value) and "duplicate key 'seed'" in str(err.value)
+    assert "line 4" in str(err.value)
+
+
+def test_invalid_yaml_names_the_exact_line(tmp_path):
+    """The line PyYAML marks, not one beside it (1-based, as editors count)."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("training:\n  seed: 1\n  batch_size: 8\n  lr: [1\n  optim: 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_yaml(str(path))
+    line = int(re.search(r"line (\d+)", str(err.value)).group(1))
+    # PyYAML marks where it found the problem: the ',' or ']' it expected, on line 5
+    assert line == 5, str(err.value)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("a: 1\nb: 2\na: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"dup.yaml: line 3: "):
+        load_yaml(str(dup))

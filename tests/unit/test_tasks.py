@@ -4,6 +4,7 @@ task and the field."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from mtsmart.errors import ConfigError
 from mtsmart.tasks import (
     FileSource,
     HubSource,
+    check_same_head,
     load_task_file,
     parse_task,
     resolve_data_dir,
@@ -347,3 +349,75 @@ def test_task_key_mistakes_name_the_likely_fix(changes, message):
         raw.pop("labels")
     with pytest.raises(ConfigError, match=message):
         parse_task("x", raw, FILE)
+
+
+def test_every_smart_key_but_the_teachers_may_be_set_per_task():
+    """docs/smart.md: 'The four teacher settings are run-wide ... Every other key may also be
+    set per task.'"""
+    base = SmartConfig(mode="full")
+    for f in dataclasses.fields(SmartConfig):
+        if f.name.startswith("teacher_"):
+            continue
+        value = getattr(base, f.name)
+        other = {"mode": "bregman", "norm": "inf"}.get(f.name)
+        if other is None:
+            other = (not value) if isinstance(value, bool) else value + 1
+        task = parse_task("rte", {**CLS, "smart": {f.name: other}}, FILE)
+        assert getattr(task.smart_config(base), f.name) == other, f.name
+
+
+@pytest.mark.parametrize("key, value", [
+    ("loss_weight", 0.25), ("sampling_weight", 3.0), ("head_dropout", 0.0), ("max_length", 64),
+    ("train_split", "dev"), ("eval_split", "train"), ("main_metric", "f1"),
+])
+def test_every_task_setting_given_is_the_one_used(key, value):
+    """A task key that is accepted but not read would silently do nothing."""
+    raw = {**CLS, "metrics": ["accuracy", "f1"], key: value}
+    assert getattr(parse_task("rte", raw, FILE), key) == value
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"loss_weight": -1}, "loss_weight"),
+    ({"head_dropout": -0.1}, "'head_dropout'"),
+    ({"max_length": 7}, "'max_length'"),
+])
+def test_more_bad_task_numbers_name_file_task_and_field(changes, field):
+    with pytest.raises(ConfigError) as err:
+        parse_task("rte", {**CLS, **changes}, FILE)
+    msg = str(err.value)
+    assert FILE in msg and "'rte'" in msg and field in msg and "\n" not in msg
+    parse_task("rte", {**CLS, "max_length": 8, "loss_weight": 0, "head_dropout": 0}, FILE)  # the edges are valid
+
+
+@pytest.mark.parametrize("name", ["Rte", "RTE", "rte2B"])
+def test_a_task_name_with_upper_case_is_refused(name):
+    """docs/task-definitions.md: names are lower case. The existing test's 'RTE task' is
+    refused for its space alone."""
+    with pytest.raises(ConfigError, match="lower-case"):
+        parse_task(name, CLS, FILE)
+
+
+def test_the_environment_wins_over_the_files_data_dir(tmp_path, monkeypatch):
+    """docs: --data-dir, else $MTSMART_DATA_DIR, else the file's data_dir, else its folder.
+    The existing test uses a file without data_dir."""
+    path = tmp_path / "tasks.yaml"
+    path.write_text(yaml.safe_dump({"tasks": {"rte": CLS}, "data_dir": "mine"}), encoding="utf-8")
+    task_file = load_task_file(str(path))
+    monkeypatch.delenv("MTSMART_DATA_DIR", raising=False)
+    assert resolve_data_dir(None, task_file) == str(tmp_path / "mine")
+    monkeypatch.setenv("MTSMART_DATA_DIR", "/env")
+    assert resolve_data_dir(None, task_file) == "/env"
+    assert resolve_data_dir("/cli", task_file) == "/cli"
+
+
+def test_a_head_is_reused_only_with_the_same_type_and_labels_in_order():
+    """"""
+    trained = parse_task("rte", CLS, FILE)
+    check_same_head(parse_task("rte", {**CLS, "max_length": 64}, "other.yaml"), trained, "ckpt")
+    flipped = parse_task("rte", {**CLS, "labels": ["not_entailment", "entailment"]}, "other.yaml")
+    with pytest.raises(ConfigError, match="differs from the labels"):
+        check_same_head(flipped, trained, "ckpt")
+    regression = parse_task("rte", {**{k: v for k, v in CLS.items() if k not in ("label_field", "labels")},
+                                    "type": "regression", "target_field": "label"}, "other.yaml")
+    with pytest.raises(ConfigError, match="was trained as 'classification'"):
+        check_same_head(regression, parse_task("rte", {**CLS, "labels": ["a", "b"]}, FILE), "ckpt")
