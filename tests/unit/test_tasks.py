@@ -391,15 +391,14 @@ def test_more_bad_task_numbers_name_file_task_and_field(changes, field):
 
 @pytest.mark.parametrize("name", ["Rte", "RTE", "rte2B"])
 def test_a_task_name_with_upper_case_is_refused(name):
-    """docs/task-definitions.md: names are lower case. The existing test's 'RTE task' is
-    refused for its space alone."""
+    """docs/task-definitions.md: names are lower case (upper case alone, without a space)."""
     with pytest.raises(ConfigError, match="lower-case"):
         parse_task(name, CLS, FILE)
 
 
 def test_the_environment_wins_over_the_files_data_dir(tmp_path, monkeypatch):
-    """docs: --data-dir, else $MTSMART_DATA_DIR, else the file's data_dir, else its folder.
-    The existing test uses a file without data_dir."""
+    """docs: --data-dir, else $MTSMART_DATA_DIR, else the file's data_dir, else its folder;
+    here with a file that names a data_dir."""
     path = tmp_path / "tasks.yaml"
     path.write_text(yaml.safe_dump({"tasks": {"rte": CLS}, "data_dir": "mine"}), encoding="utf-8")
     task_file = load_task_file(str(path))
