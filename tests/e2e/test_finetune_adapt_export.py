@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -494,3 +495,76 @@ def test_finetune_settings_are_the_checkpoints_then_the_task_defs_then_the_comma
                      "training.encoder=/elsewhere"]) == 2  # refused after the notes: the folder is not empty
     assert any("training.encoder=/elsewhere does nothing: the encoder comes from the checkpoint" in r.getMessage()
                for r in caplog.records)
+
+
+# ------------------------------------------------------------------ adapt
+def test_a_fraction_below_one_example_of_the_reference_still_trains_on_one():
+    """0.001 of a reference of 100 is one example, not none."""
+    from mtsmart.adaptation import resolve_sizes
+
+    assert resolve_sizes(["0.001", "0.5"], reference_size=100, pool_size=60) == [("0.001", 1), ("0.5", 50)]
+
+
+def test_adapt_trains_each_seed_on_its_own_stratified_subset_for_its_planned_steps(tmp_path, tiny_model_dir, monkeypatch):
+    """What each run trains on and for how long: its own subset per seed (the trainer reads
+    only those rows), stratified by label, for ceil(epochs × batches) updates raised to
+    --min-steps. results.csv's columns alone would not show any of it."""
+    import mtsmart.train as train_module
+    from mtsmart.adaptation import StartPoint, run_adaptation
+    from mtsmart.tasks import load_task_file
+
+    (tmp_path / "data").mkdir()
+    loaded = load_task_file(str(write_new_domain(tmp_path)))  # 60 pairs, labels ent:neu 2:1
+    task = loaded.tasks["domain"]
+    runs = []
+
+    class Spy(train_module.Trainer):
+        def train(self):
+            name = next(iter(self.tasks))
+            runs.append({"n": len(self.train_indices[name]), "seed": self.cfg.seed, "steps": self.plan.total_updates,
+                         "indices": sorted(self.train_indices[name].tolist()),
+                         "trained_on": len(self.train_splits[name])})
+            return super().train()
+
+    monkeypatch.setattr(train_module, "Trainer", Spy)
+    cfg = replace(loaded.training, encoder=str(tiny_model_dir), num_threads=1, batch_size=4, epochs=1.5)
+    rows = run_adaptation([StartPoint("raw", str(tiny_model_dir))], task, cfg, loaded.data_dir, ["9", "30"], [1, 2],
+                          str(tmp_path / "adapt"), min_steps=6, show_progress=False, cache_dir=str(tmp_path / "cache"))
+    # 9 examples in batches of 4: 3 batches an epoch, 1.5 epochs = 5 updates, raised to --min-steps 6;
+    # 30 examples: 8 batches an epoch, 12 updates
+    assert [(r["n_train"], r["seed"], r["steps"]) for r in rows] == [(9, 1, 6), (9, 2, 6), (30, 1, 12), (30, 2, 12)]
+    assert [run["steps"] for run in runs] == [6, 6, 12, 12]
+    targets = np.array([["ent", "neu"][i % 3 == 0] for i in range(60)])
+    for run in runs:
+        assert run["trained_on"] == run["n"] == len(set(run["indices"]))
+        counts = {label: int((targets[run["indices"]] == label).sum()) for label in ("ent", "neu")}
+        assert counts == ({"ent": 6, "neu": 3} if run["n"] == 9 else {"ent": 20, "neu": 10}), counts
+    assert runs[0]["indices"] != runs[1]["indices"] and runs[2]["indices"] != runs[3]["indices"]
+
+
+# ------------------------------------------------------------------ export
+def test_export_config_carries_the_heads_labels_dropout_problem_type_and_length(tmp_path, tiny_model_dir, monkeypatch):
+    """The exported config carries the labels, the problem type, the task's head_dropout as
+    classifier_dropout (BERT's None would fine-tune the export with hidden_dropout_prob)
+    and the task's max_length as the tokenizer's limit (so pipeline(truncation=True) cuts
+    where mtsmart did)."""
+    import json
+
+    from mtsmart.cli import main
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    task_file.write_text(task_file.read_text().replace("max_length: 32", "max_length: 32\n    head_dropout: 0.25", 1))
+    run = tmp_path / "mt"
+    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(run),
+                 "--max-steps", "2", "--quiet", "--pooling", "pooler"]) == 0
+    assert main(["export", str(run / "best"), "--task", "pairs", "--out", str(tmp_path / "pairs")]) == 0
+    assert main(["export", str(run / "best"), "--task", "score", "--out", str(tmp_path / "score")]) == 0
+    pairs = json.loads((tmp_path / "pairs" / "config.json").read_text())
+    score = json.loads((tmp_path / "score" / "config.json").read_text())
+    tokenizer = json.loads((tmp_path / "pairs" / "tokenizer_config.json").read_text())
+    assert pairs["id2label"] == {"0": "no", "1": "yes"} and pairs["label2id"] == {"no": 0, "yes": 1}
+    assert pairs["problem_type"] == "single_label_classification" and score["problem_type"] == "regression"
+    assert score["id2label"] == {"0": "score"}
+    assert tokenizer["model_max_length"] == 32
+    assert pairs["classifier_dropout"] == pytest.approx(0.25)

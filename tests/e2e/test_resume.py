@@ -311,3 +311,23 @@ def test_a_second_process_cannot_train_into_a_run_folder_in_use(tmp_path, tiny_m
     assert (out / "metrics.jsonl").read_text() == before
     held.close()
     assert main(argv + ["--resume"]) == 0
+
+
+# ------------------------------------------------------------------ TensorBoard file order on resume
+def test_a_resumed_logger_starts_its_event_file_in_a_later_second(tmp_path):
+    """TensorBoard reads event files in name order, which starts with the creation second:
+    a resume's file (which purges the steps after the checkpoint) must sort after the
+    interrupted run's, even when the resume comes within the same second."""
+    import socket
+    import time
+
+    from mtsmart.metric_logging import MetricLogger
+
+    log_dir = tmp_path / "tensorboard"
+    log_dir.mkdir()
+    now = int(time.time())
+    (log_dir / f"events.out.tfevents.{now}.{socket.gethostname()}.1.0").write_bytes(b"")
+    logger = MetricLogger(str(log_dir), purge_step=5)
+    logger.close()
+    seconds = sorted(int(p.name.split(".")[3]) for p in log_dir.glob("events.out.tfevents.*"))
+    assert len(seconds) == 2 and seconds[1] > now
