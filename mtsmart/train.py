@@ -33,7 +33,7 @@ from mtsmart.checkpoint import (ENCODER_DIR, TRAINING_FILE, encoder_source_probl
 from mtsmart.config import (RUN_ONLY_SETTINGS, TrainConfig, differences, flatten_settings, from_mapping,
                             load_yaml, to_plain)
 from mtsmart.cpu_allocator import keep_freed_memory
-from mtsmart.data import TaskStream, default_cache_dir, load_tokenized
+from mtsmart.data import TaskStream, collate, default_cache_dir, load_tokenized
 from mtsmart.distributed import Replicas
 from mtsmart.ema import MeanTeacher
 from mtsmart.errors import CheckpointError, ConfigError
@@ -206,6 +206,7 @@ class Trainer:
             torch.manual_seed(self._replica_seed())
         self.side_stream = SideStream(self._replica_seed() + SIDE_STREAM_SEED_OFFSET, self.device)
         self._setup_data()
+        self._check_precision()
         self._setup_plan()
         self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
         if self.autocast_dtype is not None and self.uses_adversarial_term:
@@ -219,6 +220,28 @@ class Trainer:
             saved = load_trainer_state_json(resume_checkpoint(self.output_dir)).get("perturbation_scales", {})
             self.perturbation_scales.update({k: v for k, v in saved.items() if k in self.perturbation_scales})
         self.prepared = True
+
+    def _check_precision(self) -> None:
+        """One forward of two training examples under the run's autocast, before anything
+        trains: an encoder that fails there (transformers' DeBERTa v1 under bf16 overflows
+        its attention-mask fill) stopped the run with a traceback at its first batch or,
+        where SMART's batches run in float32, at the first evaluation, before any checkpoint."""
+        if self.autocast_dtype is None:
+            return
+        name = next(iter(self.tasks))
+        split = self.train_splits[name]
+        batch = collate(split, list(range(min(2, len(split)))), self.pad_token_id)
+        was_training = self.model.training
+        self.model.eval()  # no dropout draws: the run's random stream is untouched
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                self.model.forward_batch(name, {k: v.to(self.device) for k, v in batch.items()})
+        except RuntimeError as err:
+            first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise ConfigError(f"training.precision: {self.cfg.precision} fails in the encoder's forward "
+                              f"({type(self.model.encoder).__name__}: {first}); use fp32") from None
+        finally:
+            self.model.train(was_training)
 
     def _setup_model_and_tokenizer(self) -> None:
         cfg = self.cfg

@@ -11,7 +11,8 @@ from mtsmart.ema import MeanTeacher
 from mtsmart.model import MultiTaskModel
 from mtsmart.objective import batch_objective
 from mtsmart.task_types import get_task_type
-from tiny_tasks import train_tiny_run
+from conftest import tensorboard_scalars
+from tiny_tasks import train_tiny_run, write_tiny_tasks
 
 
 def test_bf16_smart_training_on_cpu(tmp_path, tiny_model_dir, monkeypatch):
@@ -60,3 +61,51 @@ def test_batches_with_the_adversarial_term_run_in_float32_under_bf16(tmp_path, t
     assert {task for task, _, _ in seen} == {"pairs", "score"}
     assert all(autocast == (not adversarial) for _, adversarial, autocast in seen)
     assert any("batches with SMART's adversarial term run in float32" in r.getMessage() for r in caplog.records)
+
+
+def test_an_encoder_that_fails_under_autocast_is_refused_before_anything_runs(tmp_path, tiny_model_dir,
+                                                                              monkeypatch, capsys):
+    """transformers' DeBERTa v1 overflows under bf16 autocast (its attention-mask fill):
+    the run died with a traceback at its first batch, or, with SMART's float32 batches, at
+    the first evaluation before any checkpoint. Here BERT is made to fail the same way."""
+    from transformers import BertModel
+
+    from mtsmart.cli import main
+
+    forward = BertModel.forward
+
+    def fails_under_autocast(self, *args, **kwargs):
+        if torch.is_autocast_enabled("cpu"):
+            raise RuntimeError("value cannot be converted to type c10::BFloat16 without overflow")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", fails_under_autocast)
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    for flags in (["--dry-run"], ["--smart", "full"], []):
+        code = main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(tmp_path / "run"),
+                     "--max-steps", "2", "--quiet", "--precision", "bf16", *flags])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "training.precision: bf16 fails in the encoder's forward (BertModel: value cannot" in err
+        assert "use fp32" in err
+        assert not (tmp_path / "run").exists()
+
+
+def test_the_precision_check_leaves_the_run_as_it_was(tmp_path, tiny_model_dir, monkeypatch):
+    """The check's forward runs in eval mode: it draws no random numbers, so a bf16 run's
+    losses and weights are those of the same run without it."""
+    from mtsmart.train import Trainer
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    _, checked = train_tiny_run(tmp_path, tiny_model_dir, "checked", "--precision", "bf16", "log_every=1")
+    monkeypatch.setattr(Trainer, "_check_precision", lambda self: None)
+    _, unchecked = train_tiny_run(tmp_path, tiny_model_dir, "unchecked", "--precision", "bf16", "log_every=1")
+    ours, theirs = tensorboard_scalars(checked), tensorboard_scalars(unchecked)
+    assert ours["train/grad_norm"] and ours.keys() == theirs.keys()
+    assert all(ours[tag] == theirs[tag] for tag in ours if tag.startswith(("train/", "dev/")))
+    from safetensors.torch import load_file
+
+    for name in ("encoder/model.safetensors", "heads.safetensors"):
+        ours, theirs = load_file(str(checked / "last" / name)), load_file(str(unchecked / "last" / name))
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
