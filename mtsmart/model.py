@@ -164,7 +164,10 @@ class MultiTaskModel(nn.Module):
             raise ConfigError(f"training.pooling: 'pooler', but the encoder ({type(encoder).__name__}) "
                               "has no pooler (valid here: cls, mean)")
         self.pooling = pooling
-        self.encoder = encoder
+        # Weights train in float32 whatever dtype the encoder was saved in: transformers 5
+        # loads a float16 / bfloat16 checkpoint as such, and its outputs then met the float32
+        # heads with a dtype error (mixed precision is autocast's job, training.precision).
+        self.encoder = encoder.float()
         self.heads = nn.ModuleDict()
         for name, (size, dropout) in head_specs.items():
             self.add_head(name, size, dropout)

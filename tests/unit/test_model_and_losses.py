@@ -421,3 +421,25 @@ def test_position_limit_is_the_longest_input_the_encoder_takes(family, extra, li
     tokenizer.model_max_length = 32  # a tokenizer's own lower limit stays
     fit_tokenizer_to_positions(tokenizer, encoder)
     assert tokenizer.model_max_length == 32
+
+
+@pytest.mark.parametrize("saved_dtype", [torch.float16, torch.bfloat16])
+def test_an_encoder_saved_in_half_precision_trains_in_float32(tiny_model_dir, tmp_path, saved_dtype):
+    """transformers 5 loads a checkpoint in the dtype it was saved in (many hub encoders
+    are float16 or bfloat16): its outputs met the float32 heads with a dtype error, and
+    AdamW would have stepped half-precision weights."""
+    import shutil
+
+    from transformers import AutoModel
+
+    directory = tmp_path / "half"
+    shutil.copytree(tiny_model_dir, directory)
+    AutoModel.from_pretrained(str(tiny_model_dir)).to(saved_dtype).save_pretrained(directory)
+    model = MultiTaskModel.from_pretrained(str(directory), TASKS)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    reference = MultiTaskModel.from_pretrained(str(tiny_model_dir), TASKS)
+    for (name, ours), theirs in zip(model.encoder.state_dict().items(), reference.encoder.state_dict().values()):
+        if ours.is_floating_point():  # the saved weights, upcast exactly
+            torch.testing.assert_close(ours, theirs.to(saved_dtype).float(), rtol=0, atol=0, msg=name)
+    model.eval()
+    assert model.forward_batch("nli", make_batch(model)).dtype == torch.float32
