@@ -504,12 +504,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _main(argv: Optional[Sequence[str]]) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # under torchrun every process finds the same notes: the first one says them
+def configure_logging() -> None:
+    """Warnings print as ``mtsmart: note:`` lines; under torchrun every process finds the
+    same notes, so the first one says them. huggingface_hub prints its own warnings (a
+    hub that cannot be reached retries five times) through a handler of its own (or
+    Python's last resort, without one): passed on to ours as well, each was printed
+    twice, the copy posing as a note of mtsmart's."""
     is_first_process = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(format="mtsmart: note: %(message)s",
                         level=logging.WARNING if is_first_process else logging.ERROR)
+    logging.getLogger("huggingface_hub").propagate = False
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    configure_logging()
     parser = build_parser()
     args = parse_args(parser, argv)
     args.command_line = ["mtsmart", *(sys.argv[1:] if argv is None else argv)]  # kept in run.json

@@ -483,3 +483,17 @@ def test_task_settings_that_train_nothing_or_score_twice(workdir, tiny_model_dir
     task_file = write(workdir, task_yaml(**changes))
     code, err = run_main(argv(workdir, task_file, tiny_model_dir), capsys)
     assert_one_line(code, err, *says)
+
+
+def test_a_warning_of_huggingface_hub_prints_once_and_not_as_a_note_of_mtsmart():
+    """An unreachable hub retries five times, each retry a warning through huggingface_hub's
+    own handler; passed on to mtsmart's as well, each printed twice, once as a 'note'."""
+    code = ("import logging; from mtsmart.cli import configure_logging; configure_logging(); "
+            "import huggingface_hub.utils._http; "
+            "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].'); "
+            "logging.getLogger('mtsmart').warning('a note')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert [line for line in lines if "Retrying" in line] == ["Retrying in 1s [Retry 1/5]."], lines
+    assert lines.count("mtsmart: note: a note") == 1, lines
