@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from dataclasses import replace
@@ -369,7 +370,6 @@ def test_finetune_applies_the_tasks_head_dropout_to_a_loaded_head(mt_checkpoint,
     out = tmp_path / "ft"
     assert main(["finetune", str(ckpt), "--task", "pairs", "--output", str(out), "--max-steps", "1",
                  "tasks.pairs.head_dropout=0.3", "--quiet"]) == 0
-    import json
 
     assert json.loads((out / "best" / "meta.json").read_text())["heads"]["pairs"] == [2, 0.3]
 
@@ -548,7 +548,6 @@ def test_export_config_carries_the_heads_labels_dropout_problem_type_and_length(
     classifier_dropout (BERT's None would fine-tune the export with hidden_dropout_prob)
     and the task's max_length as the tokenizer's limit (so pipeline(truncation=True) cuts
     where mtsmart did)."""
-    import json
 
     from mtsmart.cli import main
 
@@ -568,3 +567,23 @@ def test_export_config_carries_the_heads_labels_dropout_problem_type_and_length(
     assert score["id2label"] == {"0": "score"}
     assert tokenizer["model_max_length"] == 32
     assert pairs["classifier_dropout"] == pytest.approx(0.25)
+
+
+def test_a_run_started_from_a_checkpoint_records_the_fingerprint_of_its_encoder(tmp_path, tiny_model_dir, monkeypatch):
+    """run.json names which encoder weights a fine-tuning run started from: the
+    checkpoint's encoder/ folder, whose fingerprint is comparable with that of the encoder
+    a run from scratch records, not the checkpoint folder's heads."""
+    from mtsmart.checkpoint import load_checkpoint
+    from mtsmart.provenance import encoder_fingerprint
+    from mtsmart.train import Trainer
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file, out = train_tiny_run(tmp_path, tiny_model_dir, "mt", "--pooling", "pooler")
+    ckpt = out / "best"
+    loaded = load_checkpoint(str(ckpt))
+    trainer = Trainer(loaded.tasks, loaded.training, str(tmp_path / "data"), str(tmp_path / "ft"),
+                      init_from=str(ckpt), show_progress=False)
+    trainer.setup()
+    trainer.cleanup()
+    (session,) = json.loads((tmp_path / "ft" / "run.json").read_text())["sessions"]
+    assert session["encoder"] == {"source": str(ckpt), "fingerprint": encoder_fingerprint(str(ckpt / "encoder"))}

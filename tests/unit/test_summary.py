@@ -154,3 +154,13 @@ def test_runs_are_found_at_any_depth_and_a_folder_without_runs_says_so(tmp_path,
     assert main(["summarize", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "empty: no finished run in it or in its sub-folders" in err
+
+
+def test_a_multi_task_run_is_not_another_seed_of_single_task_runs(tmp_path):
+    """A run that trained rte and cola together is another recipe than single-task runs of
+    the same settings: pooled, its seed would pass for a seed of the single-task recipe."""
+    runs = [write_run(tmp_path / "mt", 1, {"rte": 0.70, "cola": 0.40}),
+            write_run(tmp_path / "rte", 2, {"rte": 0.60}), write_run(tmp_path / "cola", 2, {"cola": 0.30})]
+    table = rows(summarize([read_run(str(p)) for p in runs]))
+    assert len(table) == 2, table
+    assert sorted(cells[0] for cells in table.values()) == ["1", "2"]
