@@ -137,6 +137,8 @@ def test_best_is_the_evaluation_with_the_highest_selection_score(tmp_path, no_dr
     trainer, summary = _train(tasks, training, data_dir, tmp_path / "run", max_steps=5, eval_every=1)
     meta = json.loads((tmp_path / "run" / "best" / "meta.json").read_text())
     assert (meta["global_step"], meta["selection_score"]) == (4, 0.9)
+    last = json.loads((tmp_path / "run" / "last" / "meta.json").read_text())
+    assert (last["global_step"], last["selection_score"]) == (5, 0.8)  # its own score, not the best so far
     assert (trainer.best_step, trainer.best_score, trainer.evals_since_best) == (4, 0.9, 1)
     assert (summary["best"]["global_step"], summary["last"]["global_step"]) == (4, 5)
     records = {r["global_step"]: r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())}
