@@ -154,6 +154,9 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
                        # sort_keys orders the heads mapping; the model's own order (which a
                        # resumed optimizer state follows, parameter by parameter) is this list
                        "head_order": list(model.heads),
+                       # what load_checkpoint checks: without tokenizer.json, a tokenizer_config.json
+                       # alone builds a tokenizer of special tokens, and every word is unknown
+                       "encoder_files": sorted(os.listdir(encoder_dir)),
                        "pooling": model.pooling, "written_by": software_versions(), **meta}, handle,
                       indent=2, sort_keys=True)
         share_like_other_files(tmp)
@@ -375,6 +378,10 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
                                                  for name in os.listdir(encoder_dir)):
         # transformers would build a tokenizer of special tokens only, and every word be unknown
         raise CheckpointError(f"{encoder_dir}: no tokenizer files (tokenizer.json, vocab.txt, ...); the "
+                              "checkpoint is incomplete, copy it again or use another one")
+    missing = [name for name in meta.get("encoder_files", ()) if not os.path.exists(os.path.join(encoder_dir, name))]
+    if missing:  # checkpoints before the list was kept are checked by the test above only
+        raise CheckpointError(f"{encoder_dir}: {missing[0]} is missing (written with the checkpoint); the "
                               "checkpoint is incomplete, copy it again or use another one")
     with reading(encoder_dir), quiet_transformers():
         encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)

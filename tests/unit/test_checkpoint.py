@@ -116,3 +116,14 @@ def test_a_signal_handler_installed_outside_python_is_left_alone(tmp_path, tiny_
     finally:
         real_signal(signal.SIGTERM, previous)
     assert set(read_meta(str(tmp_path / "ckpt"))["heads"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize("lost", ["tokenizer.json", "config.json"])
+def test_a_checkpoint_copied_without_an_encoder_file_is_refused_naming_it(tmp_path, tiny_model_dir, lost):
+    """Without tokenizer.json, tokenizer_config.json alone built a tokenizer of special
+    tokens: every word unknown, and evaluate, predict and export ran on with wrong scores."""
+    path, _ = saved(tmp_path, tiny_model_dir, {"t": (2, 0.1)})
+    (path / "encoder" / lost).unlink()
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(path))
+    assert f"{lost} is missing" in str(err.value) and "copy it again" in str(err.value)
