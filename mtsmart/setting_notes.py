@@ -32,15 +32,25 @@ def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overr
                          from_checkpoint: bool = False) -> None:
     """Log a note for each command-line setting ``tasks`` and ``training`` leave unused.
     ``from_checkpoint``: the encoder comes from a checkpoint (finetune)."""
+    # A --config that holds a run's whole training.yaml (README: run it again) lists every
+    # default as well; a default set to itself is no setting of the user's to note.
+    overrides = [(path, value, text) for path, value, text in overrides
+                 if not (text.startswith("--config") and _is_default(path, value))]
     notes = _shadowed_by_a_task(tasks, training, overrides) + _switched_off(tasks, training, overrides)
     keys = {tuple(path): text for path, _, text in overrides}
     cleared = [text for path, value, text in overrides
                if path == ["training", "max_steps"] and value is not None and training.max_steps is None]
     if cleared:
         notes.append(f"{cleared[-1]} does nothing: --epochs sets the run's length ({training.epochs:g} epochs)")
-    if ("training", "epochs") in keys and ("training", "max_steps") in keys and training.max_steps:
-        notes.append(f"{keys['training', 'epochs']} does nothing: {keys['training', 'max_steps']} "
-                     f"sets the run's length ({training.max_steps} update{'' if training.max_steps == 1 else 's'})")
+    if ("training", "epochs") in keys and training.max_steps:
+        updates = f"{training.max_steps} update{'' if training.max_steps == 1 else 's'}"
+        if ("training", "max_steps") in keys:
+            epochs, max_steps = (_named(key, keys["training", key]) for key in ("epochs", "max_steps"))
+            notes.append(f"{epochs} does nothing: {max_steps} sets the run's length ({updates})")
+        else:  # epochs=N leaves max_steps as it was; the --epochs flag clears it
+            notes.append(f"{keys['training', 'epochs']} does nothing: training.max_steps sets the run's "
+                         f"length ({updates}); --epochs clears it")
+    notes += _given_twice(overrides)
     for key, sampler in (("temperature", "temperature"), ("anneal_final_alpha", "annealed")):
         if ("training", "sampler", key) in keys and training.sampler.name != sampler:
             notes.append(f"{keys['training', 'sampler', key]} does nothing: the {training.sampler.name} "
@@ -51,6 +61,31 @@ def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overr
         notes.append(f"{keys['training', 'encoder']} does nothing: the encoder comes from the checkpoint")
     for note in dict.fromkeys(notes):  # once each, in order
         logger.warning(note)
+
+
+def _named(key: str, text: str) -> str:
+    """A training key as the note names it: a --config file sets many, so the key too."""
+    return f"training.{key} in {text}" if text.startswith("--config") else text
+
+
+def _is_default(path: list[str], value: Any) -> bool:
+    node: Any = TrainConfig()
+    for key in path[1:] if path[:1] == ["training"] else [None]:
+        node = getattr(node, key, _MISSING) if key is not None else _MISSING
+    return node is not _MISSING and (node == value or (isinstance(node, tuple) and list(node) == value))
+
+
+_MISSING = object()
+
+
+def _given_twice(given: list[Override]) -> list[str]:
+    """A key typed twice on the command line (a flag and KEY=VALUE, or two KEY=VALUE): the
+    later one wins, flags last. --config and --smart-preset are layers under them by design."""
+    typed = [(tuple(path), text) for path, _, text in given
+             if not text.startswith(("--config", "--smart-preset")) and not (text == "--epochs" and path[-1] == "max_steps")]
+    winner = dict(typed)
+    return [f"{text} does nothing: {winner[path]} sets {'.'.join(path)} too, and wins"
+            for path, text in typed if winner[path] != text]
 
 
 def _shadowed_by_a_task(tasks: dict[str, TaskDef], training: TrainConfig, given: list[Override]) -> list[str]:

@@ -38,6 +38,10 @@ def notes(tmp_path, caplog, *flags: str, command: str = "train", edit=None) -> l
     (["--epochs", "5", "--max-steps", "3"], "--epochs does nothing: --max-steps sets the run's length (3 updates)"),
     (["training.sampler.temperature=7"], "the proportional sampler does not read training.sampler.temperature"),
     (["--keep-last", "3", "training.save_checkpoints=false"], "--keep-last does nothing"),
+    (["--lr", "7e-5", "training.optim.lr=9e-5"],
+     "training.optim.lr=9e-5 does nothing: --lr sets training.optim.lr too, and wins"),
+    (["seed=7", "--batch-size", "4", "seed=8"], "seed=7 does nothing: seed=8 sets training.seed too, and wins"),
+    (["epochs=2"], "epochs=2 does nothing: training.max_steps sets the run's length (6 updates); --epochs clears it"),
 ])
 def test_a_setting_the_run_leaves_unused_is_named(tmp_path, caplog, flags, says):
     assert any(says in note for note in notes(tmp_path, caplog, *flags)), notes(tmp_path, caplog, *flags)
@@ -53,6 +57,8 @@ def test_finetune_names_an_encoder_it_does_not_load(tmp_path, caplog):
     ["--smart", "full", "--adv-weight", "0"],  # how the term is switched off: no note for it
     ["--sampler", "temperature", "training.sampler.temperature=3"],
     ["--max-steps", "3"],
+    ["--epochs", "2"],  # the flag clears the file's max_steps
+    ["--smart-preset", "paper", "--smart", "full", "--epsilon", "0.1"],  # a flag over the preset: by design
 ])
 def test_settings_the_run_uses_get_no_note(tmp_path, caplog, flags):
     assert notes(tmp_path, caplog, *flags) == []
@@ -125,3 +131,21 @@ def test_a_per_task_smart_knob_the_task_leaves_unused_is_named(tmp_path, caplog,
     said = notes(tmp_path, caplog, *flags)
     assert any(says in note and "task 'pairs' does not run" in note for note in said), said
     assert notes(tmp_path, caplog, "--smart", "full", *flags[2:]) == []  # the task runs it: no note
+
+
+def test_a_runs_whole_training_yaml_given_back_as_config_gets_no_note(tmp_path, caplog):
+    """README's "run it again" passes a checkpoint's training.yaml, which lists every
+    default too (epochs beside max_steps, the sampler's temperature): no note for those,
+    as a setting the user typed into such a file still gets one."""
+    import yaml
+
+    from mtsmart.config import to_plain
+
+    training = load_task_file(str(write_tiny_tasks(tmp_path))).training
+    config = tmp_path / "training.yaml"
+    config.write_text(yaml.safe_dump({"training": to_plain(training)}))
+    assert notes(tmp_path, caplog, "--config", str(config)) == []
+    config.write_text(yaml.safe_dump({"training": {**to_plain(training), "epochs": 5}}))
+    assert notes(tmp_path, caplog, "--config", str(config)) == [
+        f"training.epochs in --config {config} does nothing: training.max_steps in --config {config} sets the "
+        "run's length (6 updates)"]
