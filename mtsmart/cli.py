@@ -317,7 +317,7 @@ def command_finetune(args: argparse.Namespace) -> int:
     several = len(tasks) > 1
     check_apart(args.checkpoint, args.output, "--output")  # --overwrite would delete what it reads
     check_not_in_use(args.output)
-    check_output_dir(args.output, overwrite=args.overwrite, resume=False)
+    check_output_dir(args.output, overwrite=args.overwrite, resume=False, resumable=False)
     for task in tasks.values():  # every task's data read before an earlier run is cleared
         for split in (task.train_split, task.eval_split):
             read_split(task, split, data_dir)

@@ -896,9 +896,9 @@ def claim_output_dir(path: str, overwrite: bool) -> IO[str]:
     return lock
 
 
-def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:
+def check_output_dir(path: str, overwrite: bool, resume: bool, resumable: bool = True) -> None:
     """The refusals of prepare_resume and claim_output_dir, touching nothing (what --dry-run
-    checks)."""
+    checks). ``resumable``: the command has --resume to offer (finetune has not)."""
     if resume:
         if resume_checkpoint(path) is None:
             started = os.path.isfile(os.path.join(path, RUN_FILE))
@@ -906,5 +906,5 @@ def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:
                               ("; the run stopped before its first one: start it again with --overwrite)"
                                if started else ")"))
     elif os.path.isdir(path) and set(os.listdir(path)) - {LOCK_FILE} and not overwrite:
-        raise ConfigError(f"{path}: output directory is not empty "
-                          "(pass --overwrite to replace it, or --resume to continue it)")
+        raise ConfigError(f"{path}: output directory is not empty (pass --overwrite to replace it"
+                          + (", or --resume to continue it)" if resumable else ")"))

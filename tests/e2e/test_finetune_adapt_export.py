@@ -410,6 +410,18 @@ def test_finetune_refuses_a_task_file_whose_labels_the_head_reads_otherwise(mt_c
     assert not (tmp_path / "ft").exists()
 
 
+def test_finetune_into_an_occupied_folder_offers_only_what_finetune_has(mt_checkpoint, tmp_path, capsys):
+    """finetune has no --resume: its refusal offered one."""
+    _, ckpt = mt_checkpoint
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("x")
+    assert main(["finetune", str(ckpt), "--task", "pairs", "--output", str(occupied), "--max-steps", "1",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "output directory is not empty (pass --overwrite to replace it)" in err and "--resume" not in err
+
+
 def test_finetune_never_clears_the_folder_it_reads_its_checkpoint_from(mt_checkpoint, capsys):
     _, ckpt = mt_checkpoint
     run = ckpt.parent
