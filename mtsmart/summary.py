@@ -107,6 +107,9 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     # Single-task runs of one recipe share a row, a column per task; a multi-task run's
     # task set is part of its recipe.
     recipe["tasks"] = ",".join(sorted(metrics)) if len(metrics) > 1 else "one each"
+    start = summary.get("start")
+    if start:  # fine-tuned from a checkpoint: another recipe than training.encoder's weights
+        recipe["start"] = start["checkpoint"] + ("" if start.get("weights") == "student" else f" ({start['weights']})")
     tasks = summary.get("tasks")
     tasks = _tasks_from_checkpoint(path) if tasks is None else tasks
     # a run that kept neither: pooled only with its like, never with known ones

@@ -766,6 +766,9 @@ class Trainer:
             "replicas": self.replicas.world_size,
             # what produced these numbers, so a results file is read without its checkpoints
             "training": to_plain(self.cfg),
+            # a fine-tuned run started from a checkpoint, not from training.encoder's weights
+            **({"start": {"checkpoint": os.path.abspath(self.init_from), "weights": self.init_weights}}
+               if self.init_from else {}),
             "main_metrics": {n: t.selection_metric for n, t in self.tasks.items()},
             "tasks": {n: task_to_plain(t) for n, t in self.tasks.items()},
         }

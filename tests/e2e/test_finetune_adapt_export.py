@@ -410,6 +410,14 @@ def test_finetune_refuses_a_task_file_whose_labels_the_head_reads_otherwise(mt_c
     assert not (tmp_path / "ft").exists()
 
 
+def test_a_fine_tuned_run_records_the_checkpoint_it_started_from(mt_checkpoint, tmp_path):
+    _, ckpt = mt_checkpoint
+    assert main(["finetune", str(ckpt), "--task", "pairs", "--output", str(tmp_path / "ft"), "--max-steps", "1",
+                 "--quiet", "--weights", "student"]) == 0
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["start"] == {"checkpoint": str(ckpt.resolve()), "weights": "student"}
+
+
 def test_finetune_into_an_occupied_folder_offers_only_what_finetune_has(mt_checkpoint, tmp_path, capsys):
     """finetune has no --resume: its refusal offered one."""
     _, ckpt = mt_checkpoint

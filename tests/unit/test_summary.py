@@ -17,7 +17,7 @@ from mtsmart.summary import read_run, summarize
 
 def write_run(path: Path, seed: int, scores: dict[str, float], mode: str = "off", threads: int = 1,
               teacher: dict[str, float] | None = None, patience: int | None = None,
-              tasks: dict[str, dict] | None = None) -> Path:
+              tasks: dict[str, dict] | None = None, start: dict | None = None) -> Path:
     """A results.json as the trainer writes it (main metric accuracy for every task)."""
     training = to_plain(TrainConfig(seed=seed, num_threads=threads, patience=patience))
     training["smart"]["mode"] = mode
@@ -28,7 +28,7 @@ def write_run(path: Path, seed: int, scores: dict[str, float], mode: str = "off"
     (path / "results.json").write_text(json.dumps({
         "best": {"global_step": 5, "results": {t: {"accuracy": 0.9, "f1": 0.0} for t in scores}},
         "last": last, "training": training, "main_metrics": {t: "accuracy" for t in scores},
-        **({"tasks": tasks} if tasks is not None else {})}))
+        **({"tasks": tasks} if tasks is not None else {}), **({"start": start} if start else {})}))
     return path
 
 
@@ -164,3 +164,14 @@ def test_a_multi_task_run_is_not_another_seed_of_single_task_runs(tmp_path):
     table = rows(summarize([read_run(str(p)) for p in runs]))
     assert len(table) == 2, table
     assert sorted(cells[0] for cells in table.values()) == ["1", "2"]
+
+
+def test_a_run_fine_tuned_from_a_checkpoint_is_another_recipe(tmp_path):
+    """A fine-tuned run records the raw encoder as training.encoder, as its start point's
+    run did: without its start, it pooled as another seed of runs from the raw encoder."""
+    runs = [write_run(tmp_path / "raw1", 1, {"rte": 0.60}), write_run(tmp_path / "raw2", 2, {"rte": 0.50}),
+            write_run(tmp_path / "ft3", 3, {"rte": 0.70}, start={"checkpoint": "/runs/mt/best", "weights": "student"}),
+            write_run(tmp_path / "ft4", 4, {"rte": 0.72}, start={"checkpoint": "/runs/mt/best", "weights": "teacher"})]
+    table = rows(summarize([read_run(str(p)) for p in runs]))
+    assert sorted(cells[0] for cells in table.values()) == ["1, 2", "3", "4"], table
+    assert any("/runs/mt/best (teacher)" in label for label in table), table
