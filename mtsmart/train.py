@@ -902,6 +902,8 @@ def claim_output_dir(path: str, overwrite: bool) -> IO[str]:
 def check_output_dir(path: str, overwrite: bool, resume: bool, resumable: bool = True) -> None:
     """The refusals of prepare_resume and claim_output_dir, touching nothing (what --dry-run
     checks). ``resumable``: the command has --resume to offer (finetune has not)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{path}: a file, not a folder (--output names the folder the run writes)")
     if resume:
         if resume_checkpoint(path) is None:
             started = os.path.isfile(os.path.join(path, RUN_FILE))

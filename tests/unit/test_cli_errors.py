@@ -497,3 +497,13 @@ def test_a_warning_of_huggingface_hub_prints_once_and_not_as_a_note_of_mtsmart()
     lines = done.stderr.splitlines()
     assert [line for line in lines if "Retrying" in line] == ["Retrying in 1s [Retry 1/5]."], lines
     assert lines.count("mtsmart: note: a note") == 1, lines
+
+
+@pytest.mark.parametrize("extra", [[], ["--dry-run"], ["--resume"]])
+def test_an_output_that_is_a_file_is_refused(workdir, tiny_model_dir, capsys, extra):
+    """It ended with exit code 1 and a bare 'File exists'."""
+    task_file = write(workdir, task_yaml())
+    (workdir / "out").write_text("notes")
+    code, err = run_main(argv(workdir, task_file, tiny_model_dir, *extra), capsys)
+    assert_one_line(code, err, "out: a file, not a folder")
+    assert (workdir / "out").read_text() == "notes"
