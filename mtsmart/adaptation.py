@@ -88,7 +88,11 @@ def resolve_sizes(specs: list[str], reference_size: Optional[int], pool_size: in
     sizes = []
     for spec in specs:
         spec = spec.strip()
-        n = min(_size_of(spec, reference), pool_size)
+        asked = _size_of(spec, reference)
+        n = min(asked, pool_size)
+        if asked > pool_size:
+            logger.warning("--train-sizes: %s is %d examples, more than the pool's %d: the whole pool",
+                           spec, asked, pool_size)
         same = next((earlier for earlier, m in sizes if m == n), None)
         if same is not None:  # e.g. 10% and 100% of a reference larger than the pool
             logger.warning("--train-sizes: %s and %s are both n=%d (the pool has %d): run once",

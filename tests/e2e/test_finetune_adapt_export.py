@@ -262,6 +262,11 @@ def test_adapt_runs_sizes_that_land_on_one_count_once(caplog):
         sizes = resolve_sizes(["0.001", "0.01", "0.1", "1.0"], reference_size=23596, pool_size=1304)
     assert sizes == [("0.001", 24), ("0.01", 236), ("0.1", 1304)]
     assert "0.1 and 1.0 are both n=1304" in caplog.text
+    assert "0.1 is 2360 examples, more than the pool's 1304: the whole pool" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # one size alone: nothing else would show it was cut
+        assert resolve_sizes(["0.5"], reference_size=23596, pool_size=1304) == [("0.5", 1304)]
+    assert "0.5 is 11798 examples, more than the pool's 1304" in caplog.text
 
 
 def test_export_round_trip_matches_predict(mt_checkpoint, tmp_path):
