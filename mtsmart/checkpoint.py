@@ -157,6 +157,7 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
                        # what load_checkpoint checks: without tokenizer.json, a tokenizer_config.json
                        # alone builds a tokenizer of special tokens, and every word is unknown
                        "encoder_files": sorted(os.listdir(encoder_dir)),
+                       "has_teacher": teacher_state is not None,
                        "pooling": model.pooling, "written_by": software_versions(), **meta}, handle,
                       indent=2, sort_keys=True)
         share_like_other_files(tmp)
@@ -401,6 +402,9 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
     with reading(teacher_path):
         teacher_state = load_file(teacher_path) if os.path.exists(teacher_path) else None
     if weights == "teacher":
+        if teacher_state is None and meta.get("has_teacher"):
+            raise CheckpointError(f"{path}: {TEACHER_FILE} is missing (written with the checkpoint); the "
+                                  "checkpoint is incomplete, copy it again or use another one")
         if teacher_state is None:
             raise CheckpointError(
                 f"{path}: no {TEACHER_FILE} (a teacher exists only when the run used the "

@@ -127,3 +127,17 @@ def test_a_checkpoint_copied_without_an_encoder_file_is_refused_naming_it(tmp_pa
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(str(path))
     assert f"{lost} is missing" in str(err.value) and "copy it again" in str(err.value)
+
+
+def test_a_checkpoint_copied_without_its_teacher_says_so(tmp_path, tiny_model_dir):
+    """It said a teacher exists only when the run used the Bregman term, which this one did."""
+    from transformers import AutoTokenizer, BertModel
+
+    model = MultiTaskModel(BertModel.from_pretrained(str(tiny_model_dir)), {"t": (2, 0.1)}, pooling="cls")
+    path = tmp_path / "ckpt"
+    save_checkpoint(str(path), model, AutoTokenizer.from_pretrained(str(tiny_model_dir)), {}, TrainConfig(),
+                    {"global_step": 1}, teacher_state=model.state_dict())
+    load_checkpoint(str(path), weights="teacher")
+    (path / "teacher.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="teacher.safetensors is missing .* copy it again"):
+        load_checkpoint(str(path), weights="teacher")
