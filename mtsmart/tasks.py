@@ -363,7 +363,8 @@ def _validate_task_file(raw: dict, path: str) -> TaskFile:
     allowed = ("tasks", "training", "data_dir")
     unknown = [k for k in raw if k not in allowed]
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (valid: {', '.join(allowed)})")
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r}"
+                          f"{did_you_mean(str(unknown[0]), list(allowed))} (valid: {', '.join(allowed)})")
     tasks_raw = raw.get("tasks")
     if not isinstance(tasks_raw, Mapping) or not tasks_raw:
         raise ConfigError(f"{path}: 'tasks' must be a non-empty mapping of task name to definition")

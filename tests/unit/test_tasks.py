@@ -245,7 +245,7 @@ def test_unknown_top_level_key(tmp_path):
     path = write_yaml(tmp_path, {**GOOD, "trainig": {}})
     with pytest.raises(ConfigError) as err:
         load_task_file(path)
-    assert_names(err, path, "'trainig'", "tasks", "training", "data_dir")
+    assert_names(err, path, "'trainig'", "did you mean 'training'?", "tasks", "training", "data_dir")
 
 
 def test_unknown_task_key_in_file(tmp_path):
