@@ -68,21 +68,25 @@ def _named(key: str, text: str) -> str:
     return f"training.{key} in {text}" if text.startswith("--config") else text
 
 
-def _is_default(path: list[str], value: Any) -> bool:
-    node: Any = TrainConfig()
-    for key in path[1:] if path[:1] == ["training"] else [None]:
-        node = getattr(node, key, _MISSING) if key is not None else _MISSING
-    return node is not _MISSING and (node == value or (isinstance(node, tuple) and list(node) == value))
-
-
 _MISSING = object()
+
+
+def _is_default(path: list[str], value: Any) -> bool:
+    """Whether ``value`` is TrainConfig's default for the training setting at ``path``."""
+    if path[:1] != ["training"]:
+        return False
+    node: Any = TrainConfig()
+    for key in path[1:]:
+        node = getattr(node, key, _MISSING)
+    return node is not _MISSING and (node == value or (isinstance(node, tuple) and list(node) == value))
 
 
 def _given_twice(given: list[Override]) -> list[str]:
     """A key typed twice on the command line (a flag and KEY=VALUE, or two KEY=VALUE): the
     later one wins, flags last. --config and --smart-preset are layers under them by design."""
     typed = [(tuple(path), text) for path, _, text in given
-             if not text.startswith(("--config", "--smart-preset")) and not (text == "--epochs" and path[-1] == "max_steps")]
+             if not text.startswith(("--config", "--smart-preset"))
+             and not (text == "--epochs" and path[-1] == "max_steps")]  # its clearing: a note of its own
     winner = dict(typed)
     return [f"{text} does nothing: {winner[path]} sets {'.'.join(path)} too, and wins"
             for path, text in typed if winner[path] != text]
