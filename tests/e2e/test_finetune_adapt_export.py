@@ -396,6 +396,19 @@ def test_export_never_replaces_the_checkpoint_and_asks_before_replacing_a_folder
     assert (other / "notes.txt").read_text() == "keep me"
     assert main(["export", str(ckpt), "--task", "pairs", "--out", str(other), "--overwrite"]) == 0
     assert (other / "config.json").is_file() and not (other / "notes.txt").exists()
+    assert main(["export", str(ckpt), "--task", "pairs", "--out", str(other), "--overwrite"]) == 0  # an export again
+
+
+def test_export_never_replaces_another_training_run(mt_checkpoint, tmp_path, tiny_model_dir, capsys):
+    """--overwrite deleted a whole run (best/, last/, its metrics) given as --out."""
+    _, ckpt = mt_checkpoint
+    _, other_run = train_tiny_run(tmp_path, tiny_model_dir, "other", "--max-steps", "1")
+    for out in (other_run, other_run / "best"):
+        before = sorted(p.name for p in out.iterdir())
+        assert main(["export", str(ckpt), "--task", "pairs", "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "a training run or checkpoint" in err[0], err
+        assert sorted(p.name for p in out.iterdir()) == before
 
 
 def test_finetune_refuses_a_task_file_whose_labels_the_head_reads_otherwise(mt_checkpoint, tmp_path, capsys):
