@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mtsmart.checkpoint import is_checkpoint
+from mtsmart.checkpoint import ENCODER_DIR, is_checkpoint
 from mtsmart.config import TrainConfig, flatten_settings
 from mtsmart.data import check_max_length, default_cache_dir, load_tokenized, stratified_subset
 from mtsmart.errors import ConfigError
@@ -196,7 +196,7 @@ def start_tokenizer(start: StartPoint, task: TaskDef, trust_remote_code: bool = 
     max_length beyond it is refused naming the start."""
     from mtsmart.model import encoder_skeleton, fit_tokenizer_to_positions, load_tokenizer
 
-    encoder_dir = os.path.join(start.path, "encoder") if start.is_checkpoint else start.path
+    encoder_dir = os.path.join(start.path, ENCODER_DIR) if start.is_checkpoint else start.path
     tokenizer = load_tokenizer(encoder_dir, trust_remote_code=trust_remote_code)
     fit_tokenizer_to_positions(tokenizer, encoder_skeleton(encoder_dir, trust_remote_code))
     check_max_length(task, tokenizer, f"START {start.label}'s encoder")

@@ -51,6 +51,7 @@ TRAINER_STATE_DIR = "trainer_state"
 META_FILE = "meta.json"
 # Every tokenizer save_pretrained writes at least one file named so (tokenizer.json,
 # tokenizer_config.json, vocab.txt, spiece.model, merges.txt, sentencepiece.bpe.model).
+INCOMPLETE = "the checkpoint is incomplete, copy it again or use another one"
 TOKENIZER_FILE_PREFIXES = ("tokenizer", "vocab", "spiece", "sentencepiece", "merges")
 
 
@@ -378,12 +379,10 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
     if not os.path.isdir(encoder_dir) or not any(name.startswith(TOKENIZER_FILE_PREFIXES)
                                                  for name in os.listdir(encoder_dir)):
         # transformers would build a tokenizer of special tokens only, and every word be unknown
-        raise CheckpointError(f"{encoder_dir}: no tokenizer files (tokenizer.json, vocab.txt, ...); the "
-                              "checkpoint is incomplete, copy it again or use another one")
+        raise CheckpointError(f"{encoder_dir}: no tokenizer files (tokenizer.json, vocab.txt, ...); {INCOMPLETE}")
     missing = [name for name in meta.get("encoder_files", ()) if not os.path.exists(os.path.join(encoder_dir, name))]
     if missing:  # checkpoints before the list was kept are checked by the test above only
-        raise CheckpointError(f"{encoder_dir}: {missing[0]} is missing (written with the checkpoint); the "
-                              "checkpoint is incomplete, copy it again or use another one")
+        raise CheckpointError(f"{encoder_dir}: {missing[0]} is missing (written with the checkpoint); {INCOMPLETE}")
     with reading(encoder_dir), quiet_transformers():
         encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
@@ -403,8 +402,7 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
         teacher_state = load_file(teacher_path) if os.path.exists(teacher_path) else None
     if weights == "teacher":
         if teacher_state is None and meta.get("has_teacher"):
-            raise CheckpointError(f"{path}: {TEACHER_FILE} is missing (written with the checkpoint); the "
-                                  "checkpoint is incomplete, copy it again or use another one")
+            raise CheckpointError(f"{path}: {TEACHER_FILE} is missing (written with the checkpoint); {INCOMPLETE}")
         if teacher_state is None:
             raise CheckpointError(
                 f"{path}: no {TEACHER_FILE} (a teacher exists only when the run used the "
