@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -303,8 +305,10 @@ def command_finetune(args: argparse.Namespace) -> int:
     from mtsmart.checkpoint import check_apart, load_checkpoint_tasks
     from mtsmart.data import read_split
     from mtsmart.tasks import check_same_head, resolve_data_dir, select_tasks
-    from mtsmart.train import Trainer, check_not_in_use, check_output_dir, claim_output_dir
+    from mtsmart.train import Trainer, check_not_in_use, check_output_dir, claim_output_dir, lock_run
 
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --output, --overwrite replaces it: give one")
     task_file = _load_finetune_tasks(args)
     checkpoint_tasks = load_checkpoint_tasks(args.checkpoint)
     names = ",".join(checkpoint_tasks) if args.task == "all" else args.task
@@ -315,23 +319,34 @@ def command_finetune(args: argparse.Namespace) -> int:
     note_unused_settings(tasks, task_file.training, collect_overrides(args), from_checkpoint=True)
     data_dir = resolve_data_dir(args.data_dir, task_file)
     several = len(tasks) > 1
+    outputs = {name: os.path.join(args.output, name) if several else args.output for name in tasks}
     check_apart(args.checkpoint, args.output, "--output")  # --overwrite would delete what it reads
     check_not_in_use(args.output)
-    check_output_dir(args.output, overwrite=args.overwrite, resume=False, resumable=False)
+    if not args.resume:
+        check_output_dir(args.output, overwrite=args.overwrite, resume=False)
     for task in tasks.values():  # every task's data read before an earlier run is cleared
         for split in (task.train_split, task.eval_split):
             read_split(task, split, data_dir)
-    summaries, lock = {}, None
+    summaries, lock, states = {}, None, {}
     try:
+        if args.resume:
+            lock = lock_run(args.output) if os.path.isdir(args.output) else None
+            states = _finetune_resume_states(args, outputs, tasks, task_file.training)
         for name, task in tasks.items():
-            out = os.path.join(args.output, name) if several else args.output
+            out, state = outputs[name], states.get(name, "new")
+            if state == "finished":
+                summaries[name] = _read_results(out)
+                print(f"finetune {name}: finished earlier, kept ({out})")
+                continue
             trainer = Trainer({name: task}, task_file.training, data_dir, out, init_from=args.checkpoint,
                               init_weights=args.weights, cache_dir=args.cache_dir, show_progress=not args.quiet,
-                              command=args.command_line)
+                              command=args.command_line, resume=state == "resumed")
             try:
                 trainer.prepare()  # the checkpoint and the settings, before the folder is touched
                 if lock is None:
                     lock = claim_output_dir(args.output, overwrite=args.overwrite)
+                if state == "new" and args.resume and os.path.isdir(out):
+                    shutil.rmtree(out)  # a task stopped before its first checkpoint starts again
                 os.makedirs(out, exist_ok=True)
                 trainer.setup()
                 summaries[name] = trainer.train()
@@ -346,6 +361,42 @@ def command_finetune(args: argparse.Namespace) -> int:
                        {n: t.eval_split for n, t in tasks.items()}))
     print(f"\nfine-tuned checkpoints in {args.output}" + ("/TASK/best" if several else "/best"))
     return 0
+
+
+def _finetune_resume_states(args: argparse.Namespace, outputs: dict[str, str], tasks: dict,
+                            training: TrainConfig) -> dict[str, str]:
+    """For `finetune --resume`, each task's folder: "finished" (its results.json: kept),
+    "resumed" (a checkpoint to continue from) or "new" (nothing saved: it starts again).
+    Every folder with a checkpoint is checked against this command before any task trains."""
+    from mtsmart.train import (RESULTS_FILE, check_output_dir, check_resume_settings, check_resume_start,
+                               recover_run_folder, resume_checkpoint)
+
+    states = {}
+    for name, out in outputs.items():
+        recover_run_folder(out)
+        if resume_checkpoint(out) is None:
+            states[name] = "new"
+            continue
+        check_resume_settings(out, training, {name: tasks[name]}, otherwise="start again with --overwrite")
+        check_resume_start(out, args.checkpoint, args.weights)
+        states[name] = "finished" if os.path.isfile(os.path.join(out, RESULTS_FILE)) else "resumed"
+    if len(outputs) == 1:
+        check_output_dir(args.output, overwrite=False, resume=True)  # its own "nothing to resume"
+    elif set(states.values()) == {"new"}:
+        raise ConfigError(f"{args.output}: nothing to resume (no task folder in it, "
+                          f"{', '.join(outputs)}, has a checkpoint)")
+    return states
+
+
+def _read_results(run_dir: str) -> dict:
+    from mtsmart.train import RESULTS_FILE
+
+    path = os.path.join(run_dir, RESULTS_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except ValueError as err:
+        raise ConfigError(f"{path}: damaged ({err}); start the task again with --overwrite") from None
 
 
 def _is_setting(text: str) -> bool:

@@ -43,7 +43,8 @@ from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_
 from mtsmart.model import MultiTaskModel, fit_tokenizer_to_positions, head_spec, load_tokenizer
 from mtsmart.objective import SideStream, batch_objective
 from mtsmart.optim import build_optimizer, lr_multiplier, scheduled_lr
-from mtsmart.provenance import RUN_FILE, check_same_data, encoder_fingerprint, record_session, session_record
+from mtsmart.provenance import (RUN_FILE, check_same_data, encoder_fingerprint, read_sessions, record_session,
+                                session_record)
 from mtsmart.sampling import TaskSampler
 from mtsmart.tasks import TaskDef, task_to_plain
 
@@ -438,7 +439,8 @@ class Trainer:
             check_same_data(self.output_dir, data)
         source = self.init_from or self.cfg.encoder
         weights = os.path.join(source, ENCODER_DIR) if is_checkpoint(source) else source
-        encoder = {"source": source, "fingerprint": encoder_fingerprint(weights)}
+        encoder = {"source": source, "fingerprint": encoder_fingerprint(weights),
+                   **({"weights": self.init_weights} if self.init_from else {})}
         record_session(self.output_dir, session_record(self.command, self.device,
                                                        self.replicas.world_size, data, encoder),
                        resumed=self.resume)
@@ -807,7 +809,8 @@ def resume_checkpoint(output_dir: str) -> Optional[str]:
     return os.path.join(history, complete[-1]) if complete else None
 
 
-def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[str, TaskDef]) -> None:
+def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[str, TaskDef],
+                          otherwise: str = "start a new run from the checkpoint with `mtsmart finetune`") -> None:
     """--resume continues a run as it was started. Its weights, optimizer and schedule come
     from the checkpoint, so another learning rate, encoder or length would be ignored, and
     another task or SMART setting would change the run halfway: each difference is refused
@@ -826,19 +829,39 @@ def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[st
     if changed:
         listed = "; ".join(f"{key} was {before!r}, now {after!r}" for key, before, after in changed)
         raise ConfigError(f"{source}: --resume continues the run with the settings it started with, "
-                          f"and these differ: {listed} (resume with the run's settings, or start a new "
-                          f"run from the checkpoint with `mtsmart finetune`)")
+                          f"and these differ: {listed} (resume with the run's settings, or {otherwise})")
+
+
+def check_resume_start(output_dir: str, checkpoint: str, weights: str) -> None:
+    """A resumed fine-tuning run names the checkpoint it started from: its results record
+    that checkpoint as the run's start, which summarize makes part of its recipe, so another
+    checkpoint (or its other weights) would be recorded falsely."""
+    sessions = read_sessions(output_dir)
+    started = sessions[0].get("encoder") if sessions else None
+    if not started:
+        return  # a run from before run.json recorded its start
+    if started.get("fingerprint") != encoder_fingerprint(os.path.join(checkpoint, ENCODER_DIR)):
+        raise ConfigError(f"{output_dir}: the run started from {started['source']}, and {checkpoint}'s encoder "
+                          "is another; resume with the checkpoint it started from")
+    if started.get("weights", weights) != weights:  # older runs did not record it
+        raise ConfigError(f"{output_dir}: the run started from the checkpoint's {started['weights']}, "
+                          f"not its {weights}; resume with --weights {started['weights']}")
 
 
 def _same_directory(a: str, b: str) -> bool:
     return os.path.isdir(a) and os.path.isdir(b) and os.path.samefile(a, b)
 
 
-def prepare_resume(path: str) -> None:
-    """Finish or undo a checkpoint save a kill interrupted, then refuse a folder with
-    nothing to resume. (A new run's folder is claim_output_dir's.)"""
+def recover_run_folder(path: str) -> None:
+    """Finish or undo the checkpoint saves a kill interrupted in a run folder."""
     for name in (LAST_DIR, BEST_DIR):
         recover_interrupted_save(os.path.join(path, name))
+
+
+def prepare_resume(path: str) -> None:
+    """Recover the folder's interrupted saves, then refuse a folder with nothing to resume.
+    (A new run's folder is claim_output_dir's.)"""
+    recover_run_folder(path)
     check_output_dir(path, overwrite=False, resume=True)
 
 
@@ -899,9 +922,9 @@ def claim_output_dir(path: str, overwrite: bool) -> IO[str]:
     return lock
 
 
-def check_output_dir(path: str, overwrite: bool, resume: bool, resumable: bool = True) -> None:
+def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:
     """The refusals of prepare_resume and claim_output_dir, touching nothing (what --dry-run
-    checks). ``resumable``: the command has --resume to offer (finetune has not)."""
+    checks)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"{path}: a file, not a folder (--output names the folder the run writes)")
     if resume:
@@ -911,5 +934,5 @@ def check_output_dir(path: str, overwrite: bool, resume: bool, resumable: bool =
                               ("; the run stopped before its first one: start it again with --overwrite)"
                                if started else ")"))
     elif os.path.isdir(path) and set(os.listdir(path)) - {LOCK_FILE} and not overwrite:
-        raise ConfigError(f"{path}: output directory is not empty (pass --overwrite to replace it"
-                          + (", or --resume to continue it)" if resumable else ")"))
+        raise ConfigError(f"{path}: output directory is not empty (pass --overwrite to replace it, "
+                          "or --resume to continue it)")

@@ -436,8 +436,7 @@ def test_a_fine_tuned_run_records_the_checkpoint_it_started_from(mt_checkpoint, 
     assert results["start"] == {"checkpoint": str(ckpt.resolve()), "weights": "student"}
 
 
-def test_finetune_into_an_occupied_folder_offers_only_what_finetune_has(mt_checkpoint, tmp_path, capsys):
-    """finetune has no --resume: its refusal offered one."""
+def test_finetune_into_an_occupied_folder_is_refused_and_left_alone(mt_checkpoint, tmp_path, capsys):
     _, ckpt = mt_checkpoint
     occupied = tmp_path / "occupied"
     occupied.mkdir()
@@ -445,7 +444,8 @@ def test_finetune_into_an_occupied_folder_offers_only_what_finetune_has(mt_check
     assert main(["finetune", str(ckpt), "--task", "pairs", "--output", str(occupied), "--max-steps", "1",
                  "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "output directory is not empty (pass --overwrite to replace it)" in err and "--resume" not in err
+    assert "output directory is not empty (pass --overwrite to replace it, or --resume to continue it)" in err
+    assert sorted(p.name for p in occupied.iterdir()) == ["keep.txt"]
 
 
 def test_finetune_never_clears_the_folder_it_reads_its_checkpoint_from(mt_checkpoint, capsys):
@@ -624,4 +624,5 @@ def test_a_run_started_from_a_checkpoint_records_the_fingerprint_of_its_encoder(
     trainer.setup()
     trainer.cleanup()
     (session,) = json.loads((tmp_path / "ft" / "run.json").read_text())["sessions"]
-    assert session["encoder"] == {"source": str(ckpt), "fingerprint": encoder_fingerprint(str(ckpt / "encoder"))}
+    assert session["encoder"] == {"source": str(ckpt), "fingerprint": encoder_fingerprint(str(ckpt / "encoder")),
+                                  "weights": "student"}
