@@ -275,8 +275,9 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--split", default=None, metavar="NAME",
                           help="split to score (default: each task's eval_split)")
     evaluate.add_argument("--out", metavar="FILE",
-                          help="JSON file (default: CHECKPOINT/eval_SPLIT.json; "
-                               "eval_SPLIT_teacher.json with --weights teacher)")
+                          help="JSON file of this evaluation (default: CHECKPOINT/eval_SPLIT.json, or "
+                               "eval_SPLIT_teacher.json with --weights teacher, where --tasks updates its "
+                               "tasks and keeps the others)")
     evaluate.add_argument("--bootstrap", type=int, default=0, metavar="N",
                           help="also a 95%% interval of each metric from N resamples of the examples "
                                "(e.g. 1000; seeded, so reproducible)")

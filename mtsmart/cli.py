@@ -210,12 +210,35 @@ def command_evaluate(args: argparse.Namespace) -> int:
     print(format_table(results, split_names, intervals))
     if intervals:
         print(f"\n[95% interval: percentile bootstrap over {args.bootstrap} resamples of each split's examples]")
-    out = args.out or os.path.join(args.checkpoint, f"eval_{label}{'_teacher' if teacher else ''}.json")
-    write_json(out, {"checkpoint": args.checkpoint, "weights": args.weights, "splits": split_names,
-                     "results": results,
-                     **({"intervals_95": intervals, "bootstrap_resamples": args.bootstrap} if intervals else {})})
-    print(f"\nwrote {out}")
+    record = {"checkpoint": args.checkpoint, "weights": args.weights, "splits": split_names, "results": results,
+              **({"intervals_95": intervals, "bootstrap_resamples": args.bootstrap} if intervals else {})}
+    out, kept = args.out, []
+    if out is None:  # the checkpoint's own file: a --tasks subset updates its tasks, keeps the rest
+        out = os.path.join(args.checkpoint, f"eval_{label}{'_teacher' if teacher else ''}.json")
+        kept = _keep_earlier_tasks(out, record)
+    write_json(out, record)
+    print(f"\nwrote {out}" + (f" (with the earlier results of {', '.join(kept)})" if kept else ""))
     return 0
+
+
+def _keep_earlier_tasks(path: str, record: dict) -> list[str]:
+    """Copy into ``record`` the tasks an earlier evaluation wrote to ``path`` that this one
+    did not score, with their intervals where both drew as many resamples; the kept names."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            earlier = json.load(handle)
+        kept = {name: (earlier["results"][name], earlier["splits"][name])
+                for name in earlier["results"] if name not in record["results"]}
+        intervals, resamples = earlier.get("intervals_95", {}), earlier.get("bootstrap_resamples")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # none, or not a file this command wrote: replaced
+    for name, (results, split) in kept.items():
+        record["results"][name], record["splits"][name] = results, split
+    # intervals from another number of resamples would read as comparable: left out
+    if intervals and record.get("bootstrap_resamples", resamples) == resamples:
+        record["bootstrap_resamples"] = resamples
+        record.setdefault("intervals_95", {}).update({n: intervals[n] for n in kept if n in intervals})
+    return list(kept)
 
 
 def command_predict(args: argparse.Namespace) -> int:

@@ -686,6 +686,31 @@ def test_evaluate_names_its_file_and_table_rows_after_the_split(run_dir, tmp_pat
     assert read_json(checkpoint / "eval_dev.json")["splits"] == {"pairs": "dev", "scores": "dev"}
 
 
+def test_evaluate_of_some_tasks_keeps_the_others_in_the_checkpoints_file(run_dir, tmp_path, cache, capsys):
+    import shutil
+
+    checkpoint = tmp_path / "best"
+    shutil.copytree(run_dir / "best", checkpoint)
+    assert main(["evaluate", str(checkpoint), "--data-dir", str(E2E)]) == 0
+    both = read_json(checkpoint / "eval_dev.json")
+    assert main(["evaluate", str(checkpoint), "--data-dir", str(E2E), "--tasks", "pairs", "--bootstrap", "50"]) == 0
+    assert "(with the earlier results of scores)" in capsys.readouterr().out
+    report = read_json(checkpoint / "eval_dev.json")
+    assert report["results"] == both["results"] and report["splits"] == both["splits"]
+    assert set(report["intervals_95"]) == {"pairs"}
+    assert main(["evaluate", str(checkpoint), "--data-dir", str(E2E), "--tasks", "scores", "--bootstrap", "50"]) == 0
+    assert set(read_json(checkpoint / "eval_dev.json")["intervals_95"]) == {"pairs", "scores"}
+    # another number of resamples: the kept task's intervals would not compare, so they go
+    assert main(["evaluate", str(checkpoint), "--data-dir", str(E2E), "--tasks", "scores", "--bootstrap", "40"]) == 0
+    report = read_json(checkpoint / "eval_dev.json")
+    assert set(report["intervals_95"]) == {"scores"} and report["bootstrap_resamples"] == 40
+    assert report["results"] == both["results"]
+    # --out is a file of this evaluation alone
+    assert main(["evaluate", str(checkpoint), "--data-dir", str(E2E), "--tasks", "pairs",
+                 "--out", str(checkpoint / "eval_dev.json")]) == 0
+    assert set(read_json(checkpoint / "eval_dev.json")["results"]) == {"pairs"}
+
+
 def test_predict_input_with_literal_quotes_loses_no_row(run_dir, tmp_path, cache, capsys):
     """A tsv whose quotes are text (as in GLUE's files): --quoting none reads every row;
     csv quoting would merge rows at the stray quote, which is an error, never a short file."""
