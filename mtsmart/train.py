@@ -809,6 +809,18 @@ def resume_checkpoint(output_dir: str) -> Optional[str]:
     return os.path.join(history, complete[-1]) if complete else None
 
 
+MAX_LISTED = 6  # differences named in a resume refusal: enough to act on, one readable line
+
+
+def _described_change(key: str, before, after) -> str:
+    """A task on one side only is named, not printed as its whole definition."""
+    if isinstance(before, dict) and after is None:
+        return f"{key} was in the run, now left out"
+    if isinstance(after, dict) and before is None:
+        return f"{key} was not in the run, now added"
+    return f"{key} was {before!r}, now {after!r}"
+
+
 def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[str, TaskDef],
                           otherwise: str = "start a new run from the checkpoint with `mtsmart finetune`") -> None:
     """--resume continues a run as it was started. Its weights, optimizer and schedule come
@@ -817,9 +829,10 @@ def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[st
     by name rather than silently ignored or mixed in."""
     source = resume_checkpoint(output_dir)
     where = os.path.join(source, TRAINING_FILE)
-    started = {"training": to_plain(from_mapping(TrainConfig, load_yaml(where)["training"], where)),
-               "tasks": {n: task_to_plain(t) for n, t in load_checkpoint_tasks(source).items()}}
-    now = {"training": to_plain(training), "tasks": {n: task_to_plain(t) for n, t in tasks.items()}}
+    # tasks first: a task added or left out is the difference to read before any setting
+    started = {"tasks": {n: task_to_plain(t) for n, t in load_checkpoint_tasks(source).items()},
+               "training": to_plain(from_mapping(TrainConfig, load_yaml(where)["training"], where))}
+    now = {"tasks": {n: task_to_plain(t) for n, t in tasks.items()}, "training": to_plain(training)}
     for key in RUN_ONLY_SETTINGS:
         started["training"].pop(key)
         now["training"].pop(key)
@@ -827,7 +840,9 @@ def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[st
         now["training"]["encoder"] = started["training"]["encoder"]  # one folder, named two ways
     changed = differences(started, now)
     if changed:
-        listed = "; ".join(f"{key} was {before!r}, now {after!r}" for key, before, after in changed)
+        listed = "; ".join(_described_change(*change) for change in changed[:MAX_LISTED])
+        if len(changed) > MAX_LISTED:
+            listed += f"; and {len(changed) - MAX_LISTED} more"
         raise ConfigError(f"{source}: --resume continues the run with the settings it started with, "
                           f"and these differ: {listed} (resume with the run's settings, or {otherwise})")
 

@@ -217,6 +217,23 @@ def test_resume_refuses_settings_other_than_the_runs(tmp_path, tiny_model_dir, m
     assert sessions[0]["data"] == sessions[1]["data"]
 
 
+def test_a_resume_refusal_names_a_dropped_task_and_stays_one_readable_line(tmp_path, tiny_model_dir, monkeypatch,
+                                                                            capsys):
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "run"
+    start = ["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out), "--quiet"]
+    assert main(start + ["--max-steps", "2"]) == 0
+    capsys.readouterr()
+    changed = ["--tasks", "pairs", "--max-steps", "6", "--lr", "2e-3", "--batch-size", "4", "--seed", "9",
+               "--smart", "full", "--adv-weight", "2", "--epsilon", "0.1"]
+    assert main(start + changed + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 700, err
+    assert "tasks.score was in the run, now left out" in err and "; and 2 more (resume with" in err, err
+    assert "'type': 'regression'" not in err  # the task's definition is not printed
+
+
 def test_the_closing_line_counts_this_sessions_steps():
     from mtsmart.cli import steps_trained
 
