@@ -333,6 +333,12 @@ class Trainer:
             warmup_updates=int(cfg.optim.warmup_fraction * total),
             eval_every=cfg.eval_every or updates_per_epoch,
         )
+        evaluations = (total - 1) // self.plan.eval_every + 1  # the last one at the run's end
+        if cfg.patience is not None and evaluations < cfg.patience + 2 and self.replicas.is_main:
+            # stopping takes a best evaluation, `patience` worse ones, and the end still ahead
+            logger.warning("training.patience %d can never stop this run early: it evaluates %d time%s (every "
+                           "%d of its %d updates); a smaller --eval-every or --patience lets it",
+                           cfg.patience, evaluations, "" if evaluations == 1 else "s", self.plan.eval_every, total)
 
     @property
     def uses_adversarial_term(self) -> bool:

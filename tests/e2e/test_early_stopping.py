@@ -58,3 +58,22 @@ def test_patience_must_be_at_least_one_evaluation(tmp_path, tiny_model_dir, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("mtsmart: error:") and "patience: must be >= 1" in err and "\n" not in err
     assert not (tmp_path / "run" / "best").exists()
+
+
+def test_a_patience_the_run_has_too_few_evaluations_for_gets_a_note(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """Stopping takes a best evaluation, `patience` worse ones and an evaluation still to come."""
+    import logging
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert train(task_file, tiny_model_dir, tmp_path / "six", "--patience", "6") == 0
+    assert evaluated_steps(tmp_path / "six") == list(range(1, 8))  # 6 can stop it: at 7 of 8
+    assert not [r for r in caplog.records if "patience" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert train(task_file, tiny_model_dir, tmp_path / "seven", "--patience", "7") == 0
+    assert evaluated_steps(tmp_path / "seven") == list(range(1, 9))
+    assert [r.getMessage() for r in caplog.records if "patience" in r.getMessage()] == [
+        "training.patience 7 can never stop this run early: it evaluates 8 times (every 1 of its 8 updates); "
+        "a smaller --eval-every or --patience lets it"]
