@@ -3,7 +3,9 @@
 A setting given on the command line (a flag, KEY=VALUE, --config or --smart-preset) that
 the run's other settings leave without effect gets one ``mtsmart: note:`` line saying
 why, and, where there is one, how to make it count. Settings that come from the task file
-or a fine-tuned checkpoint are the files' own business and get no note.
+or a fine-tuned checkpoint get a note only where the file contradicts itself (a task's
+``smart:`` block switching off the term it tunes): a file tuned for SMART that a run
+switches off is the run's choice.
 
 Must not import the trainer or the CLI.
 """
@@ -36,7 +38,8 @@ def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overr
     # default as well; a default set to itself is no setting of the user's to note.
     overrides = [(path, value, text) for path, value, text in overrides
                  if not (text.startswith("--config") and _is_default(path, value))]
-    notes = _shadowed_by_a_task(tasks, training, overrides) + _switched_off(tasks, training, overrides)
+    notes = (_shadowed_by_a_task(tasks, training, overrides) + _switched_off(tasks, training, overrides)
+             + _switched_off_in_its_own_block(tasks, training, overrides))
     keys = {tuple(path): text for path, _, text in overrides}
     cleared = [text for path, value, text in overrides
                if path == ["training", "max_steps"] and value is not None and training.max_steps is None]
@@ -107,6 +110,34 @@ def _shadowed_by_a_task(tasks: dict[str, TaskDef], training: TrainConfig, given:
                 notes.append(f"training.smart.{key} = {value} ({text}) does not reach task {name!r}: its "
                              f"smart: block in {task.defined_in} sets {key}: {task.smart[key]}; "
                              f"tasks.{name}.smart.{key}=VALUE overrides that")
+    return notes
+
+
+def _switched_off_in_its_own_block(tasks: dict[str, TaskDef], training: TrainConfig,
+                                   given: list[Override]) -> list[str]:
+    """A task file's own contradiction: a task's ``smart:`` block sets a knob of a term that
+    the same block switches off (its mode, or the term's weight at 0). A term switched off
+    by the command line, or by the run-wide mode, is the user's choice for this run: the
+    file's tuning waits for a run that turns it on, and gets no note."""
+    from_command_line = {tuple(path) for path, _, _ in given}
+    notes = []
+    for name, task in tasks.items():
+        cfg = task.smart_config(training.smart)
+        own = {key: value for key, value in task.smart.items()
+               if ("tasks", name, "smart", key) not in from_command_line}
+        for term, keys, weight, runs in (("adversarial", ADVERSARIAL_KEYS, "adv_weight", cfg.use_adversarial),
+                                         ("Bregman", BREGMAN_KEYS, "prox_weight", cfg.use_bregman)):
+            if runs:
+                continue
+            if own.get(weight, None) == 0:
+                reason = f"{weight}: 0"
+            elif "mode" in own:
+                reason = f"mode: {own['mode']}"
+            else:
+                continue
+            for key in [k for k in own if k in keys and k != weight]:
+                notes.append(f"{task.where()}: smart.{key} does nothing: its own smart: block sets "
+                             f"{reason}, which switches its {term} term off")
     return notes
 
 

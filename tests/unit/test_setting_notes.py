@@ -149,3 +149,32 @@ def test_a_runs_whole_training_yaml_given_back_as_config_gets_no_note(tmp_path, 
     assert notes(tmp_path, caplog, "--config", str(config)) == [
         f"training.epochs in --config {config} does nothing: training.max_steps in --config {config} sets the "
         "run's length (6 updates)"]
+
+
+def own_block(smart: str):
+    """An edit giving the tiny file's task 'pairs' its own smart: block."""
+    return lambda text: text.replace("    label_field: label\n", f"    label_field: label\n    smart: {smart}\n")
+
+
+@pytest.mark.parametrize("smart, flags, says", [
+    ("{mode: bregman, epsilon: 0.1}", [], "smart.epsilon does nothing: its own smart: block sets mode: bregman, "
+                                          "which switches its adversarial term off"),
+    ("{prox_weight: 0, prox_warmup_fraction: 0.2}", ["--smart", "full"],
+     "smart.prox_warmup_fraction does nothing: its own smart: block sets prox_weight: 0, which switches its Bregman "
+     "term off"),
+])
+def test_a_task_block_that_switches_off_the_term_it_tunes_is_named(tmp_path, caplog, smart, flags, says):
+    said = notes(tmp_path, caplog, *flags, edit=own_block(smart))
+    assert [note.split(": task 'pairs': ", 1)[1] for note in said] == [says], said
+    assert said[0].startswith(str(tmp_path / "tasks.yaml"))
+
+
+@pytest.mark.parametrize("smart, flags", [
+    ("{epsilon: 0.1}", []),  # tuning a file keeps for SMART runs: this run switches SMART off
+    ("{epsilon: 0.1, prox_warmup_fraction: 0.2}", ["--smart", "full"]),
+    ("{mode: adversarial, epsilon: 0.1}", []),
+    ("{mode: full, epsilon: 0.1}", ["tasks.pairs.smart.mode=off"]),  # the command line's choice
+    ("{prox_weight: 0}", ["--smart", "full"]),
+])
+def test_a_task_block_the_run_switches_off_gets_no_note(tmp_path, caplog, smart, flags):
+    assert notes(tmp_path, caplog, *flags, edit=own_block(smart)) == []
