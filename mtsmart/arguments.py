@@ -301,7 +301,8 @@ def build_parser() -> ArgumentParser:
                               "GLUE's tsv files); default: as the task's own eval split is read")
     add_checkpoint_data_dir_flag(predict)
     predict.add_argument("--out", required=True, metavar="PATH",
-                         help="a .tsv file (one task) or a directory (one TASK.tsv per task)")
+                         help="a .tsv file (one task) or a directory (one TASK.tsv per task); a file "
+                              "already there is replaced, and the output says so")
     predict.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                          help="examples per forward pass (default 64)")
     add_weights_flag(predict, "predict with")

@@ -274,13 +274,14 @@ def command_predict(args: argparse.Namespace) -> int:
         preds, _ = _predict(loaded, task, split_name, data_dir, args.batch_size, device, labeled=False)
         path = args.out if single_file else os.path.join(args.out, f"{name}.tsv")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        replaced = os.path.isfile(path)
         tmp = f"{path}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write("index\tprediction\n")
             for index, value in enumerate(preds):
                 handle.write(f"{index}\t{task.task_type.format_prediction(value, task.labels)}\n")
         os.replace(tmp, path)
-        print(f"{name}: {len(preds)} predictions → {path}")
+        print(f"{name}: {len(preds)} predictions → {path}" + (" (replacing the file there)" if replaced else ""))
     return 0
 
 

@@ -321,11 +321,15 @@ def test_predict_one_task_to_a_file(run_dir, tmp_path, cache):
     assert accuracy == pytest.approx(meta["dev"][CLS_TASK]["accuracy"], abs=1e-9)
 
 
-def test_predict_all_tasks_to_a_directory(run_dir, tmp_path, cache):
+def test_predict_all_tasks_to_a_directory(run_dir, tmp_path, cache, capsys):
     out_dir = tmp_path / "preds"
+    out_dir.mkdir()
+    (out_dir / "scores.tsv").write_text("an earlier prediction\n")
     code = main(["predict", str(run_dir / "best"), "--task", "all", "--data-dir", str(E2E),
                  "--out", str(out_dir)])
     assert code == 0
+    printed = capsys.readouterr().out.splitlines()  # a file written over is said to be
+    assert [line.endswith("(replacing the file there)") for line in printed] == [False, True], printed
     assert sorted(p.name for p in out_dir.iterdir()) == ["pairs.tsv", "scores.tsv"]
     for task in TASKS:
         header, rows = read_tsv(out_dir / f"{task}.tsv")
