@@ -99,7 +99,7 @@ def command_train(args: argparse.Namespace) -> int:
         print(f"\nstopped early at step {summary['stopped_at']} of {summary['total_updates']}: "
               f"no better {summary['select_metric']} in the last {summary['patience']} evaluations")
     print(f"\n{steps_trained(summary['first_step'], summary['stopped_at'])} in "
-          f"{summary['train_seconds']:.0f} s; checkpoints in {args.output}/best and {args.output}/last")
+          f"{summary['session_seconds']:.0f} s; checkpoints in {args.output}/best and {args.output}/last")
     print(f"watch it in TensorBoard:  tensorboard --logdir {args.output}")
     return 0
 

@@ -160,6 +160,8 @@ class Trainer:
         self.best_score = -math.inf
         self.best_step = None
         self.evals_since_best = 0  # for patience: evaluations in a row without a better score
+        self.seconds_before = 0.0  # training time of the sessions before this one (resumed runs)
+        self.session_start = time.perf_counter()
         self.counters = defaultdict(int)
         self.replicas.on_main(self._record_session)  # every replica stops, not only the main one
         if self.resume:
@@ -392,7 +394,10 @@ class Trainer:
                      "counters": self._global_counters(),
                      # the optimizer state is matched to parameters by position: these names
                      # let a resume check the positions still mean the same parameters
-                     "optimizer_parameters": self._optimizer_parameter_names()},
+                     "optimizer_parameters": self._optimizer_parameter_names(),
+                     # training time up to this checkpoint, over every session, so a resumed
+                     # run's results report the run's time (work redone after a kill excluded)
+                     "train_seconds": self.seconds_before + time.perf_counter() - self.session_start},
         }
 
     def _restore(self) -> None:
@@ -423,6 +428,7 @@ class Trainer:
         self.best_score = info["best_score"] if info["best_score"] is not None else -math.inf
         self.best_step = info["best_step"]
         self.evals_since_best = info.get("evals_since_best", 0)  # older checkpoints: count afresh
+        self.seconds_before = info.get("train_seconds", 0.0)  # older checkpoints: this session's only
         self.sampler.load_state_dict(info["sampler"])
         for name, stream_state in info["streams"].items():
             self.streams[name].load_state_dict(stream_state)
@@ -513,7 +519,7 @@ class Trainer:
         window: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
         progress = tqdm(total=self.plan.total_updates, initial=self.global_step, unit="step",
                         desc="train", disable=not self.show_progress, dynamic_ncols=True)
-        start, first_step = time.perf_counter(), self.global_step
+        self.session_start, first_step = time.perf_counter(), self.global_step
         while self.global_step < self.plan.total_updates and not self.out_of_patience():
             skipped = [self._micro_step(window) for _ in range(cfg.grad_accum_steps)]
             lr = scheduled_lr(self.optimizer)  # the rate this update uses (the step moves the schedule on)
@@ -536,8 +542,7 @@ class Trainer:
                     or self.global_step == self.plan.total_updates):
                 self.evaluate_and_checkpoint()
         progress.close()
-        elapsed = time.perf_counter() - start
-        return self._finish(elapsed, first_step)
+        return self._finish(time.perf_counter() - self.session_start, first_step)
 
     def out_of_patience(self) -> bool:
         """True once ``patience`` evaluations in a row have not bettered the selection score.
@@ -763,7 +768,8 @@ class Trainer:
                      "selection_score": best["selection_score"]},
             "last": {"global_step": records[-1]["global_step"], "results": records[-1]["results"]},
             "select_metric": self.cfg.select_metric,
-            "train_seconds": elapsed,  # this session's, from update first_step on
+            "train_seconds": self.seconds_before + elapsed,  # every session's
+            "session_seconds": elapsed,  # this session's, from update first_step on
             "first_step": first_step,
             "total_updates": self.plan.total_updates,
             # the update training stopped at: total_updates unless patience ran out

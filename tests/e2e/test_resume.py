@@ -52,8 +52,16 @@ def reference(tmp_path_factory, tiny_model_dir) -> dict:
 
 
 def resume_and_compare(task_file: Path, encoder: Path, killed: Path, reference: dict) -> None:
+    from mtsmart.checkpoint import load_trainer_state_json
+    from mtsmart.train import recover_run_folder
+
+    recover_run_folder(str(killed))  # what --resume does first: the checkpoint it will read
+    before = load_trainer_state_json(str(killed / "last"))["train_seconds"]
     assert main(train_args(task_file, encoder, killed, "full") + ["--resume"]) == 0
     res = final_state(killed)
+    # the run's training time is every session's, up to the checkpoint each resumed from
+    summary = json.loads((killed / "results.json").read_text())
+    assert before > 0 and summary["train_seconds"] == pytest.approx(before + summary["session_seconds"])
     assert res["step"] == reference["step"] == 120
     for part in ("encoder", "heads", "teacher"):
         assert reference[part].keys() == res[part].keys()
