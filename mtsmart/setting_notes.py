@@ -125,13 +125,14 @@ def _switched_off_in_its_own_block(tasks: dict[str, TaskDef], training: TrainCon
         cfg = task.smart_config(training.smart)
         own = {key: value for key, value in task.smart.items()
                if ("tasks", name, "smart", key) not in from_command_line}
-        for term, keys, weight, runs in (("adversarial", ADVERSARIAL_KEYS, "adv_weight", cfg.use_adversarial),
-                                         ("Bregman", BREGMAN_KEYS, "prox_weight", cfg.use_bregman)):
+        for term, keys, weight, runs, modes in (
+                ("adversarial", ADVERSARIAL_KEYS, "adv_weight", cfg.use_adversarial, ("adversarial", "full")),
+                ("Bregman", BREGMAN_KEYS, "prox_weight", cfg.use_bregman, ("bregman", "full"))):
             if runs:
                 continue
             if own.get(weight, None) == 0:
                 reason = f"{weight}: 0"
-            elif "mode" in own:
+            elif "mode" in own and own["mode"] not in modes:  # a mode that runs it: a zero weight elsewhere did
                 reason = f"mode: {own['mode']}"
             else:
                 continue

@@ -178,3 +178,27 @@ def test_a_task_block_that_switches_off_the_term_it_tunes_is_named(tmp_path, cap
 ])
 def test_a_task_block_the_run_switches_off_gets_no_note(tmp_path, caplog, smart, flags):
     assert notes(tmp_path, caplog, *flags, edit=own_block(smart)) == []
+
+
+# ---- proposed by the mutation audit
+def test_epochs_clearing_a_typed_max_steps_is_one_note(tmp_path, caplog):
+    """--epochs clears max_steps: that is its own note, not also 'given twice'."""
+    assert notes(tmp_path, caplog, "training.max_steps=7", "--epochs", "2") == [
+        "training.max_steps=7 does nothing: --epochs sets the run's length (2 epochs)"]
+
+
+def test_a_setting_typed_twice_the_same_way_is_named_once(tmp_path, caplog):
+    assert notes(tmp_path, caplog, "seed=7", "seed=7", "seed=8") == [
+        "seed=7 does nothing: seed=8 sets training.seed too, and wins"]
+
+
+def test_keep_last_with_checkpoints_saved_gets_no_note(tmp_path, caplog):
+    assert notes(tmp_path, caplog, "--keep-last", "3") == []
+
+
+@pytest.mark.parametrize("flags", [["--adv-weight", "0"], ["training.smart.adv_weight=0"]])
+def test_a_task_block_whose_own_mode_runs_the_term_is_not_blamed_for_a_run_wide_zero_weight(tmp_path, caplog, flags):
+    """{mode: full, epsilon: 0.1} does not switch the adversarial term off: the command
+    line's weight 0 does, which is the user's choice for this run (no note)."""
+    said = notes(tmp_path, caplog, *flags, edit=own_block("{mode: full, epsilon: 0.1}"))
+    assert not any("sets mode: full" in note for note in said), said
