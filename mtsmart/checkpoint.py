@@ -226,6 +226,16 @@ def _complete_step(path: str) -> Optional[int]:
         return None
 
 
+def recovered_save(path: str) -> Optional[str]:
+    """The complete checkpoint recover_interrupted_save(path) would leave at ``path``,
+    touching nothing (what a dry run of a resume reads): ``path`` itself, the newest
+    complete folder an interrupted save left beside it, or None."""
+    path = os.path.abspath(path)
+    complete = [(step, candidate == path, candidate) for candidate in [path, *_temporary_siblings(path)]
+                if (step := _complete_step(candidate)) is not None]
+    return max(complete)[2] if complete else None
+
+
 def recover_interrupted_save(path: str) -> None:
     """Finish a save_checkpoint(path) that a crash cut short, before a resumed run reads it.
 
@@ -235,13 +245,10 @@ def recover_interrupted_save(path: str) -> None:
     before the renames leaves it beside an older ``path``. The newest complete one takes the
     name (the one already there on a tie); incomplete and superseded folders are removed."""
     path = os.path.abspath(path)
-    siblings = _temporary_siblings(path)
-    if not siblings:
+    if not _temporary_siblings(path):
         return
-    complete = [(step, candidate == path, candidate) for candidate in [path, *siblings]
-                if (step := _complete_step(candidate)) is not None]
-    if complete:
-        _, _, newest = max(complete)
+    newest = recovered_save(path)
+    if newest is not None:
         if newest != path:
             if os.path.exists(path):
                 # aside under a temporary name, so that a crash here is recovered next time

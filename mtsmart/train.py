@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from mtsmart import smart
 from mtsmart.checkpoint import (ENCODER_DIR, TRAINING_FILE, encoder_source_problem, is_checkpoint,
                                 load_checkpoint, load_checkpoint_tasks, load_trainer_state,
-                                load_trainer_state_json, recover_interrupted_save, save_checkpoint)
+                                load_trainer_state_json, recover_interrupted_save, recovered_save, save_checkpoint)
 from mtsmart.config import (RUN_ONLY_SETTINGS, TrainConfig, differences, flatten_settings, from_mapping,
                             load_yaml, to_plain)
 from mtsmart.cpu_allocator import keep_freed_memory
@@ -810,11 +810,12 @@ def _per_replica_counter(key: str) -> bool:
 
 
 def resume_checkpoint(output_dir: str) -> Optional[str]:
-    """``last/``, or (if a crash came between moving it aside and writing the new one) the
-    newest complete ``checkpoints/step-K/``; None when there is nothing to resume."""
+    """``last/`` as the recovery of a save a kill interrupted will leave it, or else the
+    newest complete ``checkpoints/step-K/``; None when there is nothing to resume. Reads only."""
     last = os.path.join(output_dir, LAST_DIR)
-    if os.path.isfile(os.path.join(last, "meta.json")):
-        return last
+    recovered = recovered_save(last)  # a save a kill interrupted counts as --resume will finish it
+    if recovered is not None:
+        return last if recovered == os.path.abspath(last) else recovered
     history = os.path.join(output_dir, CHECKPOINTS_DIR)
     complete = sorted(d for d in (os.listdir(history) if os.path.isdir(history) else [])
                       if os.path.isfile(os.path.join(history, d, "meta.json")))
@@ -826,10 +827,11 @@ MAX_LISTED = 6  # differences named in a resume refusal: enough to act on, one r
 
 def _described_change(key: str, before, after) -> str:
     """A task on one side only is named, not printed as its whole definition."""
-    if isinstance(before, dict) and after is None:
-        return f"{key} was in the run, now left out"
-    if isinstance(after, dict) and before is None:
-        return f"{key} was not in the run, now added"
+    if re.fullmatch(r"tasks\.[^.]+", key):
+        if after is None:
+            return f"{key} was in the run, now left out"
+        if before is None:
+            return f"{key} was not in the run, now added"
     return f"{key} was {before!r}, now {after!r}"
 
 

@@ -184,3 +184,21 @@ def test_the_plan_names_patience_layer_decay_and_head_rate(tmp_path, tiny_model_
     printed = capsys.readouterr().out
     assert "patience 2 evaluations" in printed
     assert "lr 0.001 (cosine after the warm-up, layer decay 0.8), heads ×3;" in printed
+
+
+# ---- proposed by the mutation audit (fails today: a bug)
+def test_a_dry_run_of_a_resume_sees_a_checkpoint_a_kill_left_between_its_renames(tmp_path, tiny_model_dir,
+                                                                                 monkeypatch, capsys):
+    """train --resume finishes the interrupted save and continues; its dry run must not call
+    the run unresumable (and advise --overwrite, which would delete it)."""
+    from tiny_tasks import train_tiny_run
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file, out = train_tiny_run(tmp_path, tiny_model_dir, "run", "--eval-every", "2")
+    (out / "last").rename(out / ".last.tmp-killed")  # what a kill between the two renames leaves
+    argv = ["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out), "--max-steps", "4",
+            "--eval-every", "2", "--quiet", "--resume"]
+    capsys.readouterr()
+    assert main(argv + ["--dry-run"]) == 0, capsys.readouterr().err
+    assert (out / ".last.tmp-killed").is_dir() and not (out / "last").exists()  # the dry run touched nothing
+    assert main(argv) == 0

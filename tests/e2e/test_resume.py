@@ -176,6 +176,11 @@ def test_keep_last_keeps_that_many_resumable_checkpoints(tmp_path, tiny_model_di
     from mtsmart.train import resume_checkpoint
 
     assert resume_checkpoint(str(out)) == str(out / "checkpoints" / "step-0000006")
+    # and --resume continues from it
+    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out),
+                 "--max-steps", "8", "--eval-every", "2", "--keep-last", "3", "--quiet", "--resume"]) == 0
+    assert json.loads((out / "last" / "meta.json").read_text())["global_step"] == 8
+    assert len(json.loads((out / "run.json").read_text())["sessions"]) == 2
 
 
 def test_resume_refuses_settings_other_than_the_runs(tmp_path, tiny_model_dir, monkeypatch, capsys):
@@ -356,3 +361,79 @@ def test_a_resumed_logger_starts_its_event_file_in_a_later_second(tmp_path):
     logger.close()
     seconds = sorted(int(p.name.split(".")[3]) for p in log_dir.glob("events.out.tfevents.*"))
     assert len(seconds) == 2 and seconds[1] > now
+
+
+# ---- proposed by the mutation audit: the refusal's wording, on a run folder written by hand
+def _run_folder(root: Path, task_file: Path, names: tuple[str, ...]) -> str:
+    """A run folder whose last/ checkpoint records ``names`` of the tiny task file and its
+    training settings: all check_resume_settings reads."""
+    import yaml
+
+    from mtsmart.config import to_plain
+    from mtsmart.tasks import load_task_file, task_to_plain
+
+    loaded = load_task_file(str(task_file))
+    last = root / "run" / "last"
+    last.mkdir(parents=True)
+    (last / "meta.json").write_text('{"global_step": 2}')
+    (last / "training.yaml").write_text(yaml.safe_dump({"training": to_plain(loaded.training)}))
+    (last / "tasks.yaml").write_text(yaml.safe_dump({"tasks": {n: task_to_plain(loaded.tasks[n]) for n in names}}))
+    return str(root / "run")
+
+
+def test_a_resume_refusal_names_an_added_task_and_lists_six_differences_without_more(tmp_path):
+    import dataclasses
+
+    from mtsmart.errors import ConfigError
+    from mtsmart.tasks import load_task_file
+    from mtsmart.train import check_resume_settings
+
+    task_file = write_tiny_tasks(tmp_path)
+    loaded = load_task_file(str(task_file))
+    run = _run_folder(tmp_path, task_file, ("pairs",))
+    with pytest.raises(ConfigError) as err:
+        check_resume_settings(run, loaded.training, loaded.tasks)
+    assert "tasks.score was not in the run, now added" in str(err.value)
+    assert "'type'" not in str(err.value)  # the task's definition is not printed
+    pairs = {"pairs": loaded.tasks["pairs"]}
+    six = {"seed": 11, "batch_size": 3, "max_steps": 99, "grad_accum_steps": 2, "epochs": 9.0,
+           "length_grouped": False}
+    for changed, more in ((six, None), ({**six, "select_metric": "pairs/accuracy"}, "; and 1 more")):
+        with pytest.raises(ConfigError) as err:
+            check_resume_settings(run, dataclasses.replace(loaded.training, **changed), pairs)
+        listed = str(err.value).split("these differ: ", 1)[1]
+        assert listed.count(" was ") == 6, listed
+        assert ("more" in listed) == (more is not None) and (more is None or more in listed), listed
+
+
+def test_nothing_to_resume_says_when_the_run_stopped_before_its_first_checkpoint(tmp_path):
+    from mtsmart.errors import ConfigError
+    from mtsmart.train import check_output_dir
+
+    with pytest.raises(ConfigError, match=r"nothing to resume \(no 'last' checkpoint\)$"):
+        check_output_dir(str(tmp_path), overwrite=False, resume=True)
+    (tmp_path / "run.json").write_text('{"sessions": []}')
+    with pytest.raises(ConfigError, match="the run stopped before its first one: start it again with --overwrite"):
+        check_output_dir(str(tmp_path), overwrite=False, resume=True)
+
+
+def test_a_folder_holding_only_its_lock_is_empty_to_a_new_run(tmp_path):
+    """A run that stopped right after claiming its folder left the lock file alone there."""
+    from mtsmart.errors import ConfigError
+    from mtsmart.train import LOCK_FILE, check_output_dir
+
+    (tmp_path / LOCK_FILE).write_text("mtsmart (pid 1 on host)")
+    check_output_dir(str(tmp_path), overwrite=False, resume=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="output directory is not empty"):
+        check_output_dir(str(tmp_path), overwrite=False, resume=False)
+
+
+def test_only_a_task_on_one_side_is_named_as_added_or_left_out():
+    from mtsmart.train import _described_change
+
+    assert _described_change("tasks.score", None, {"type": "regression"}) == "tasks.score was not in the run, now added"
+    assert _described_change("tasks.score", {"type": "regression"}, None) == "tasks.score was in the run, now left out"
+    # a setting inside a task that went from unset to a mapping is a setting, not a task
+    assert _described_change("tasks.pairs.splits.train.columns", None, {"a": 0}) == \
+        "tasks.pairs.splits.train.columns was None, now {'a': 0}"

@@ -72,3 +72,18 @@ def test_the_log_loses_records_past_the_checkpoint_and_a_torn_last_line(tmp_path
     assert [json.loads(line) for line in log.read_text().splitlines()] == records[:2]
     drop_records_after(str(tmp_path / "absent.jsonl"), 20)
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+# ---- proposed by the mutation audit
+def test_a_resumed_run_folder_has_both_its_checkpoints_put_right(tmp_path):
+    """recover_run_folder (train --resume, finetune --resume) finishes best/ as well as last/:
+    a kill between best/'s two renames left it without its name."""
+    from mtsmart.train import recover_run_folder
+
+    folder(tmp_path / ".best.tmp-a", 20)
+    folder(tmp_path / ".best.tmp-a.old", 10)
+    folder(tmp_path / "last", 20)
+    folder(tmp_path / ".last.tmp-b", None)
+    recover_run_folder(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]
+    assert step_of(tmp_path / "best") == 20 and step_of(tmp_path / "last") == 20
