@@ -229,15 +229,16 @@ def _keep_earlier_tasks(path: str, record: dict) -> list[str]:
             earlier = json.load(handle)
         kept = {name: (earlier["results"][name], earlier["splits"][name])
                 for name in earlier["results"] if name not in record["results"]}
-        intervals, resamples = earlier.get("intervals_95", {}), earlier.get("bootstrap_resamples")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        intervals, resamples = earlier.get("intervals_95") or {}, earlier.get("bootstrap_resamples")
+        intervals = {name: intervals[name] for name in kept if name in intervals}
+    except (OSError, ValueError, LookupError, TypeError, AttributeError):
         return []  # none, or not a file this command wrote: replaced
     for name, (results, split) in kept.items():
         record["results"][name], record["splits"][name] = results, split
     # intervals from another number of resamples would read as comparable: left out
     if intervals and record.get("bootstrap_resamples", resamples) == resamples:
         record["bootstrap_resamples"] = resamples
-        record.setdefault("intervals_95", {}).update({n: intervals[n] for n in kept if n in intervals})
+        record.setdefault("intervals_95", {}).update(intervals)
     return list(kept)
 
 
@@ -351,15 +352,17 @@ def command_finetune(args: argparse.Namespace) -> int:
     for task in tasks.values():  # every task's data read before an earlier run is cleared
         for split in (task.train_split, task.eval_split):
             read_split(task, split, data_dir)
-    summaries, lock, states = {}, None, {}
+    summaries, lock, states, finished = {}, None, {}, {}
     try:
         if args.resume:
             lock = lock_run(args.output) if os.path.isdir(args.output) else None
             states = _finetune_resume_states(args, outputs, tasks, task_file.training)
+            # read before any task trains: a damaged one stops the command at once
+            finished = {name: _read_results(outputs[name]) for name, state in states.items() if state == "finished"}
         for name, task in tasks.items():
             out, state = outputs[name], states.get(name, "new")
             if state == "finished":
-                summaries[name] = _read_results(out)
+                summaries[name] = finished[name]
                 print(f"finetune {name}: finished earlier, kept ({out})")
                 continue
             trainer = Trainer({name: task}, task_file.training, data_dir, out, init_from=args.checkpoint,

@@ -77,3 +77,22 @@ def test_a_patience_the_run_has_too_few_evaluations_for_gets_a_note(tmp_path, ti
     assert [r.getMessage() for r in caplog.records if "patience" in r.getMessage()] == [
         "training.patience 7 can never stop this run early: it evaluates 8 times (every 1 of its 8 updates); "
         "a smaller --eval-every or --patience lets it"]
+
+
+# ---- proposed by the mutation audit
+def test_the_patience_note_counts_the_evaluation_at_the_runs_end(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """10 updates evaluated every 3: at 3, 6, 9 and the end, 10 (four evaluations). A dry run
+    builds the plan, and with it the note, without training."""
+    import logging
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    said = {}
+    for patience in ("2", "3"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert train(task_file, tiny_model_dir, tmp_path / "run", "--max-steps", "10", "--eval-every", "3",
+                         "--patience", patience, "--dry-run") == 0
+        said[patience] = [r.getMessage() for r in caplog.records if "patience" in r.getMessage()]
+    assert said == {"2": [], "3": ["training.patience 3 can never stop this run early: it evaluates 4 times "
+                                   "(every 3 of its 10 updates); a smaller --eval-every or --patience lets it"]}

@@ -127,6 +127,8 @@ def test_finetune_from_the_teacher_starts_student_and_teacher_at_the_teacher(sma
             for key, value in expected.items():
                 assert torch.equal(state[key], value), (weights, name, key)
         trainer.cleanup()
+        (session,) = json.loads((tmp_path / f"ft-{weights}" / "run.json").read_text())["sessions"]
+        assert session["encoder"]["weights"] == weights  # what `finetune --resume` compares its --weights with
 
 
 def test_export_of_the_teacher_predicts_what_predict_with_the_teacher_predicts(smart_checkpoint, tmp_path):

@@ -88,7 +88,10 @@ def test_finetune_resume_keeps_the_finished_task_and_continues_the_interrupted_o
     checkpoint, out = killed
     finished = (out / "pairs" / "results.json").read_text()
     assert main(finetune_args(checkpoint, out, "--resume")) == 0
-    assert "finetune pairs: finished earlier, kept" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "finetune pairs: finished earlier, kept" in printed
+    table = [line.split()[:2] for line in printed.splitlines() if line.split()[:1] in (["pairs"], ["score"])]
+    assert table == [["pairs", "dev"], ["score", "dev"]], printed  # the kept task's results are in the table
     assert (out / "pairs" / "results.json").read_text() == finished  # not trained again
     resumed = ends(out)
     for task, expected in left_alone.items():
@@ -156,3 +159,51 @@ def test_a_resume_names_the_checkpoint_the_run_started_from(tmp_path):
         check_resume_start(str(run), str(other), "teacher")
     with pytest.raises(ConfigError, match="resume with --weights teacher"):
         check_resume_start(str(run), str(started), "student")
+
+
+# ---- proposed by the mutation audit
+def test_a_single_task_finetune_resume_with_nothing_to_resume_is_refused(start, tmp_path, capsys):
+    _, checkpoint = start
+    args = finetune_args(checkpoint, tmp_path / "one", "--resume")
+    args[args.index("all")] = "pairs"
+    assert main(args) == 2
+    assert "nothing to resume (no 'last' checkpoint)" in capsys.readouterr().err
+    assert not (tmp_path / "one").exists()
+
+
+def test_finetune_resume_finishes_a_save_a_kill_cut_between_its_renames(killed, left_alone):
+    checkpoint, out = killed
+    score = out / "score"
+    (score / "last").rename(score / ".last.tmp-killed")  # what a kill between the two renames leaves
+    assert main(finetune_args(checkpoint, out, "--resume")) == 0
+    assert ends(out)["score"]["log"] == left_alone["score"]["log"]
+    assert len(json.loads((score / "run.json").read_text())["sessions"]) == 2  # resumed, not started again
+    assert not [p.name for p in score.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_damaged_results_file_of_a_finished_task_is_one_line(killed, capsys):
+    checkpoint, out = killed
+    (out / "pairs" / "results.json").write_text('{"best": ')
+    assert main(finetune_args(checkpoint, out, "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "results.json: damaged" in err and "start the task again with --overwrite" in err and "\n" not in err
+    assert not (out / "score" / "results.json").exists()
+
+
+def test_a_resume_of_a_run_that_recorded_no_start_weights_takes_either(tmp_path):
+    """A run from before run.json recorded the start's weights (or its start at all) is not
+    refused for them."""
+    from mtsmart.provenance import encoder_fingerprint
+    from mtsmart.train import check_resume_start
+
+    started = tmp_path / "a"
+    (started / "encoder").mkdir(parents=True)
+    (started / "encoder" / "config.json").write_text('{"hidden_size": 8}')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"sessions": [{"encoder": {
+        "source": str(started), "fingerprint": encoder_fingerprint(str(started / "encoder"))}}]}))
+    for weights in ("student", "teacher"):
+        check_resume_start(str(run), str(started), weights)
+    (run / "run.json").write_text(json.dumps({"sessions": [{"command": ["mtsmart"]}]}))
+    check_resume_start(str(run), str(tmp_path / "elsewhere"), "teacher")

@@ -836,3 +836,51 @@ def test_an_empty_split_predicts_an_empty_array_of_the_tasks_type(run_dir, tmp_p
     whole = predict_split(loaded.model, loaded.tasks[task], split, 64, 0)
     empty = predict_split(loaded.model, loaded.tasks[task], split.subset([]), 64, 0)
     assert len(whole) == len(split) and empty.shape == (0,) and empty.dtype == whole.dtype
+
+
+# ---- proposed by the mutation audit
+def test_keep_earlier_tasks_merges_only_what_this_evaluation_did_not_score(tmp_path):
+    from mtsmart.cli import _keep_earlier_tasks
+
+    path = tmp_path / "eval_dev.json"
+    a_new, b_old = {"accuracy": 0.9}, {"accuracy": 0.2}
+    path.write_text(json.dumps({
+        "splits": {"a": "dev", "b": "dev"}, "results": {"a": {"accuracy": 0.1}, "b": b_old},
+        "intervals_95": {"a": {"accuracy": [0.0, 0.2]}, "b": {"accuracy": [0.1, 0.3]}}, "bootstrap_resamples": 50}))
+
+    def scored(**extra) -> dict:
+        return {"splits": {"a": "dev"}, "results": {"a": dict(a_new)}, **extra}
+
+    # a scored again with as many resamples: its own results and interval, b's kept
+    record = scored(intervals_95={"a": {"accuracy": [0.8, 1.0]}}, bootstrap_resamples=50)
+    assert _keep_earlier_tasks(str(path), record) == ["b"]
+    assert record["results"] == {"a": a_new, "b": b_old} and record["splits"] == {"a": "dev", "b": "dev"}
+    assert record["intervals_95"] == {"a": {"accuracy": [0.8, 1.0]}, "b": {"accuracy": [0.1, 0.3]}}
+    # no intervals of its own: b's are kept, with the number of resamples they were drawn with
+    record = scored()
+    assert _keep_earlier_tasks(str(path), record) == ["b"]
+    assert record["intervals_95"] == {"b": {"accuracy": [0.1, 0.3]}} and record["bootstrap_resamples"] == 50
+    # another number of resamples: b's intervals would read as comparable, and go
+    record = scored(intervals_95={"a": {"accuracy": [0.8, 1.0]}}, bootstrap_resamples=40)
+    assert _keep_earlier_tasks(str(path), record) == ["b"]
+    assert record["intervals_95"] == {"a": {"accuracy": [0.8, 1.0]}} and record["bootstrap_resamples"] == 40
+    # neither drew intervals: none appear, nor a number of resamples
+    path.write_text(json.dumps({"splits": {"b": "dev"}, "results": {"b": b_old}}))
+    record = scored()
+    assert _keep_earlier_tasks(str(path), record) == ["b"]
+    assert "intervals_95" not in record and "bootstrap_resamples" not in record
+    # not a file this command wrote: replaced, nothing kept, no traceback
+    for text in ('{"results": {"b": {}}}', '{"results": {"b": {}}, "splits": []}', "[1]", "null", "{not json"):
+        path.write_text(text)
+        record = scored()
+        assert _keep_earlier_tasks(str(path), record) == [] and record == scored(), text
+
+
+def test_evaluate_of_the_teacher_writes_a_file_of_its_own(smart_run, tmp_path, cache):
+    checkpoint = tmp_path / "last"
+    shutil.copytree(smart_run / "last", checkpoint)
+    assert main(["evaluate", str(checkpoint), "--data-dir", str(E2E)]) == 0
+    assert main(["evaluate", str(checkpoint), "--data-dir", str(E2E), "--weights", "teacher"]) == 0
+    student, teacher = (read_json(checkpoint / name) for name in ("eval_dev.json", "eval_dev_teacher.json"))
+    assert student["weights"] == "student" and teacher["weights"] == "teacher"
+    assert student["results"] != teacher["results"]

@@ -848,3 +848,45 @@ def test_hub_number_column_with_named_labels_says_it_holds_numbers(tmp_path):
     task = cls_task({"hub": folder, "split": "train"}, text_fields=("text",), labels=["neg", "pos"])
     with pytest.raises(DataError, match=r"field 'labels': .* column 'label' holds numbers, not class names"):
         read_split(task, "train", "/")
+
+
+# ---- proposed by the mutation audit
+def test_index_columns_past_a_shorter_header_read_every_row(tmp_path):
+    """Every column by index, the target beyond the header's fields (rows with more fields
+    than the header): the header check has nothing to look at, and the rows read."""
+    (tmp_path / "f.tsv").write_text("sentence\nA cat sat.\t1\nA dog ran.\t0\n")
+    task = cls_task({"path": "f.tsv", "quoting": "none", "columns": {"sentence": 0, "label": 1}},
+                    text_fields=("sentence",))
+    ex = read(task, data_dir=str(tmp_path))
+    assert ex.texts == [("A cat sat.",), ("A dog ran.",)] and ex.targets == [1, 0] and ex.lines == [2, 3]
+
+
+@pytest.mark.parametrize("blank", ["\t\n", "  \t \n", "   \n"])
+def test_a_line_of_only_whitespace_is_skipped_like_a_blank_one(tmp_path, blank):
+    (tmp_path / "f.tsv").write_text("sentence\tlabel\nA cat sat.\t1\n" + blank + "A dog ran.\t0\n")
+    task = cls_task({"path": "f.tsv"}, text_fields=("sentence",))
+    ex = read(task, data_dir=str(tmp_path))
+    assert ex.targets == [1, 0] and ex.lines == [2, 4]
+
+
+def test_unlabeled_reading_ignores_a_target_column_the_file_lacks(tmp_path):
+    """A test file has no label column: the split's 'columns' naming it (by name or by an
+    index past its fields) is not looked up when reading without labels."""
+    (tmp_path / "test.tsv").write_text("sentence\nA cat sat.\nA dog ran.\n")
+    for label in ("gold_label", 5):
+        task = cls_task({"path": "test.tsv", "columns": {"label": label}}, text_fields=("sentence",))
+        ex = read_split(task, "train", str(tmp_path), labeled=False)
+        assert ex.texts == [("A cat sat.",), ("A dog ran.",)] and ex.targets == [-1, -1]
+
+
+def test_header_names_are_read_without_surrounding_spaces(tmp_path):
+    (tmp_path / "f.tsv").write_text(" sentence \tlabel \nA cat sat.\t1\n")
+    ex = read(cls_task({"path": "f.tsv"}, text_fields=("sentence",)), data_dir=str(tmp_path))
+    assert ex.texts == [("A cat sat.",)] and ex.targets == [1]
+
+
+def test_a_quote_never_closed_is_named_as_such(tmp_path):
+    (tmp_path / "q.csv").write_text('sentence,label\nok,1\n"never closed,0\nnext,1\n', encoding="utf-8")
+    task = cls_task({"path": "q.csv", "quoting": "minimal"}, text_fields=("sentence",))
+    with pytest.raises(DataError, match=r"q.csv line 3: a double quote opened here is never closed; if quotes"):
+        read_split(task, "train", str(tmp_path))
