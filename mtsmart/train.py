@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mtsmart import smart
-from mtsmart.checkpoint import (ENCODER_DIR, TRAINING_FILE, encoder_source_problem, is_checkpoint,
+from mtsmart.checkpoint import (ENCODER_DIR, META_FILE, TRAINING_FILE, encoder_source_problem, is_checkpoint,
                                 load_checkpoint, load_checkpoint_tasks, load_trainer_state,
                                 load_trainer_state_json, recover_interrupted_save, recovered_save, save_checkpoint)
 from mtsmart.config import (RUN_ONLY_SETTINGS, TrainConfig, differences, flatten_settings, from_mapping,
@@ -962,6 +962,39 @@ def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:
             raise ConfigError(f"{path}: nothing to resume (no '{LAST_DIR}' checkpoint" +
                               ("; the run stopped before its first one: start it again with --overwrite)"
                                if started else ")"))
-    elif os.path.isdir(path) and set(os.listdir(path)) - {LOCK_FILE} and not overwrite:
-        raise ConfigError(f"{path}: output directory is not empty (pass --overwrite to replace it, "
-                          "or --resume to continue it)")
+    elif os.path.isdir(path) and set(os.listdir(path)) - {LOCK_FILE}:
+        if not overwrite:
+            raise ConfigError(f"{path}: output directory is not empty (pass --overwrite to replace it"
+                              + (", or --resume to continue it)" if _resumable_inside(path) else ")"))
+        kept = _training_kept_by(path)
+        if kept:
+            raise ConfigError(f"{path}: --overwrite would delete {kept}; give --output a folder of its own")
+
+
+def _resumable_inside(path: str) -> bool:
+    """A checkpoint --resume could continue: the run's own, or (finetune of several tasks)
+    one task folder's."""
+    return resume_checkpoint(path) is not None or any(
+        resume_checkpoint(os.path.join(path, name)) is not None for name in os.listdir(path)
+        if os.path.isdir(os.path.join(path, name)))
+
+
+def _training_kept_by(path: str) -> Optional[str]:
+    """What --overwrite must not delete with ``path``: a checkpoint, a folder inside another
+    run (its last/ would go, and the run could not resume), or, in a folder no run was
+    written into, the runs below it (`--output runs --overwrite`). None for an earlier run's
+    own folder (its lock file or run.json at the top), which is what --overwrite replaces."""
+    real = os.path.realpath(path)
+    if is_checkpoint(real):
+        return f"the checkpoint {path}"
+    ancestor = os.path.dirname(real)
+    while ancestor != os.path.dirname(ancestor):
+        if is_checkpoint(ancestor) or os.path.isfile(os.path.join(ancestor, RUN_FILE)):
+            return f"part of the run {ancestor}"
+        ancestor = os.path.dirname(ancestor)
+    if any(os.path.exists(os.path.join(real, name)) for name in (LOCK_FILE, RUN_FILE)):
+        return None
+    for folder, children, files in os.walk(real):
+        if RUN_FILE in files or META_FILE in files:
+            return f"the training run or checkpoint {folder} inside it"
+    return None

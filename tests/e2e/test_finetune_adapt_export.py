@@ -446,8 +446,42 @@ def test_finetune_into_an_occupied_folder_is_refused_and_left_alone(mt_checkpoin
     assert main(["finetune", str(ckpt), "--task", "pairs", "--output", str(occupied), "--max-steps", "1",
                  "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "output directory is not empty (pass --overwrite to replace it, or --resume to continue it)" in err
+    assert "output directory is not empty (pass --overwrite to replace it)" in err  # nothing to resume there
     assert sorted(p.name for p in occupied.iterdir()) == ["keep.txt"]
+
+
+def test_overwrite_never_deletes_another_runs_checkpoint_or_the_runs_in_a_folder(mt_checkpoint, tmp_path,
+                                                                                  tiny_model_dir, capsys):
+    task_file, ckpt = mt_checkpoint
+    run = ckpt.parent
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "a").mkdir()
+    (runs / "a" / "keep.txt").write_text("x")
+    assert main(["finetune", str(ckpt), "--task", "pairs", "--output", str(runs / "a" / "ft"), "--max-steps", "1",
+                 "--quiet"]) == 0
+    before = {p: p.stat().st_mtime_ns for p in [*run.rglob("*"), *runs.rglob("*")]}
+    train = ["train", str(task_file), "--encoder", str(tiny_model_dir), "--max-steps", "1", "--quiet", "--overwrite"]
+    for output, says in ((run / "last", f"--overwrite would delete the checkpoint {run / 'last'}"),
+                         (run / "tensorboard", f"--overwrite would delete part of the run {run.resolve()}"),
+                         (runs, "--overwrite would delete the training run or checkpoint"),
+                         (runs / "a", "--overwrite would delete the training run or checkpoint")):
+        assert main(train + ["--output", str(output)]) == 2, output
+        err = capsys.readouterr().err
+        assert says in err and "give --output a folder of its own" in err, err
+    assert main(["finetune", str(ckpt), "--task", "all", "--output", str(run / "last"), "--overwrite",
+                 "--max-steps", "1", "--quiet"]) == 2
+    assert "--overwrite would delete" in capsys.readouterr().err
+    assert before == {p: p.stat().st_mtime_ns for p in [*run.rglob("*"), *runs.rglob("*")]}
+    # an earlier run's own folder, or an earlier finetune of several tasks, is what --overwrite replaces
+    assert main(train + ["--output", str(runs / "a" / "ft")]) == 0
+    several = tmp_path / "ft-all"
+    for _ in range(2):
+        assert main(["finetune", str(ckpt), "--task", "all", "--output", str(several), "--overwrite",
+                     "--max-steps", "1", "--quiet"]) == 0
+    assert main(["finetune", str(ckpt), "--task", "all", "--output", str(several), "--max-steps", "1",
+                 "--quiet"]) == 2
+    assert "pass --overwrite to replace it, or --resume to continue it)" in capsys.readouterr().err
 
 
 def test_finetune_never_clears_the_folder_it_reads_its_checkpoint_from(mt_checkpoint, capsys):
