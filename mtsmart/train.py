@@ -163,9 +163,12 @@ class Trainer:
         self.seconds_before = 0.0  # training time of the sessions before this one (resumed runs)
         self.session_start = time.perf_counter()
         self.counters = defaultdict(int)
-        self.replicas.on_main(self._record_session)  # every replica stops, not only the main one
+        # every replica stops on the main one's refusal; a refused resume leaves run.json as it was
+        session = self.replicas.on_main(self._this_session)
         if self.resume:
             self._restore()
+        self.replicas.on_main(lambda: record_session(self.output_dir, session, resumed=self.resume))
+        if self.resume:
             if self.replicas.is_main:
                 self._discard_logs_after(self.global_step)
         self.logger = MetricLogger(os.path.join(self.output_dir, TENSORBOARD_DIR)
@@ -438,9 +441,9 @@ class Trainer:
             self.teacher.load_state_dict(self._init_teacher_state)
             self.teacher.num_updates = self.global_step
 
-    def _record_session(self) -> None:
-        """Append this session (command, versions, device, data fingerprints) to run.json;
-        a resumed run must see the examples its run started with."""
+    def _this_session(self) -> dict:
+        """This session's record for run.json (command, versions, device, data and encoder
+        fingerprints); a resumed run must see the examples its run started with."""
         data = {name: {role: {"split": split, "examples": len(tokenized),
                               "fingerprint": tokenized.fingerprint()}
                        for role, split, tokenized in (
@@ -453,9 +456,7 @@ class Trainer:
         weights = os.path.join(source, ENCODER_DIR) if is_checkpoint(source) else source
         encoder = {"source": source, "fingerprint": encoder_fingerprint(weights),
                    **({"weights": self.init_weights} if self.init_from else {})}
-        record_session(self.output_dir, session_record(self.command, self.device,
-                                                       self.replicas.world_size, data, encoder),
-                       resumed=self.resume)
+        return session_record(self.command, self.device, self.replicas.world_size, data, encoder)
 
     def _discard_logs_after(self, step: int) -> None:
         """A run killed after an evaluation but before its checkpoint was complete logged
@@ -852,6 +853,11 @@ def check_resume_settings(output_dir: str, training: TrainConfig, tasks: dict[st
         now["training"].pop(key)
     if _same_directory(started["training"]["encoder"], now["training"]["encoder"]):
         now["training"]["encoder"] = started["training"]["encoder"]  # one folder, named two ways
+    order = list(started["tasks"])
+    if set(order) == set(now["tasks"]) and order != list(now["tasks"]):
+        # the task sampler and the heads' optimizer state follow the run's task order
+        raise ConfigError(f"{source}: --resume continues the run with its tasks in the order it trained "
+                          f"them, {', '.join(order)}, not {', '.join(now['tasks'])} (give --tasks {','.join(order)})")
     changed = differences(started, now)
     if changed:
         listed = "; ".join(_described_change(*change) for change in changed[:MAX_LISTED])

@@ -281,7 +281,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, tiny_model_dir)
     assert subprocess.run(argv + ["--resume"], env=env, capture_output=True, timeout=300).returncode == 0
 
 
-def test_resume_with_the_tasks_in_an_order_of_their_own(tmp_path, tiny_model_dir, monkeypatch):
+def test_resume_with_the_tasks_in_an_order_of_their_own(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """The heads come back in the run's order, not the name order meta.json sorts them in:
     the optimizer state follows the parameters by position, so a run over `score,pairs`
     resumed with its heads swapped would give each head the other's Adam moments."""
@@ -318,7 +318,17 @@ def test_resume_with_the_tasks_in_an_order_of_their_own(tmp_path, tiny_model_dir
     names = state["optimizer_parameters"]
     names[0], names[-1] = names[-1], names[0]
     state_path.write_text(json.dumps(state))
+    sessions = (tmp_path / "stopped" / "run.json").read_text()
     assert main(argv + ["--output", str(tmp_path / "stopped"), "--resume"]) == 2
+    assert (tmp_path / "stopped" / "run.json").read_text() == sessions  # a refused resume is no session
+    # the same tasks in another order: named, with the order to give
+    swapped = list(argv)
+    swapped[swapped.index("score,pairs")] = "pairs,score"
+    capsys.readouterr()
+    assert main(swapped + ["--output", str(tmp_path / "stopped"), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("in the order it trained them, score, pairs, not pairs, score (give --tasks score,pairs)")
+    assert (tmp_path / "stopped" / "run.json").read_text() == sessions
 
 
 def test_a_second_process_cannot_train_into_a_run_folder_in_use(tmp_path, tiny_model_dir, monkeypatch, capsys):
