@@ -280,7 +280,7 @@ def build_parser() -> ArgumentParser:
                                "tasks and keeps the others)")
     evaluate.add_argument("--bootstrap", type=int, default=0, metavar="N",
                           help="also a 95%% interval of each metric from N resamples of the examples "
-                               "(e.g. 1000; seeded, so reproducible)")
+                               "(at least 40, e.g. 1000; seeded, so reproducible)")
     evaluate.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                           help="examples per forward pass (default 64)")
     add_weights_flag(evaluate, "score")
@@ -388,7 +388,7 @@ def build_parser() -> ArgumentParser:
     compare.add_argument("--split", metavar="NAME", help="the split to score (default: each task's eval split)")
     add_checkpoint_data_dir_flag(compare)
     compare.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                         help="resamples of the examples (default 1000; seeded, so reproducible)")
+                         help="resamples of the examples (default 1000, at least 40; seeded, so reproducible)")
     compare.add_argument("--weights-a", choices=CHECKPOINT_WEIGHTS, default="student",
                          help="A's student (default) or its SMART teacher")
     compare.add_argument("--weights-b", choices=CHECKPOINT_WEIGHTS, default="student",

@@ -104,6 +104,16 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_RESAMPLES = 40  # a 95% interval leaves 2.5% of the resamples out at each end: one of 40
+
+
+def check_resamples(resamples: int, usual: str) -> None:
+    """Fewer resamples print an 'interval' that need not hold the estimate itself."""
+    if resamples < MIN_RESAMPLES:
+        raise ConfigError(f"--bootstrap: a 95% interval needs at least {MIN_RESAMPLES} resamples, got "
+                          f"{resamples} ({usual})")
+
+
 def p_value(share: float, resamples: int) -> str:
     """A bootstrap share as a p-value: none of N resamples says < 1/N, not 0 (nor all, 1)."""
     if share == 0:
@@ -187,8 +197,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from mtsmart.metric_logging import write_json
     from mtsmart.train import pick_device
 
-    if args.bootstrap < 0:
-        raise ConfigError(f"--bootstrap: the number of resamples must be >= 0 (0 is off), got {args.bootstrap}")
+    if args.bootstrap:
+        check_resamples(args.bootstrap, "0 is off; 1000 is usual")
     if args.out:
         check_writable(args.out)
     device = pick_device()
@@ -512,8 +522,7 @@ def command_compare(args: argparse.Namespace) -> int:
     from mtsmart.tasks import check_same_head
     from mtsmart.train import pick_device
 
-    if args.bootstrap < 1:
-        raise ConfigError(f"--bootstrap: the number of resamples must be >= 1, got {args.bootstrap}")
+    check_resamples(args.bootstrap, "1000 is the default")
     if args.out:
         check_writable(args.out)
     device = pick_device()

@@ -103,7 +103,8 @@ def drop_records_after(path: str, step: int) -> None:
 
 
 def write_json(path: str, record) -> None:
-    """Write atomically, so a reader never sees half a file."""
+    """Write atomically, so a reader never sees half a file; its folder is made if need be."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2, sort_keys=True)

@@ -33,10 +33,21 @@ def test_compare_student_with_teacher_and_a_checkpoint_with_itself(tmp_path, tin
     printed = capsys.readouterr().out
     assert "B − A" in printed and "paired bootstrap over 200 resamples" in printed
 
+    # --out in a folder not made yet: made, as predict's is
+    out = tmp_path / "new" / "compare.json"
     assert main(["compare", ckpt, ckpt, *data, "--bootstrap", "50", "--out", str(out)]) == 0
     for metrics in json.loads(out.read_text())["results"].values():
         for r in metrics.values():  # the same model twice: nothing between them, never better
             assert (r["b_minus_a"], r["low"], r["high"], r["p_b_not_better"]) == (0.0, 0.0, 0.0, 1.0)
+    assert main(["evaluate", ckpt, *data, "--out", str(tmp_path / "new" / "deeper" / "eval.json")]) == 0
+    assert (tmp_path / "new" / "deeper" / "eval.json").is_file()
+
+    # too few resamples for a 95% interval (one printed [57.04, 57.04] around an estimate of 52.71)
+    for command in (["compare", ckpt, ckpt], ["evaluate", ckpt]):
+        capsys.readouterr()
+        assert main([*command, *data, "--bootstrap", "39", "--out", str(tmp_path / "few.json")]) == 2
+        assert "--bootstrap: a 95% interval needs at least 40 resamples, got 39" in capsys.readouterr().err
+    assert not (tmp_path / "few.json").exists()
 
 
 def test_compare_needs_the_task_in_both(tmp_path, tiny_model_dir, monkeypatch, capsys):
