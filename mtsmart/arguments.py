@@ -323,7 +323,8 @@ def build_parser() -> ArgumentParser:
     finetune.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     finetune.add_argument("--resume", action="store_true",
                           help="finish an interrupted finetune in --output: a task with results is kept, one "
-                               "with a checkpoint continues from last/, one with neither starts again; give "
+                               "with a checkpoint continues from last/, one with neither (of several) starts "
+                               "again; give "
                                "the command it started with (other settings are refused, except the run-only "
                                f"{', '.join(RUN_ONLY_SETTINGS)})")
     add_weights_flag(finetune, "start from")

@@ -267,8 +267,11 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
         raise ConfigError(f"{where}: field 'smart': expected a mapping of SMART settings")
     for key in smart:
         if key not in PER_TASK_SMART_KEYS:
+            # a global key is a misplaced setting; anything else, most likely a typo
+            what = (f"{key!r} cannot be set per task" if key in (f.name for f in dataclasses.fields(SmartConfig))
+                    else f"unknown key {key!r}{did_you_mean(str(key), list(PER_TASK_SMART_KEYS))}")
             raise ConfigError(
-                f"{where}: field 'smart': {key!r} cannot be set per task "
+                f"{where}: field 'smart': {what} "
                 f"(per-task keys: {', '.join(PER_TASK_SMART_KEYS)}; the rest is global)"
             )
     smart_hints = typing.get_type_hints(SmartConfig)
@@ -348,7 +351,7 @@ def _name_the_override(error: ConfigError, set_by: dict[tuple[str, ...], str]) -
             _, marker, complaint = message.partition(f"task {key_path[1]!r}: ")
             rest = key_path[2:]
             named = bool(marker) and (
-                complaint.startswith((f"{'.'.join(rest)}:", f"{rest[0]} "))
+                complaint.startswith((f"{'.'.join(rest)}:", f"{rest[0]} ", f"unknown key {rest[0]!r}"))
                 or (complaint.startswith(f"field {rest[0]!r}")
                     and (len(rest) == 1 or f"{rest[-1]!r}" in complaint)))
         else:

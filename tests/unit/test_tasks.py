@@ -420,3 +420,24 @@ def test_a_head_is_reused_only_with_the_same_type_and_labels_in_order():
                                     "type": "regression", "target_field": "label"}, "other.yaml")
     with pytest.raises(ConfigError, match="was trained as 'classification'"):
         check_same_head(regression, parse_task("rte", {**CLS, "labels": ["a", "b"]}, FILE), "ckpt")
+
+
+def test_a_misspelled_per_task_smart_key_is_unknown_not_global(tmp_path):
+    """'epsilion' is no global key: "cannot be set per task" would send the user to the
+    training block; a global key in a task's block still gets that answer."""
+    path = write_yaml(tmp_path, {"tasks": {"rte": spec(CLS, smart={"epsilion": 0.1})}})
+    with pytest.raises(ConfigError) as err:
+        load_task_file(path)
+    assert_names(err, path, "'rte'", "unknown key 'epsilion' (did you mean 'epsilon'?)")
+    path = write_yaml(tmp_path, {"tasks": {"rte": spec(CLS, smart={"teacher_beta": 0.9})}})
+    with pytest.raises(ConfigError, match="'teacher_beta' cannot be set per task"):
+        load_task_file(path)
+
+
+def test_an_unknown_task_key_set_on_the_command_line_names_the_override(tmp_path):
+    path = write_yaml(tmp_path, GOOD)
+    for key_path, text in ((["tasks", "rte", "lables"], "tasks.rte.lables=3"),
+                           (["tasks", "rte", "smart", "epsilion"], "tasks.rte.smart.epsilion=3")):
+        with pytest.raises(ConfigError) as err:
+            load_task_file(path, [(key_path, 3, text)])
+        assert str(err.value).endswith(f"(set by {text})"), err.value
