@@ -369,12 +369,17 @@ def command_finetune(args: argparse.Namespace) -> int:
             states = _finetune_resume_states(args, outputs, tasks, task_file.training)
             # read before any task trains: a damaged one stops the command at once
             finished = {name: _read_results(outputs[name]) for name, state in states.items() if state == "finished"}
-        for name, task in tasks.items():
+        for number, (name, task) in enumerate(tasks.items(), 1):
             out, state = outputs[name], states.get(name, "new")
             if state == "finished":
                 summaries[name] = finished[name]
                 print(f"finetune {name}: finished earlier, kept ({out})")
                 continue
+            if several or args.resume:
+                how = {"resumed": "continues from its last checkpoint",
+                       "new": "starts again (nothing was saved)" if args.resume and os.path.isdir(out) else "starts"}
+                print(f"finetune {name}" + (f" ({number} of {len(tasks)})" if several else "")
+                      + f": {how[state]} → {out}", flush=True)
             trainer = Trainer({name: task}, task_file.training, data_dir, out, init_from=args.checkpoint,
                               init_weights=args.weights, cache_dir=args.cache_dir, show_progress=not args.quiet,
                               command=args.command_line, resume=state == "resumed")
@@ -622,11 +627,26 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print(f"mtsmart: error: {os_error_line(err)}", file=sys.stderr)
         return 1
     except Terminated:
-        print("mtsmart: terminated (SIGTERM); a train run continues with --resume", file=sys.stderr)
+        print(f"{_after_a_progress_bar()}mtsmart: terminated (SIGTERM){_how_to_go_on(args)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("mtsmart: interrupted", file=sys.stderr)
+        print(f"{_after_a_progress_bar()}mtsmart: interrupted{_how_to_go_on(args)}", file=sys.stderr)
         return 130
+
+
+def _after_a_progress_bar() -> str:
+    """A new line where a progress bar may hold the terminal's current one."""
+    return "\n" if sys.stderr.isatty() else ""
+
+
+def _how_to_go_on(args: argparse.Namespace) -> str:
+    """What continues an interrupted command from where its saved work ends."""
+    if args.command in ("train", "finetune"):
+        return "; the same command with --resume continues it" if not getattr(args, "resume", False) else \
+            "; the same command continues it"
+    if args.command == "adapt":
+        return "; the same command continues the grid (finished runs are kept)"
+    return ""
 
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overr
                          f"sampler does not read training.sampler.{key} (--sampler {sampler} does)")
     if ("training", "keep_last") in keys and not training.save_checkpoints:
         notes.append(f"{keys['training', 'keep_last']} does nothing: training.save_checkpoints is false")
+    if ("training", "eval_teacher") in keys and not any(
+            task.smart_config(training.smart).use_bregman for task in tasks.values()):
+        notes.append(f"{keys['training', 'eval_teacher']} does nothing: no task runs the Bregman term, so the "
+                     "run has no teacher to score (--smart bregman or full makes one)")
     if from_checkpoint and ("training", "encoder") in keys:
         notes.append(f"{keys['training', 'encoder']} does nothing: the encoder comes from the checkpoint")
     for note in dict.fromkeys(notes):  # once each, in order

@@ -216,9 +216,15 @@ class Trainer:
         self._setup_plan()
         self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
         if self.autocast_dtype is not None and self.uses_adversarial_term:
-            logger.warning("precision %s: batches with SMART's adversarial term run in float32 (its "
-                           "perturbation is below %s's resolution); the others in %s",
-                           cfg.precision, cfg.precision, cfg.precision)
+            trained = [n for n, t in self.tasks.items() if t.sampling_weight > 0]
+            if all(self.task_smart[n].use_adversarial for n in trained):
+                logger.warning("precision %s changes nothing here: every task runs SMART's adversarial term, "
+                               "whose batches run in float32 (its perturbation is below %s's resolution)",
+                               cfg.precision, cfg.precision)
+            else:
+                logger.warning("precision %s: batches with SMART's adversarial term run in float32 (its "
+                               "perturbation is below %s's resolution); the others in %s",
+                               cfg.precision, cfg.precision, cfg.precision)
         self.perturbation_scales = self._perturbation_scales()
         if self.resume:
             # ε's unit is measured on the weights the run STARTED from, not re-measured on
@@ -963,6 +969,9 @@ def check_output_dir(path: str, overwrite: bool, resume: bool) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"{path}: a file, not a folder (--output names the folder the run writes)")
     if resume:
+        if resume_checkpoint(path) is None and is_checkpoint(path):
+            raise ConfigError(f"{path}: a checkpoint; --output names the run folder that holds it "
+                              f"({os.path.dirname(os.path.abspath(path))}), and --resume continues from its last/")
         if resume_checkpoint(path) is None:
             started = os.path.isfile(os.path.join(path, RUN_FILE))
             raise ConfigError(f"{path}: nothing to resume (no '{LAST_DIR}' checkpoint" +

@@ -90,6 +90,7 @@ def test_finetune_resume_keeps_the_finished_task_and_continues_the_interrupted_o
     assert main(finetune_args(checkpoint, out, "--resume")) == 0
     printed = capsys.readouterr().out
     assert "finetune pairs: finished earlier, kept" in printed
+    assert f"finetune score (2 of 2): continues from its last checkpoint → {out / 'score'}" in printed
     table = [line.split()[:2] for line in printed.splitlines() if line.split()[:1] in (["pairs"], ["score"])]
     assert table == [["pairs", "dev"], ["score", "dev"]], printed  # the kept task's results are in the table
     assert (out / "pairs" / "results.json").read_text() == finished  # not trained again
@@ -116,7 +117,7 @@ def test_finetune_resume_refuses_other_settings_and_other_start_weights(killed, 
     assert not (out / "score" / "results.json").exists()  # nothing was trained by a refused command
 
 
-def test_a_task_that_stopped_before_its_first_checkpoint_starts_again(killed, left_alone):
+def test_a_task_that_stopped_before_its_first_checkpoint_starts_again(killed, left_alone, capsys):
     checkpoint, out = killed
     score = out / "score"
     for name in ("last", "best"):
@@ -124,6 +125,7 @@ def test_a_task_that_stopped_before_its_first_checkpoint_starts_again(killed, le
             path.rmdir() if path.is_dir() else path.unlink()
         (score / name).rmdir()
     assert main(finetune_args(checkpoint, out, "--resume")) == 0
+    assert f"finetune score (2 of 2): starts again (nothing was saved) → {score}" in capsys.readouterr().out
     assert ends(out)["score"]["log"] == left_alone["score"]["log"]
     assert len(json.loads((score / "run.json").read_text())["sessions"]) == 1  # a new run, not a resumed one
 

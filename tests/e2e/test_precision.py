@@ -61,6 +61,12 @@ def test_batches_with_the_adversarial_term_run_in_float32_under_bf16(tmp_path, t
     assert {task for task, _, _ in seen} == {"pairs", "score"}
     assert all(autocast == (not adversarial) for _, adversarial, autocast in seen)
     assert any("batches with SMART's adversarial term run in float32" in r.getMessage() for r in caplog.records)
+    # every task with the adversarial term: bf16 reaches no batch, and the note says so
+    caplog.clear()
+    train_tiny_run(tmp_path, tiny_model_dir, "bf16-all", "--precision", "bf16", "--smart", "full", "--epsilon", "1e-2")
+    assert [r.getMessage() for r in caplog.records if "precision bf16" in r.getMessage()] == [
+        "precision bf16 changes nothing here: every task runs SMART's adversarial term, whose batches run in "
+        "float32 (its perturbation is below bf16's resolution)"]
 
 
 def test_an_encoder_that_fails_under_autocast_is_refused_before_anything_runs(tmp_path, tiny_model_dir,

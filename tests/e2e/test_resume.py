@@ -247,6 +247,17 @@ def test_a_resume_refusal_names_a_dropped_task_and_stays_one_readable_line(tmp_p
     assert "'type': 'regression'" not in err  # the task's definition is not printed
 
 
+def test_an_interrupted_command_says_what_continues_it():
+    from argparse import Namespace
+
+    from mtsmart.cli import _how_to_go_on
+
+    assert _how_to_go_on(Namespace(command="finetune", resume=False)) == "; the same command with --resume continues it"
+    assert _how_to_go_on(Namespace(command="train", resume=True)) == "; the same command continues it"
+    assert _how_to_go_on(Namespace(command="adapt")) == "; the same command continues the grid (finished runs are kept)"
+    assert _how_to_go_on(Namespace(command="evaluate")) == ""
+
+
 def test_the_closing_line_counts_this_sessions_steps():
     from mtsmart.cli import steps_trained
 
@@ -276,7 +287,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, tiny_model_dir)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("mtsmart: terminated (SIGTERM)")
+    assert err.strip().splitlines()[-1] == "mtsmart: terminated (SIGTERM); the same command with --resume continues it"
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
     assert subprocess.run(argv + ["--resume"], env=env, capture_output=True, timeout=300).returncode == 0
 
@@ -425,6 +436,12 @@ def test_nothing_to_resume_says_when_the_run_stopped_before_its_first_checkpoint
     (tmp_path / "run.json").write_text('{"sessions": []}')
     with pytest.raises(ConfigError, match="the run stopped before its first one: start it again with --overwrite"):
         check_output_dir(str(tmp_path), overwrite=False, resume=True)
+    # a checkpoint given as --output: its run folder is named
+    (tmp_path / "last").mkdir()
+    (tmp_path / "last" / "meta.json").write_text('{"global_step": 4}')
+    with pytest.raises(ConfigError, match=f"a checkpoint; --output names the run folder that holds it \\({tmp_path}\\)"):
+        check_output_dir(str(tmp_path / "last"), overwrite=False, resume=True)
+    check_output_dir(str(tmp_path), overwrite=False, resume=True)
 
 
 def test_a_folder_holding_only_its_lock_is_empty_to_a_new_run(tmp_path):

@@ -42,6 +42,8 @@ def notes(tmp_path, caplog, *flags: str, command: str = "train", edit=None) -> l
      "training.optim.lr=9e-5 does nothing: --lr sets training.optim.lr too, and wins"),
     (["seed=7", "--batch-size", "4", "seed=8"], "seed=7 does nothing: seed=8 sets training.seed too, and wins"),
     (["epochs=2"], "epochs=2 does nothing: training.max_steps sets the run's length (6 updates); --epochs clears it"),
+    (["training.eval_teacher=false"], "training.eval_teacher=false does nothing: no task runs the Bregman term"),
+    (["--smart", "full", "--prox-weight", "0", "eval_teacher=true"], "eval_teacher=true does nothing"),
 ])
 def test_a_setting_the_run_leaves_unused_is_named(tmp_path, caplog, flags, says):
     assert any(says in note for note in notes(tmp_path, caplog, *flags)), notes(tmp_path, caplog, *flags)
@@ -59,6 +61,7 @@ def test_finetune_names_an_encoder_it_does_not_load(tmp_path, caplog):
     ["--max-steps", "3"],
     ["--epochs", "2"],  # the flag clears the file's max_steps
     ["--smart-preset", "paper", "--smart", "full", "--epsilon", "0.1"],  # a flag over the preset: by design
+    ["--smart", "bregman", "training.eval_teacher=false"],
 ])
 def test_settings_the_run_uses_get_no_note(tmp_path, caplog, flags):
     assert notes(tmp_path, caplog, *flags) == []
