@@ -485,3 +485,22 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -
     if extra:
         args.overrides = [*args.overrides, *extra]
     return args
+
+
+def repeated_flags(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> list[str]:
+    """A note for each flag given more than once (`--lr 1e-4 ... --lr 2e-4`): argparse keeps
+    the last without a word, so every earlier one does nothing."""
+    sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    options = {option: action for action in sub.choices[command]._actions for option in action.option_strings
+               if isinstance(action, (argparse._StoreAction, argparse._StoreTrueAction, argparse._StoreConstAction))}
+    given: dict[str, list[str]] = {}  # dest -> each time it was given, as typed
+    for at, token in enumerate(argv):
+        option, equals, value = token.partition("=")
+        if option in options:
+            action = options[option]
+            if not equals and action.nargs != 0 and at + 1 < len(argv):
+                value = argv[at + 1]
+            given.setdefault(action.dest, []).append(f"{option} {value}".strip() if action.nargs != 0 else option)
+    return [f"{earlier} does nothing: {typed[-1]} comes later, and the last one wins"
+            for typed in given.values() for earlier in typed[:-1] if earlier != typed[-1]]
+

@@ -18,7 +18,8 @@ import sys
 import threading
 from typing import IO, Optional, Sequence
 
-from mtsmart.arguments import EXIT_USAGE, build_parser, collect_overrides, parse_args, settings_as_overrides
+from mtsmart.arguments import (EXIT_USAGE, build_parser, collect_overrides, parse_args, repeated_flags,
+                               settings_as_overrides)
 from mtsmart.config import ADAPT_SETS_PER_RUN, TrainConfig, load_yaml
 from mtsmart.errors import ConfigError, DataError, MtsmartError, os_error_line
 from mtsmart.setting_notes import note_unused_settings
@@ -614,6 +615,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     args.command_line = ["mtsmart", *(sys.argv[1:] if argv is None else argv)]  # kept in run.json
+    for note in repeated_flags(parser, args.command, args.command_line[1:]):
+        logging.getLogger("mtsmart").warning(note)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train":
         print(f"mtsmart: error: only 'mtsmart train' runs under torchrun; run "
               f"'mtsmart {args.command}' as a single process", file=sys.stderr)

@@ -139,3 +139,18 @@ def test_a_flag_is_never_taken_for_a_longer_one_it_begins(argv, unknown, capsys)
         parse_args(build_parser(), argv)
     assert exit_info.value.code == 2
     assert f"unrecognized arguments: {unknown}" in capsys.readouterr().err
+
+
+def test_a_flag_given_twice_names_the_one_that_does_nothing():
+    from mtsmart.arguments import build_parser, repeated_flags
+
+    parser = build_parser()
+    argv = ["train", "t.yaml", "-o", "a", "--lr", "1e-4", "--smart", "full", "--lr=2e-4", "--quiet", "--quiet",
+            "--output", "b", "--smart", "off", "--seed", "3", "--seed", "3"]
+    assert repeated_flags(parser, "train", argv) == [
+        "-o a does nothing: --output b comes later, and the last one wins",
+        "--lr 1e-4 does nothing: --lr 2e-4 comes later, and the last one wins",
+        "--smart full does nothing: --smart off comes later, and the last one wins"]
+    assert repeated_flags(parser, "evaluate", ["evaluate", "ckpt", "--bootstrap", "100", "--bootstrap", "200"]) == [
+        "--bootstrap 100 does nothing: --bootstrap 200 comes later, and the last one wins"]
+    assert repeated_flags(parser, "train", ["train", "t.yaml", "-o", "a", "--lr", "1e-4", "lr=2e-4"]) == []
