@@ -129,20 +129,18 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     # Every start's limit is checked before any run: a later start with a shorter position
     # table would otherwise stop the sweep after the earlier starts had trained.
     tokenizers = [start_tokenizer(start, task, cfg.trust_remote_code) for start in starts]
-    os.makedirs(output_dir, exist_ok=True)
     # The pool is tokenized with the first start's tokenizer only to learn its size and
     # labels; every run tokenizes with its own start's tokenizer.
     cache_dir = cache_dir or default_cache_dir()
     pool = load_tokenized(task, task.train_split, tokenizers[0], data_dir, cache_dir)
     sizes = resolve_sizes(size_specs, reference_size, len(pool))
     is_classification = task.type == "classification"
-    summary_logger = MetricLogger(os.path.join(output_dir, "tensorboard"))
+    summary_logger = None  # made with the first write into output_dir
     csv_path = os.path.join(output_dir, RESULTS_CSV)
     settings = recipe_settings(task, cfg, min_steps)
     recipe = recipe_fingerprint(settings)
     rows = read_previous_runs(csv_path, task.name, settings)
     check_labels(starts, rows, csv_path)
-    write_json(os.path.join(output_dir, RECIPE_JSON), settings)
     done = {(r["start"], same_path_key(r["start_path"]), r["n_train"], r["seed"]) for r in rows}
     for start in starts:
         for spec, n in sizes:
@@ -159,13 +157,17 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                                   eval_teacher=False, save_checkpoints=False,
                                   encoder=cfg.encoder if start.is_checkpoint else start.path)
                 run_dir = os.path.join(output_dir, "runs", start.label, f"n{n}", f"seed{seed}")
-                shutil.rmtree(run_dir, ignore_errors=True)  # a killed attempt's logs would double its curves
-                os.makedirs(run_dir)
                 trainer = Trainer({task.name: task}, run_cfg, data_dir, run_dir,
                                   init_from=start.path if start.is_checkpoint else None,
                                   show_progress=show_progress, cache_dir=cache_dir,
                                   train_indices={task.name: indices}, command=command)
                 try:
+                    # settings, start and data checked before anything is written: a refused
+                    # setting (fp16 on CPU) left recipe.json, runs/ and an event file behind
+                    trainer.prepare()
+                    write_json(os.path.join(output_dir, RECIPE_JSON), settings)
+                    shutil.rmtree(run_dir, ignore_errors=True)  # a killed attempt's logs would double its curves
+                    os.makedirs(run_dir)
                     trainer.setup()
                     summary = trainer.train()
                 finally:
@@ -180,12 +182,14 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
                 _write_csv(csv_path, rows)
                 print(f"adapt {task.name}: start={start.label} n={n} seed={seed} "
                       + " ".join(f"{m}={100 * v:.2f}" for m, v in metrics.items()), flush=True)
+        summary_logger = summary_logger or MetricLogger(os.path.join(output_dir, "tensorboard"))
         for spec, n in sizes:
             values = [r[task.selection_metric] for r in rows
                       if r["start"] == start.label and r["n_train"] == n]
             summary_logger.log_dict({f"adapt/{task.name}/{start.label}/{task.selection_metric}":
                                      float(np.mean(values))}, n)
     summary_logger.close()
+    write_json(os.path.join(output_dir, RECIPE_JSON), settings)
     write_table(os.path.join(output_dir, TABLE_MD), rows, task)
     write_plot(os.path.join(output_dir, PLOT_PNG), rows, task)
     return rows

@@ -194,6 +194,21 @@ def test_adapt_writes_checked_results_table_and_plot(mt_checkpoint, tmp_path, ti
     assert events
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--precision", "fp16"], "fp16 needs a CUDA device"),
+    (["--num-hidden-layers", "20"], "num_hidden_layers"),
+])
+def test_adapt_refuses_a_setting_before_it_writes_anything(mt_checkpoint, tmp_path, tiny_model_dir, capsys,
+                                                          flags, says):
+    new_task_file = write_new_domain(tmp_path)
+    out = tmp_path / "adapt"
+    assert main(["adapt", f"raw={tiny_model_dir}", "--task", "domain", "--task-defs", str(new_task_file),
+                 "--train-sizes", "12", "--seeds", "1", "--min-steps", "2", "--output", str(out), "--quiet",
+                 *flags]) == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()  # no recipe.json, runs/ or event file of a grid that never ran
+
+
 def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
         mt_checkpoint, tmp_path, tiny_model_dir, capsys):
     _, ckpt = mt_checkpoint
