@@ -22,6 +22,7 @@ from mtsmart.checkpoint import TRAINING_FILE, is_checkpoint, load_checkpoint_tas
 from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings, load_yaml
 from mtsmart.errors import ConfigError, MtsmartError
 from mtsmart.provenance import RUN_FILE
+from mtsmart.setting_notes import ADVERSARIAL_KEYS, BREGMAN_KEYS
 from mtsmart.tasks import task_to_plain
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ NOT_RECIPE = {"seed", *RUN_ONLY_SETTINGS} - {"patience", "eval_every"}
 TASK_KEY = "tasks."  # a recipe's keys for a task's own settings: tasks.NAME.max_length, ...
 # A task's training settings, part of a recipe beside what it trains on and how it is
 # scored (_task_recipe); splits the run never reads and metrics besides the main one are not.
+# A setting the run's other settings left without effect (the run noted it when it was
+# given: epochs beside max_steps, SMART knobs with SMART off) is no other recipe.
+NO_EFFECT = "(no effect)"
 TASK_RECIPE_KEYS = ("type", "labels", "max_length", "sampling_weight", "loss_weight", "head_dropout",
                     "class_weights", "smart")
 
@@ -103,21 +107,42 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     # written before results.json kept it there): its row shows – for the teacher
     results = summary[which].get("teacher_results" if weights == "teacher" else "results", {})
     settings = flatten_settings(training)
-    recipe = {k: v for k, v in settings.items() if k not in NOT_RECIPE}
+    tasks = summary.get("tasks")
+    tasks = _tasks_from_checkpoint(path) if tasks is None else tasks
+    unused = _without_effect(training, tasks)
+    recipe = {k: NO_EFFECT if k in unused else v for k, v in settings.items() if k not in NOT_RECIPE}
     # Single-task runs of one recipe share a row, a column per task; a multi-task run's
     # task set is part of its recipe.
     recipe["tasks"] = ",".join(sorted(metrics)) if len(metrics) > 1 else "one each"
     start = summary.get("start")
     if start:  # fine-tuned from a checkpoint: another recipe than training.encoder's weights
         recipe["start"] = start["checkpoint"] + ("" if start.get("weights") == "student" else f" ({start['weights']})")
-    tasks = summary.get("tasks")
-    tasks = _tasks_from_checkpoint(path) if tasks is None else tasks
     # a run that kept neither: pooled only with its like, never with known ones
     recipe["task settings"] = "recorded" if tasks else "not recorded"
     task_settings = {name: _task_recipe(plain) for name, plain in tasks.items()}
     return FinishedRun(path, int(training.get("seed", 0)), recipe,
                        {task: 100 * results[task][metric] for task, metric in metrics.items() if task in results},
                        metrics, task_settings)
+
+
+def _without_effect(training: dict, tasks: dict[str, dict]) -> set[str]:
+    """The flattened training keys that do nothing in a run of ``training`` over ``tasks``
+    (each task's YAML form, with its own smart: block)."""
+    unused = {"epochs"} if training.get("max_steps") is not None else set()
+    sampler = (training.get("sampler") or {}).get("name")
+    unused |= {f"sampler.{key}" for key, name in (("temperature", "temperature"), ("anneal_final_alpha", "annealed"))
+               if sampler != name}
+    run_wide = training.get("smart") or {}
+    blocks = [{**run_wide, **(task.get("smart") or {})} for task in tasks.values()] or [run_wide]
+
+    def runs(modes: tuple[str, ...], weight: str) -> bool:
+        return any(block.get("mode") in modes and (block.get(weight) or 0) > 0 for block in blocks)
+
+    if not runs(("adversarial", "full"), "adv_weight"):
+        unused |= {f"smart.{key}" for key in ("adv_weight", *ADVERSARIAL_KEYS)}
+    if not runs(("bregman", "full"), "prox_weight"):
+        unused |= {f"smart.{key}" for key in ("prox_weight", *BREGMAN_KEYS)} | {"eval_teacher"}
+    return unused
 
 
 def _training_from_checkpoint(path: str) -> dict:
@@ -221,8 +246,11 @@ def _labels(recipes: list[dict]) -> list[str]:
     if len(recipes) == 1:
         return ["all runs"]
     keys = sorted({k for recipe in recipes for k in recipe})
-    varying = [k for k in keys if len({json.dumps(r.get(k), default=str) for r in recipes if _has_task_of(r, k)}) > 1]
-    return [", ".join(f"{k}={recipe.get(k, 'unset')}" for k in varying if _has_task_of(recipe, k))
+    # a setting is compared, and named, only where it had an effect
+    varying = [k for k in keys if len({json.dumps(r.get(k), default=str) for r in recipes
+                                       if _has_task_of(r, k) and r.get(k) != NO_EFFECT}) > 1]
+    return [", ".join(f"{k}={recipe.get(k, 'unset')}" for k in varying
+                      if _has_task_of(recipe, k) and recipe.get(k) != NO_EFFECT)
             or "the same settings" for recipe in recipes]
 
 

@@ -17,10 +17,17 @@ from mtsmart.summary import read_run, summarize
 
 def write_run(path: Path, seed: int, scores: dict[str, float], mode: str = "off", threads: int = 1,
               teacher: dict[str, float] | None = None, patience: int | None = None,
-              tasks: dict[str, dict] | None = None, start: dict | None = None) -> Path:
-    """A results.json as the trainer writes it (main metric accuracy for every task)."""
+              tasks: dict[str, dict] | None = None, start: dict | None = None, **settings) -> Path:
+    """A results.json as the trainer writes it (main metric accuracy for every task);
+    ``settings``: dotted training keys, e.g. ``**{"smart.epsilon": 0.5}``."""
     training = to_plain(TrainConfig(seed=seed, num_threads=threads, patience=patience))
     training["smart"]["mode"] = mode
+    for key, value in settings.items():
+        *parents, leaf = key.split(".")
+        node = training
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
     last = {"global_step": 10, "results": {t: {"accuracy": v, "f1": 0.0} for t, v in scores.items()}}
     if teacher:
         last["teacher_results"] = {t: {"accuracy": v, "f1": 0.0} for t, v in teacher.items()}
@@ -175,3 +182,27 @@ def test_a_run_fine_tuned_from_a_checkpoint_is_another_recipe(tmp_path):
     table = rows(summarize([read_run(str(p)) for p in runs]))
     assert sorted(cells[0] for cells in table.values()) == ["1, 2", "3", "4"], table
     assert any("/runs/mt/best (teacher)" in label for label in table), table
+
+
+def test_a_setting_without_effect_in_its_run_makes_no_other_recipe(tmp_path):
+    """The run noted each of these as doing nothing when it was given: epochs beside
+    max_steps, SMART knobs with SMART off, a temperature for the proportional sampler."""
+    runs = [write_run(tmp_path / "p1", 1, {"rte": 0.60}, max_steps=20),
+            write_run(tmp_path / "p2", 2, {"rte": 0.50}, max_steps=20, epochs=7.0,
+                      **{"smart.epsilon": 0.5, "smart.prox_weight": 2.0, "sampler.temperature": 9.0,
+                         "eval_teacher": False}),
+            write_run(tmp_path / "f1", 1, {"rte": 0.62}, mode="full", max_steps=20),
+            write_run(tmp_path / "f2", 2, {"rte": 0.64}, mode="full", max_steps=20, **{"smart.epsilon": 0.5})]
+    table = rows(summarize([read_run(str(p)) for p in runs]))
+    # one recipe, two seeds, and no knob it never used in its label; with SMART on, ε is a recipe of its own
+    assert table == {"smart.mode=off": ["1, 2", f"55.00 ± {stdev([60.0, 50.0]):.2f} [60.00, 50.00]"],
+                     "smart.epsilon=0.01, smart.mode=full": ["1", "62.00 [62.00]"],
+                     "smart.epsilon=0.5, smart.mode=full": ["2", "64.00 [64.00]"]}
+    # a task whose own block runs the term gives the run-wide knob an effect again
+    own = [write_run(tmp_path / "o1", 1, {"rte": 0.6}, tasks={"rte": {"type": "classification",
+                                                                     "smart": {"mode": "adversarial"}}}),
+           write_run(tmp_path / "o2", 2, {"rte": 0.6}, tasks={"rte": {"type": "classification",
+                                                                     "smart": {"mode": "adversarial"}}},
+                     **{"smart.epsilon": 0.5})]
+    assert len(rows(summarize([read_run(str(p)) for p in own]))) == 2
+
