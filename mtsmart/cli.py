@@ -507,7 +507,7 @@ def command_adapt(args: argparse.Namespace) -> int:
                           command=args.command_line, cache_dir=args.cache_dir)
     with open(os.path.join(args.output, "table.md"), encoding="utf-8") as handle:
         print("\n" + handle.read())
-    print(f"{len(rows)} runs: {args.output}/results.csv, table.md, plot.png")
+    print(f"{len(rows)} run{'' if len(rows) == 1 else 's'}: {args.output}/results.csv, table.md, plot.png")
     return 0
 
 
@@ -568,7 +568,8 @@ def command_summarize(args: argparse.Namespace) -> int:
     runs = [read_run(path, args.which, args.weights) for path in paths]
     print(summarize(runs))
     note = "last evaluation" if args.which == "last" else "best evaluation, selected on the same dev set"
-    print(f"\n{len(runs)} runs; {args.weights}'s main metric per task (×100) at the {note}; "
+    print(f"\n{len(runs)} run{'' if len(runs) == 1 else 's'}; "
+          f"{args.weights}'s main metric per task (×100) at the {note}; "
           "mean ± sample std over seeds, every seed in brackets")
     return 0
 

@@ -184,7 +184,7 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str,
                 if not -len(row) <= index < len(row):
                     raise DataError(
                         f"{path} line {line}: task {task.name!r}: field {name!r}: the line has "
-                        f"{len(row)} fields, column {index} is missing"
+                        f"{len(row)} field{'' if len(row) == 1 else 's'}, column {index} is missing"
                     )
                 values[name] = row[index]
         _append_example(examples, task, values, line, f"{path} line {line}", labeled)

@@ -81,7 +81,8 @@ def smart_summary(cfg: SmartConfig, scale: float) -> str:
             epsilon += f" × {scale:.3g} = {cfg.epsilon * scale:.3g}"
         terms.append(f"λ_s {cfg.adv_weight:g} ({epsilon}, {cfg.norm}, K {cfg.num_steps})")
     if cfg.use_bregman:
-        terms.append(f"μ {cfg.prox_weight:g} (ramped over {100 * cfg.prox_warmup_fraction:g}% of updates)")
+        terms.append(f"μ {cfg.prox_weight:g} " + (f"(ramped over {100 * cfg.prox_warmup_fraction:g}% of updates)"
+                                                   if cfg.prox_warmup_fraction else "(from the first update)"))
     if not terms:
         return "off" if cfg.mode == "off" else f"{cfg.mode}, every weight 0: nothing computed"
     return f"{cfg.mode}: " + ", ".join(terms)

@@ -135,6 +135,8 @@ def test_a_task_may_choose_its_own_smart_mode(tmp_path, tiny_model_dir, monkeypa
     printed = capsys.readouterr().out
     assert task_row(printed, "pairs")[-1] == "off"
     assert task_row(printed, "score")[-1] == "bregman: μ 0.3 (ramped over 50% of updates)"
+    assert dry_run(task_file, tiny_model_dir, tmp_path / "a", "--smart", "bregman", "--prox-warmup-fraction", "0") == 0
+    assert task_row(capsys.readouterr().out, "score")[-1] == "bregman: μ 0.3 (from the first update)"
     assert "teacher   one EMA copy" in printed
     assert main(["train", str(task_file), "--output", str(tmp_path / "b"), "--smart", "full",
                  "tasks.score.smart.teacher_beta=0.9"]) == 2

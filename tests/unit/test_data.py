@@ -331,7 +331,7 @@ def test_missing_column_in_header():
 def test_line_with_too_few_fields():
     msg = error_of(single("too_few_fields.tsv"))
     assert_file_line(msg, "too_few_fields.tsv", 3)
-    assert "1 fields" in msg and "'label'" in msg
+    assert "the line has 1 field, column" in msg and "'label'" in msg
 
 
 def test_index_beyond_the_last_field():
