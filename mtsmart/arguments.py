@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from mtsmart.config import (ADAPT_SETS_PER_RUN, CHECKPOINT_WEIGHTS, LR_SCHEDULES, NORMS, PRECISIONS,
                             RUN_ONLY_SETTINGS, SAMPLERS, SMART_MODES, SMART_PRESETS, SamplerConfig,
-                            SmartConfig, TrainConfig, load_yaml, parse_override)
+                            SmartConfig, TrainConfig, did_you_mean, load_yaml, parse_override)
 from mtsmart.errors import ConfigError
 
 EXIT_USAGE = 2
@@ -481,17 +481,25 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a]
     if extra and (stray or not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        flags = [a.partition("=")[0] for a in stray if a.startswith("--")]
+        options = [o for action in _command_parser(parser, args.command)._actions for o in action.option_strings]
+        hint = did_you_mean(flags[0], options) if flags else ""
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}{hint}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     return args
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
 def repeated_flags(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> list[str]:
     """A note for each flag given more than once (`--lr 1e-4 ... --lr 2e-4`): argparse keeps
     the last without a word, so every earlier one does nothing."""
-    sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
-    options = {option: action for action in sub.choices[command]._actions for option in action.option_strings
+    options = {option: action for action in _command_parser(parser, command)._actions
+               for option in action.option_strings
                if isinstance(action, (argparse._StoreAction, argparse._StoreTrueAction, argparse._StoreConstAction))}
     given: dict[str, list[str]] = {}  # dest -> each time it was given, as typed
     for at, token in enumerate(argv):

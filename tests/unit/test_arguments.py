@@ -154,3 +154,15 @@ def test_a_flag_given_twice_names_the_one_that_does_nothing():
     assert repeated_flags(parser, "evaluate", ["evaluate", "ckpt", "--bootstrap", "100", "--bootstrap", "200"]) == [
         "--bootstrap 100 does nothing: --bootstrap 200 comes later, and the last one wins"]
     assert repeated_flags(parser, "train", ["train", "t.yaml", "-o", "a", "--lr", "1e-4", "lr=2e-4"]) == []
+
+
+def test_an_unknown_flag_gets_the_closest_one(capsys):
+    from mtsmart.arguments import build_parser, parse_args
+
+    for argv, hint in ((["train", "t.yaml", "-o", "a", "--lr-sched", "cosine"], "(did you mean '--lr-schedule'?)"),
+                       (["evaluate", "ckpt", "--bootsrap=100"], "(did you mean '--bootstrap'?)")):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(build_parser(), argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("mtsmart: error: unrecognized arguments:") and err.endswith(hint), err
