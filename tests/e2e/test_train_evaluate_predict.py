@@ -299,7 +299,7 @@ def test_evaluate_with_bootstrap_intervals(run_dir, tmp_path, cache, capsys):
             assert high > low or (metric == "f1" and value in (0.0, 1.0)), (task, metric)
             assert f"{metric}={100 * value:.2f} [{100 * low:.2f}, {100 * high:.2f}]" in row
     assert main(["evaluate", str(run_dir / "best"), "--bootstrap", "-1"]) == 2
-    assert "--bootstrap: the number of resamples must be >= 0" in capsys.readouterr().err
+    assert "--bootstrap: a 95% interval needs at least 40 resamples, got -1" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ predict
