@@ -102,6 +102,13 @@ class SmartConfig:
         return self.mode in ("bregman", "full") and self.prox_weight > 0
 
 
+# The knobs of each SMART term (their weights apart): what a run that does not run the
+# term leaves unused.
+ADVERSARIAL_KEYS = ("epsilon", "noise_std", "step_size", "num_steps", "norm", "relative_to_embedding_norm",
+                    "same_dropout_masks", "memory_efficient")
+BREGMAN_KEYS = ("prox_warmup_fraction", "teacher_beta", "teacher_beta_early", "teacher_early_fraction",
+                "teacher_horizon_fraction")
+
 # The fields a task may override: every knob but the teacher's momentum schedule, which
 # belongs to the one teacher every task shares.
 PER_TASK_SMART_KEYS = (

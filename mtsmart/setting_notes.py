@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from mtsmart.config import TrainConfig
+from mtsmart.config import ADVERSARIAL_KEYS, BREGMAN_KEYS, TrainConfig
 
 if TYPE_CHECKING:  # tasks imports torch: `mtsmart --help` need not wait for it
     from mtsmart.tasks import TaskDef
@@ -24,10 +24,9 @@ logger = logging.getLogger("mtsmart")
 
 Override = tuple[list[str], Any, str]  # key path, value, the text that set it
 
-ADVERSARIAL_KEYS = ("adv_weight", "epsilon", "noise_std", "step_size", "num_steps", "norm",
-                    "relative_to_embedding_norm", "same_dropout_masks", "memory_efficient")
-BREGMAN_KEYS = ("prox_weight", "prox_warmup_fraction", "teacher_beta", "teacher_beta_early",
-                "teacher_early_fraction", "teacher_horizon_fraction")
+# a term's weight counts as one of its knobs: a weight above 0 for a term no task runs does nothing
+ADVERSARIAL_KNOBS = ("adv_weight", *ADVERSARIAL_KEYS)
+BREGMAN_KNOBS = ("prox_weight", *BREGMAN_KEYS)
 
 
 def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overrides: list[Override],
@@ -158,7 +157,7 @@ def _switched_off(tasks: dict[str, TaskDef], training: TrainConfig, given: list[
         if not (run_wide or one_task):
             continue
         key = path[-1]
-        term = "adversarial" if key in ADVERSARIAL_KEYS else "Bregman" if key in BREGMAN_KEYS else None
+        term = "adversarial" if key in ADVERSARIAL_KNOBS else "Bregman" if key in BREGMAN_KNOBS else None
         switching_off = key in ("adv_weight", "prox_weight") and value == 0
         mode = "adversarial" if term == "adversarial" else "bregman"
         if not term or switching_off:

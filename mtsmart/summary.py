@@ -19,10 +19,9 @@ from statistics import mean, stdev
 from mtsmart.adaptation import RECIPE_JSON as ADAPT_RECIPE
 from mtsmart.adaptation import RESULTS_CSV as ADAPT_RESULTS
 from mtsmart.checkpoint import TRAINING_FILE, is_checkpoint, load_checkpoint_tasks
-from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings, load_yaml
+from mtsmart.config import ADVERSARIAL_KEYS, BREGMAN_KEYS, RUN_ONLY_SETTINGS, flatten_settings, load_yaml
 from mtsmart.errors import ConfigError, MtsmartError
 from mtsmart.provenance import RUN_FILE
-from mtsmart.setting_notes import ADVERSARIAL_KEYS, BREGMAN_KEYS
 from mtsmart.tasks import task_to_plain
 
 logger = logging.getLogger(__name__)

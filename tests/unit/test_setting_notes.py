@@ -101,12 +101,13 @@ def test_every_smart_knob_and_sampler_setting_left_unused_is_named(tmp_path, cap
 
 def test_every_smart_flag_belongs_to_a_term_the_notes_know():
     """Each run-wide SMART key but the mode is a knob of one term: a new key must join
-    ADVERSARIAL_KEYS or BREGMAN_KEYS, or a flag for it that does nothing gets no note."""
+    config.ADVERSARIAL_KEYS or BREGMAN_KEYS, or a flag for it that does nothing gets no note
+    (and summarize would count it as a recipe where it did nothing)."""
     from mtsmart import setting_notes
 
     knobs = {f.name for f in dataclasses.fields(SmartConfig)} - {"mode"}
-    assert set(setting_notes.ADVERSARIAL_KEYS) | set(setting_notes.BREGMAN_KEYS) == knobs
-    assert not set(setting_notes.ADVERSARIAL_KEYS) & set(setting_notes.BREGMAN_KEYS)
+    assert set(setting_notes.ADVERSARIAL_KNOBS) | set(setting_notes.BREGMAN_KNOBS) == knobs
+    assert not set(setting_notes.ADVERSARIAL_KNOBS) & set(setting_notes.BREGMAN_KNOBS)
 
 
 def test_a_knob_a_task_runs_through_its_own_mode_gets_no_note(tmp_path, caplog):
