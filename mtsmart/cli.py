@@ -183,6 +183,17 @@ def _checkpoint_tasks(loaded, args: argparse.Namespace, names: Optional[str], wh
     return select_tasks(tasks, None if names == "all" else names, where), data_dir
 
 
+def _check_split_declared(tasks: dict, split: Optional[str], flag: str) -> None:
+    """--split for every task: where some lack it, the tasks that have it are named (GLUE's
+    test files are declared for a few tasks only), before any is scored."""
+    lacking = [name for name, task in tasks.items() if split is not None and split not in task.splits]
+    if lacking:
+        having = [name for name in tasks if name not in lacking]
+        raise ConfigError(f"--split {split}: {', '.join(lacking)} declare{'s' if len(lacking) == 1 else ''} no such "
+                          "split" + (f"; {flag} {','.join(having)} takes the tasks that do" if having else
+                                     " (see each task's splits in the checkpoint's tasks.yaml, or --task-defs)"))
+
+
 def _predict(loaded, task, split_name: str, data_dir: str, batch_size: int, device, labeled: bool = True):
     """A loaded checkpoint's predictions on one task's split (file order), and the split."""
     from mtsmart.data import default_cache_dir, load_tokenized
@@ -205,6 +216,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     device = pick_device()
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
     tasks, data_dir = _checkpoint_tasks(loaded, args, args.tasks, "--tasks")
+    _check_split_declared(tasks, args.split, "--tasks")
     results, split_names, intervals = {}, {}, {}
     for name, task in tasks.items():
         split_name = args.split or task.eval_split
@@ -270,6 +282,8 @@ def command_predict(args: argparse.Namespace) -> int:
         tasks = _with_input_split(tasks, args.input, args.quoting)
     elif args.quoting is not None:
         raise ConfigError("--quoting applies to --input: a split is read as its task definition says")
+    else:
+        _check_split_declared(tasks, args.split, "--task")
     extension = "" if os.path.isdir(args.out) else os.path.splitext(args.out.rstrip("/"))[1].lower()
     single_file = extension in (".tsv", ".txt")
     if extension and not single_file:
@@ -348,7 +362,8 @@ def command_finetune(args: argparse.Namespace) -> int:
     task_file = _load_finetune_tasks(args)
     checkpoint_tasks = load_checkpoint_tasks(args.checkpoint)
     names = ",".join(checkpoint_tasks) if args.task == "all" else args.task
-    tasks = select_tasks(task_file.tasks, names, "--task")
+    tasks = select_tasks(task_file.tasks, names, "--task", "" if args.task_defs else
+                         "; a task the checkpoint was not trained on needs its definition: --task-defs FILE")
     for name, task in tasks.items():
         if name in checkpoint_tasks:  # the trained head is reused: its outputs must mean the same
             check_same_head(task, checkpoint_tasks[name], args.checkpoint)
@@ -535,6 +550,7 @@ def command_compare(args: argparse.Namespace) -> int:
     loaded_a = load_checkpoint(args.checkpoint, device, weights=args.weights_a)
     loaded_b = load_checkpoint(args.other, device, weights=args.weights_b)
     tasks, data_dir = _checkpoint_tasks(loaded_a, args, args.tasks, "--tasks")
+    _check_split_declared(tasks, args.split, "--tasks")
     for name, task in tasks.items():
         if name not in loaded_b.tasks:
             raise ConfigError(f"{args.other}: has no head for task {name!r} (its tasks: "

@@ -400,8 +400,10 @@ def check_same_head(task: TaskDef, trained: TaskDef, checkpoint: str) -> None:
                           f"[{', '.join(trained.labels)}]")
 
 
-def select_tasks(tasks: dict[str, TaskDef], names: Optional[str], where: str) -> dict[str, TaskDef]:
-    """Keep the comma-separated subset ``names`` (all when None), in the given order."""
+def select_tasks(tasks: dict[str, TaskDef], names: Optional[str], where: str,
+                 elsewhere: str = "") -> dict[str, TaskDef]:
+    """Keep the comma-separated subset ``names`` (all when None), in the given order.
+    ``elsewhere``: where a task missing here may be defined, said when one is."""
     if not names:
         return dict(tasks)
     chosen = [n.strip() for n in names.split(",") if n.strip()]
@@ -409,7 +411,8 @@ def select_tasks(tasks: dict[str, TaskDef], names: Optional[str], where: str) ->
         raise ConfigError(f"{where}: no task names in {names!r} (tasks: {', '.join(tasks)})")
     for name in chosen:
         if name not in tasks:
-            raise ConfigError(f"{where}: no task {name!r} (tasks: {', '.join(tasks)})")
+            raise ConfigError(f"{where}: no task {name!r}{did_you_mean(name, list(tasks))} (tasks: "
+                              f"{', '.join(tasks)}){elsewhere}")
     return {name: tasks[name] for name in chosen}
 
 

@@ -499,6 +499,17 @@ def test_overwrite_never_deletes_another_runs_checkpoint_or_the_runs_in_a_folder
     assert "pass --overwrite to replace it, or --resume to continue it)" in capsys.readouterr().err
 
 
+def test_a_task_the_checkpoint_lacks_points_to_task_defs(mt_checkpoint, tmp_path, capsys):
+    _, ckpt = mt_checkpoint
+    assert main(["finetune", str(ckpt), "--task", "domain", "--output", str(tmp_path / "ft"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--task: no task 'domain' (tasks: pairs, score); a task the checkpoint was not trained on needs its "
+        "definition: --task-defs FILE")
+    assert main(["finetune", str(ckpt), "--task", "pair", "--output", str(tmp_path / "ft"), "--quiet"]) == 2
+    assert "no task 'pair' (did you mean 'pairs'?)" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists()
+
+
 def test_finetune_never_clears_the_folder_it_reads_its_checkpoint_from(mt_checkpoint, capsys):
     _, ckpt = mt_checkpoint
     run = ckpt.parent

@@ -884,3 +884,24 @@ def test_evaluate_of_the_teacher_writes_a_file_of_its_own(smart_run, tmp_path, c
     student, teacher = (read_json(checkpoint / name) for name in ("eval_dev.json", "eval_dev_teacher.json"))
     assert student["weights"] == "student" and teacher["weights"] == "teacher"
     assert student["results"] != teacher["results"]
+
+
+def test_a_split_some_tasks_lack_names_the_tasks_that_have_it(run_dir, capsys):
+    """GLUE's labelled test files are declared for a few tasks only: `--split test` on a
+    checkpoint of five tasks stopped at the first without one."""
+    from types import SimpleNamespace
+
+    from mtsmart.cli import _check_split_declared
+    from mtsmart.errors import ConfigError
+
+    tasks = {name: SimpleNamespace(splits=splits) for name, splits in
+             (("rte", {"train", "dev"}), ("mrpc", {"train", "dev", "test"}), ("stsb", {"dev", "test"}))}
+    with pytest.raises(ConfigError, match=r"^--split test: rte declares no such split; --tasks mrpc,stsb takes "
+                                          r"the tasks that do$"):
+        _check_split_declared(tasks, "test", "--tasks")
+    _check_split_declared(tasks, None, "--tasks")  # each task's own eval split
+    _check_split_declared({"mrpc": tasks["mrpc"]}, "test", "--tasks")
+    for command in (["evaluate", str(run_dir / "best")], ["compare", str(run_dir / "best"), str(run_dir / "best")],
+                    ["predict", str(run_dir / "best"), "--task", "all", "--out", str(run_dir.parent / "p")]):
+        assert main([*command, "--data-dir", str(E2E), "--split", "test"]) == 2
+        assert "--split test: pairs, scores declare no such split (see each task's splits" in capsys.readouterr().err
