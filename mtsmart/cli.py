@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import json
+import logging
 import os
 import shutil
 import signal
@@ -454,7 +454,7 @@ def _read_results(run_dir: str) -> dict:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     except ValueError as err:
-        raise ConfigError(f"{path}: damaged ({err}); start the task again with --overwrite") from None
+        raise ConfigError(f"{path}: damaged ({err}); remove {run_dir} to train that task again") from None
 
 
 def _is_setting(text: str) -> bool:
@@ -662,8 +662,7 @@ def _after_a_progress_bar() -> str:
 def _how_to_go_on(args: argparse.Namespace) -> str:
     """What continues an interrupted command from where its saved work ends."""
     if args.command in ("train", "finetune"):
-        return "; the same command with --resume continues it" if not getattr(args, "resume", False) else \
-            "; the same command continues it"
+        return "; the same command continues it" if args.resume else "; the same command with --resume continues it"
     if args.command == "adapt":
         return "; the same command continues the grid (finished runs are kept)"
     return ""

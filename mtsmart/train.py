@@ -168,9 +168,8 @@ class Trainer:
         if self.resume:
             self._restore()
         self.replicas.on_main(lambda: record_session(self.output_dir, session, resumed=self.resume))
-        if self.resume:
-            if self.replicas.is_main:
-                self._discard_logs_after(self.global_step)
+        if self.resume and self.replicas.is_main:
+            self._discard_logs_after(self.global_step)
         self.logger = MetricLogger(os.path.join(self.output_dir, TENSORBOARD_DIR)
                                    if self.replicas.is_main else None,
                                    purge_step=self.global_step + 1 if self.resume else None)
@@ -1009,7 +1008,7 @@ def _training_kept_by(path: str) -> Optional[str]:
         ancestor = os.path.dirname(ancestor)
     if any(os.path.exists(os.path.join(real, name)) for name in (LOCK_FILE, RUN_FILE)):
         return None
-    for folder, children, files in os.walk(real):
+    for folder, _, files in os.walk(real):
         if RUN_FILE in files or META_FILE in files:
             return f"the training run or checkpoint {folder} inside it"
     return None
