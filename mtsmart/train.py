@@ -787,7 +787,7 @@ class Trainer:
             # what produced these numbers, so a results file is read without its checkpoints
             "training": to_plain(self.cfg),
             # a fine-tuned run started from a checkpoint, not from training.encoder's weights
-            **({"start": {"checkpoint": os.path.abspath(self.init_from), "weights": self.init_weights}}
+            **({"start": {"checkpoint": self._start_checkpoint(), "weights": self.init_weights}}
                if self.init_from else {}),
             "main_metrics": {n: t.selection_metric for n, t in self.tasks.items()},
             "tasks": {n: task_to_plain(t) for n, t in self.tasks.items()},
@@ -801,6 +801,15 @@ class Trainer:
         write_json(os.path.join(self.output_dir, RESULTS_FILE), summary)
         self.logger.log_hparams_end()
         return summary
+
+    def _start_checkpoint(self) -> str:
+        """The checkpoint the run started from, as its first session named it: a resume may
+        name the same weights by another path (check_resume_start compared them)."""
+        first = (read_sessions(self.output_dir) or [{}])[0]
+        source = (first.get("encoder") or {}).get("source")
+        if self.resume and source:
+            return os.path.abspath(os.path.join(first.get("working_directory", ""), source))
+        return os.path.abspath(self.init_from)
 
     def cleanup(self) -> None:
         logger = getattr(self, "logger", None)

@@ -106,6 +106,16 @@ def test_finetune_resume_keeps_the_finished_task_and_continues_the_interrupted_o
     assert start_record == {"checkpoint": str(checkpoint.resolve()), "weights": "student"}
 
 
+def test_a_resume_naming_the_start_by_another_path_records_the_path_the_run_started_from(killed, tmp_path):
+    checkpoint, out = killed
+    (tmp_path / "elsewhere").symlink_to(checkpoint, target_is_directory=True)  # the same weights
+    args = finetune_args(checkpoint, out, "--resume")
+    args[1] = str(tmp_path / "elsewhere")
+    assert main(args) == 0
+    start = json.loads((out / "score" / "results.json").read_text())["start"]
+    assert start == {"checkpoint": str(checkpoint.resolve()), "weights": "student"}
+
+
 def test_finetune_resume_refuses_other_settings_and_other_start_weights(killed, capsys):
     checkpoint, out = killed
     assert main(finetune_args(checkpoint, out, "--resume", "--lr", "1e-2")) == 2
