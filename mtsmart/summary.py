@@ -10,6 +10,7 @@ Must not import the trainer or the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,8 @@ from statistics import mean, stdev
 from mtsmart.adaptation import RECIPE_JSON as ADAPT_RECIPE
 from mtsmart.adaptation import RESULTS_CSV as ADAPT_RESULTS
 from mtsmart.checkpoint import TRAINING_FILE, is_checkpoint, load_checkpoint_tasks
-from mtsmart.config import ADVERSARIAL_KEYS, BREGMAN_KEYS, RUN_ONLY_SETTINGS, flatten_settings, load_yaml
+from mtsmart.config import (ADVERSARIAL_KEYS, BREGMAN_KEYS, RUN_ONLY_SETTINGS, SmartConfig, flatten_settings,
+                            load_yaml)
 from mtsmart.errors import ConfigError, MtsmartError
 from mtsmart.provenance import RUN_FILE
 from mtsmart.tasks import task_to_plain
@@ -132,14 +134,12 @@ def _without_effect(training: dict, tasks: dict[str, dict]) -> set[str]:
     unused |= {f"sampler.{key}" for key, name in (("temperature", "temperature"), ("anneal_final_alpha", "annealed"))
                if sampler != name}
     run_wide = training.get("smart") or {}
+    known = {f.name for f in dataclasses.fields(SmartConfig)}  # a results.json may be older or newer
     blocks = [{**run_wide, **(task.get("smart") or {})} for task in tasks.values()] or [run_wide]
-
-    def runs(modes: tuple[str, ...], weight: str) -> bool:
-        return any(block.get("mode") in modes and (block.get(weight) or 0) > 0 for block in blocks)
-
-    if not runs(("adversarial", "full"), "adv_weight"):
+    smart = [SmartConfig(**{k: v for k, v in block.items() if k in known}) for block in blocks]
+    if not any(cfg.use_adversarial for cfg in smart):
         unused |= {f"smart.{key}" for key in ("adv_weight", *ADVERSARIAL_KEYS)}
-    if not runs(("bregman", "full"), "prox_weight"):
+    if not any(cfg.use_bregman for cfg in smart):
         unused |= {f"smart.{key}" for key in ("prox_weight", *BREGMAN_KEYS)} | {"eval_teacher"}
     return unused
 
