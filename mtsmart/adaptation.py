@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mtsmart.checkpoint import ENCODER_DIR, is_checkpoint
-from mtsmart.config import TrainConfig, flatten_settings
+from mtsmart.config import TrainConfig, flatten_settings, settings_without_effect
 from mtsmart.data import check_max_length, default_cache_dir, load_tokenized, stratified_subset
 from mtsmart.errors import ConfigError
 from mtsmart.metric_logging import MetricLogger, write_json
@@ -137,9 +137,8 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
     is_classification = task.type == "classification"
     summary_logger = None  # made with the first write into output_dir
     csv_path = os.path.join(output_dir, RESULTS_CSV)
-    settings = recipe_settings(task, cfg, min_steps)
+    rows, settings = read_previous_runs(csv_path, task.name, recipe_settings(task, cfg, min_steps))
     recipe = recipe_fingerprint(settings)
-    rows = read_previous_runs(csv_path, task.name, settings)
     check_labels(starts, rows, csv_path)
     done = {(r["start"], same_path_key(r["start_path"]), r["n_train"], r["seed"]) for r in rows}
     for start in starts:
@@ -247,12 +246,24 @@ def recipe_fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def read_previous_runs(path: str, task_name: str, settings: dict) -> list[dict]:
+def _in_effect(settings: dict) -> dict:
+    """A recipe's settings, flattened, without those that do nothing in its runs."""
+    unused = settings_without_effect(settings["training"], [settings["task"].get("smart") or {}])
+    return {k: v for k, v in flatten_settings(settings).items() if k.partition(".")[2] not in unused
+            or not k.startswith("training.")}
+
+
+def read_previous_runs(path: str, task_name: str, settings: dict) -> tuple[list[dict], dict]:
     """The rows of an earlier (perhaps interrupted) adapt into the same folder, so that
-    runs already done are kept and not run again. Rows of another task or recipe are an
-    error: reusing them would silently mix two experiments in one table."""
+    runs already done are kept and not run again, and the recipe the folder goes on with:
+    its own where ``settings`` differ from it only in settings without effect (an
+    ``--epsilon`` with SMART off). Rows of another task or recipe are an error: reusing
+    them would silently mix two experiments in one table."""
     if not os.path.exists(path):
-        return []
+        return [], settings
+    recorded = _recorded_recipe(os.path.join(os.path.dirname(path), RECIPE_JSON))
+    if recorded is not None and _in_effect(recorded) == _in_effect(settings):
+        settings = recorded
     recipe = recipe_fingerprint(settings)
     with open(path, newline="", encoding="utf-8") as handle:
         previous = list(csv.DictReader(handle))
@@ -273,7 +284,18 @@ def read_previous_runs(path: str, task_name: str, settings: dict) -> list[dict]:
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: line {line} is not a complete results row; "
                               "remove that line to run it again") from None
-    return rows
+    return rows, settings
+
+
+def _recorded_recipe(path: str) -> Optional[dict]:
+    """The settings recipe.json holds, or None (an older folder, or a damaged file)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+        _in_effect(recorded)  # the shape a recipe has
+    except (OSError, ValueError, LookupError, TypeError, AttributeError):
+        return None
+    return recorded
 
 
 def _recipe_changes(path: str, settings: dict) -> str:

@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -529,6 +529,26 @@ def differences(before: Any, after: Any, prefix: str = "") -> list[tuple[str, An
             out += differences(before.get(key), after.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
     return [] if before == after else [(prefix, before, after)]
+
+
+def settings_without_effect(training: Mapping[str, Any], task_smart: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The flattened keys of ``training`` (plain nested values) that do nothing in a run
+    whose tasks' own smart: blocks are ``task_smart``: epochs beside max_steps, a sampler
+    setting another sampler ignores, the knobs of a SMART term no task runs (the notes name
+    them when they are given). Runs that differ only there are the same runs."""
+    unused = {"epochs"} if training.get("max_steps") is not None else set()
+    sampler = (training.get("sampler") or {}).get("name")
+    unused |= {f"sampler.{key}" for key, name in (("temperature", "temperature"), ("anneal_final_alpha", "annealed"))
+               if sampler != name}
+    run_wide = training.get("smart") or {}
+    known = {f.name for f in dataclasses.fields(SmartConfig)}  # plain settings may be older or newer
+    smart = [SmartConfig(**{k: v for k, v in {**run_wide, **own}.items() if k in known})
+             for own in task_smart or [{}]]
+    if not any(cfg.use_adversarial for cfg in smart):
+        unused |= {f"smart.{key}" for key in ("adv_weight", *ADVERSARIAL_KEYS)}
+    if not any(cfg.use_bregman for cfg in smart):
+        unused |= {f"smart.{key}" for key in ("prox_weight", *BREGMAN_KEYS)} | {"eval_teacher"}
+    return unused
 
 
 def flatten_settings(settings: Mapping[str, object], prefix: str = "") -> dict[str, object]:

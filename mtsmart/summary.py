@@ -10,7 +10,6 @@ Must not import the trainer or the CLI.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -20,8 +19,7 @@ from statistics import mean, stdev
 from mtsmart.adaptation import RECIPE_JSON as ADAPT_RECIPE
 from mtsmart.adaptation import RESULTS_CSV as ADAPT_RESULTS
 from mtsmart.checkpoint import TRAINING_FILE, is_checkpoint, load_checkpoint_tasks
-from mtsmart.config import (ADVERSARIAL_KEYS, BREGMAN_KEYS, RUN_ONLY_SETTINGS, SmartConfig, flatten_settings,
-                            load_yaml)
+from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings, load_yaml, settings_without_effect
 from mtsmart.errors import ConfigError, MtsmartError
 from mtsmart.provenance import RUN_FILE
 from mtsmart.tasks import task_to_plain
@@ -110,7 +108,7 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     settings = flatten_settings(training)
     tasks = summary.get("tasks")
     tasks = _tasks_from_checkpoint(path) if tasks is None else tasks
-    unused = _without_effect(training, tasks)
+    unused = settings_without_effect(training, [task.get("smart") or {} for task in tasks.values()])
     recipe = {k: NO_EFFECT if k in unused else v for k, v in settings.items() if k not in NOT_RECIPE}
     # Single-task runs of one recipe share a row, a column per task; a multi-task run's
     # task set is part of its recipe.
@@ -124,24 +122,6 @@ def read_run(path: str, which: str = "last", weights: str = "student") -> Finish
     return FinishedRun(path, int(training.get("seed", 0)), recipe,
                        {task: 100 * results[task][metric] for task, metric in metrics.items() if task in results},
                        metrics, task_settings)
-
-
-def _without_effect(training: dict, tasks: dict[str, dict]) -> set[str]:
-    """The flattened training keys that do nothing in a run of ``training`` over ``tasks``
-    (each task's YAML form, with its own smart: block)."""
-    unused = {"epochs"} if training.get("max_steps") is not None else set()
-    sampler = (training.get("sampler") or {}).get("name")
-    unused |= {f"sampler.{key}" for key, name in (("temperature", "temperature"), ("anneal_final_alpha", "annealed"))
-               if sampler != name}
-    run_wide = training.get("smart") or {}
-    known = {f.name for f in dataclasses.fields(SmartConfig)}  # a results.json may be older or newer
-    blocks = [{**run_wide, **(task.get("smart") or {})} for task in tasks.values()] or [run_wide]
-    smart = [SmartConfig(**{k: v for k, v in block.items() if k in known}) for block in blocks]
-    if not any(cfg.use_adversarial for cfg in smart):
-        unused |= {f"smart.{key}" for key in ("adv_weight", *ADVERSARIAL_KEYS)}
-    if not any(cfg.use_bregman for cfg in smart):
-        unused |= {f"smart.{key}" for key in ("prox_weight", *BREGMAN_KEYS)} | {"eval_teacher"}
-    return unused
 
 
 def _training_from_checkpoint(path: str) -> dict:

@@ -210,7 +210,7 @@ def test_adapt_refuses_a_setting_before_it_writes_anything(mt_checkpoint, tmp_pa
 
 
 def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
-        mt_checkpoint, tmp_path, tiny_model_dir, capsys):
+        mt_checkpoint, tmp_path, tiny_model_dir, capsys, caplog):
     _, ckpt = mt_checkpoint
     new_task_file = write_new_domain(tmp_path)
     out = tmp_path / "adapt"
@@ -246,6 +246,16 @@ def test_adapt_into_the_same_folder_keeps_done_runs_and_refuses_another_recipe(
     # the same start written another way is the same start: nothing trains again
     assert main(["adapt", f"mt={ckpt}{os.sep}", "--seeds", "1", *common]) == 0
     assert "kept" in capsys.readouterr().out and (out / "results.csv").read_text() == before
+    # a setting without effect (its note says so) is the same recipe: the folder keeps its own
+    recipe = (out / "recipe.json").read_text()
+    with caplog.at_level(logging.WARNING):
+        assert main(["adapt", f"mt={ckpt}", "--seeds", "1", "--smart", "off", "--epsilon", "0.5", *common]) == 0
+    assert any("--epsilon does nothing" in r.getMessage() for r in caplog.records)
+    assert "kept" in capsys.readouterr().out
+    assert (out / "results.csv").read_text() == before and (out / "recipe.json").read_text() == recipe
+    # with the term on, the same knob is another experiment
+    assert main(["adapt", f"mt={ckpt}", "--seeds", "1", "--smart", "adversarial", "--epsilon", "0.5", *common]) == 2
+    assert "training.smart.epsilon was 0.01, now 0.5" in capsys.readouterr().err
     # a label the folder already ties to another start point would pool the two in one cell
     assert main(["adapt", f"mt={tiny_model_dir}", "--seeds", "3", *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
