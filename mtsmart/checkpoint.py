@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from mtsmart.config import CHECKPOINT_WEIGHTS, TrainConfig, parse_train_config, to_plain
 from mtsmart.errors import CheckpointError
 from mtsmart.model import MultiTaskModel, fit_tokenizer_to_positions, quiet_transformers
-from mtsmart.provenance import software_versions
+from mtsmart.provenance import RUN_FILE, software_versions
 from mtsmart.tasks import TaskDef, parse_task, task_to_plain
 
 FORMAT_VERSION = 1
@@ -296,6 +296,25 @@ def checkpoints_in(path: str) -> list[str]:
     """The complete checkpoints directly inside ``path`` (a run folder's best/ and last/)."""
     return sorted(os.path.join(path, name) for name in os.listdir(path)
                   if is_checkpoint(os.path.join(path, name)))
+
+
+def training_around(path: str) -> Optional[str]:
+    """The run or checkpoint ``path`` is inside (deleting it would leave that run without
+    part of itself, its last/ perhaps), or None."""
+    ancestor = os.path.dirname(os.path.realpath(path))
+    while ancestor != os.path.dirname(ancestor):
+        if is_checkpoint(ancestor) or os.path.isfile(os.path.join(ancestor, RUN_FILE)):
+            return ancestor
+        ancestor = os.path.dirname(ancestor)
+    return None
+
+
+def training_within(path: str) -> Optional[str]:
+    """The first training run or checkpoint at ``path`` or anywhere below it, or None."""
+    for folder, _, files in os.walk(os.path.realpath(path)):
+        if RUN_FILE in files or META_FILE in files:
+            return folder
+    return None
 
 
 def encoder_source_problem(name_or_path: str) -> Optional[str]:

@@ -17,10 +17,10 @@ import tempfile
 
 import torch
 
-from mtsmart.checkpoint import check_apart, checkpoints_in, is_checkpoint, load_checkpoint, share_like_other_files
+from mtsmart.checkpoint import (check_apart, load_checkpoint, share_like_other_files, training_around,
+                                training_within)
 from mtsmart.errors import CheckpointError
 from mtsmart.model import quiet_transformers
-from mtsmart.provenance import RUN_FILE
 
 
 def _classifier_state(model, task: str, kind: str) -> dict[str, torch.Tensor]:
@@ -38,11 +38,11 @@ def check_export_target(checkpoint: str, out_dir: str, overwrite: bool) -> None:
     check_apart(checkpoint, out_dir, "--out")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise CheckpointError(f"--out {out_dir}: a file; give a folder for the model")
-    if os.path.isdir(out_dir) and (is_checkpoint(out_dir) or checkpoints_in(out_dir)
-                                   or os.path.isfile(os.path.join(out_dir, RUN_FILE))):
-        # an earlier export may be replaced; a run is hours of training that --overwrite would delete
-        raise CheckpointError(f"--out {out_dir}: a training run or checkpoint, which the export would "
-                              "replace whole; export into another folder")
+    # an earlier export may be replaced; a run is hours of training that --overwrite would delete
+    training = (training_within(out_dir) if os.path.isdir(out_dir) else None) or training_around(out_dir)
+    if training is not None:
+        raise CheckpointError(f"--out {out_dir}: a training run or checkpoint, or part of one ({training}), "
+                              "which the export would replace whole; export into another folder")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise CheckpointError(f"--out {out_dir}: not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}); "
                               "pass --overwrite to replace it")

@@ -27,9 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mtsmart import smart
-from mtsmart.checkpoint import (ENCODER_DIR, META_FILE, TRAINING_FILE, encoder_source_problem, is_checkpoint,
-                                load_checkpoint, load_checkpoint_tasks, load_trainer_state,
-                                load_trainer_state_json, recover_interrupted_save, recovered_save, save_checkpoint)
+from mtsmart.checkpoint import (ENCODER_DIR, TRAINING_FILE, encoder_source_problem, is_checkpoint, load_checkpoint,
+                                load_checkpoint_tasks, load_trainer_state, load_trainer_state_json,
+                                recover_interrupted_save, recovered_save, save_checkpoint, training_around,
+                                training_within)
 from mtsmart.config import (RUN_ONLY_SETTINGS, TrainConfig, differences, flatten_settings, from_mapping,
                             load_yaml, to_plain)
 from mtsmart.cpu_allocator import keep_freed_memory
@@ -1007,17 +1008,12 @@ def _training_kept_by(path: str) -> Optional[str]:
     run (its last/ would go, and the run could not resume), or, in a folder no run was
     written into, the runs below it (`--output runs --overwrite`). None for an earlier run's
     own folder (its lock file or run.json at the top), which is what --overwrite replaces."""
-    real = os.path.realpath(path)
-    if is_checkpoint(real):
+    if is_checkpoint(path):
         return f"the checkpoint {path}"
-    ancestor = os.path.dirname(real)
-    while ancestor != os.path.dirname(ancestor):
-        if is_checkpoint(ancestor) or os.path.isfile(os.path.join(ancestor, RUN_FILE)):
-            return f"part of the run {ancestor}"
-        ancestor = os.path.dirname(ancestor)
-    if any(os.path.exists(os.path.join(real, name)) for name in (LOCK_FILE, RUN_FILE)):
+    around = training_around(path)
+    if around is not None:
+        return f"part of the run {around}"
+    if any(os.path.exists(os.path.join(path, name)) for name in (LOCK_FILE, RUN_FILE)):
         return None
-    for folder, _, files in os.walk(real):
-        if RUN_FILE in files or META_FILE in files:
-            return f"the training run or checkpoint {folder} inside it"
-    return None
+    within = training_within(path)
+    return f"the training run or checkpoint {within} inside it" if within is not None else None

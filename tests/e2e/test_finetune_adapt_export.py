@@ -429,8 +429,9 @@ def test_export_never_replaces_the_checkpoint_and_asks_before_replacing_a_folder
 def test_export_never_replaces_another_training_run(mt_checkpoint, tmp_path, tiny_model_dir, capsys):
     """--overwrite deleted a whole run (best/, last/, its metrics) given as --out."""
     _, ckpt = mt_checkpoint
-    _, other_run = train_tiny_run(tmp_path, tiny_model_dir, "other", "--max-steps", "1")
-    for out in (other_run, other_run / "best"):
+    _, other_run = train_tiny_run(tmp_path / "runs", tiny_model_dir, "other", "--max-steps", "1")
+    # the run, its checkpoint, a folder inside it, and a folder that holds it
+    for out in (other_run, other_run / "best", other_run / "tensorboard", other_run.parent):
         before = sorted(p.name for p in out.iterdir())
         assert main(["export", str(ckpt), "--task", "pairs", "--out", str(out), "--overwrite"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
