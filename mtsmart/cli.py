@@ -95,7 +95,7 @@ def command_train(args: argparse.Namespace) -> int:
 
     print(f"\nbest checkpoint (step {summary['best']['global_step']}, "
           f"{summary['select_metric']}={100 * summary['best']['selection_score']:.2f}):")
-    print(format_table(summary["best"]["results"], {n: t.eval_split for n, t in tasks.items()}))
+    print(format_table(summary["best"]["results"], tasks, {n: t.eval_split for n, t in tasks.items()}))
     if summary["stopped_early"]:
         print(f"\nstopped early at step {summary['stopped_at']} of {summary['total_updates']}: "
               f"no better {summary['select_metric']} in the last {summary['patience']} evaluations")
@@ -230,7 +230,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     teacher = args.weights == "teacher"
     if teacher:
         print(f"{args.checkpoint}: the SMART mean teacher's weights")
-    print(format_table(results, split_names, intervals))
+    print(format_table(results, tasks, split_names, intervals))
     if intervals:
         print(f"\n[95% interval: percentile bootstrap over {args.bootstrap} resamples of each split's examples]")
     record = {"checkpoint": args.checkpoint, "weights": args.weights, "splits": split_names, "results": results,
@@ -415,7 +415,7 @@ def command_finetune(args: argparse.Namespace) -> int:
             lock.close()
     from mtsmart.evaluation import format_table
 
-    print(format_table({n: s["best"]["results"][n] for n, s in summaries.items()},
+    print(format_table({n: s["best"]["results"][n] for n, s in summaries.items()}, tasks,
                        {n: t.eval_split for n, t in tasks.items()}))
     print(f"\nfine-tuned checkpoints in {args.output}" + ("/TASK/best" if several else "/best"))
     return 0

@@ -105,15 +105,18 @@ def selection_score(results: dict[str, dict[str, float]], tasks: dict[str, TaskD
     return float(results[task_name][metric])
 
 
-def format_table(results: dict[str, dict[str, float]], splits: dict[str, str],
+def format_table(results: dict[str, dict[str, float]], tasks: dict[str, TaskDef], splits: dict[str, str],
                  intervals: Optional[dict[str, dict[str, tuple[float, float]]]] = None) -> str:
     """A per-task table of metrics on each task's split, values in percent as GLUE reports
-    them, each with its interval where ``intervals`` gives one."""
+    them, each with its interval where ``intervals`` gives one. Rows and metrics follow the
+    task definitions' order, not the order a results file stored them in (JSON records are
+    written with sorted keys)."""
     lines = [f"{'task':<12} {'split':<8} metrics", "-" * 56]
-    for name, values in results.items():
-        bounds = (intervals or {}).get(name, {})
-        cells = "  ".join(f"{k}={100 * v:.2f}" + (f" [{100 * bounds[k][0]:.2f}, {100 * bounds[k][1]:.2f}]"
-                                                  if k in bounds else "")
-                          for k, v in values.items())
+    for name in (n for n in tasks if n in results):
+        values, bounds = results[name], (intervals or {}).get(name, {})
+        order = [m for m in tasks[name].metrics if m in values] + [m for m in values if m not in tasks[name].metrics]
+        cells = "  ".join(f"{k}={100 * values[k]:.2f}" + (f" [{100 * bounds[k][0]:.2f}, {100 * bounds[k][1]:.2f}]"
+                                                          if k in bounds else "")
+                          for k in order)
         lines.append(f"{name:<12} {splits[name]:<8} {cells}")
     return "\n".join(lines)

@@ -253,3 +253,18 @@ def test_predictions_come_back_in_file_order_in_full_precision_and_training_mode
     assert preds.tolist() == lengths.astype(float).tolist()
     assert model.autocast_seen and not any(model.autocast_seen)
     assert model.training
+
+
+def test_tables_follow_the_task_definitions_order_not_a_results_files_sorted_keys():
+    from dataclasses import replace
+
+    from mtsmart.evaluation import format_table
+
+    tasks = {"rte": replace(_task("classification", ("mcc", "accuracy")), name="rte"),
+             "cola": replace(_task("classification", ("mcc",)), name="cola")}
+    # as a results file read back gives them: tasks and metrics by name
+    results = {"cola": {"mcc": 0.25}, "rte": {"accuracy": 0.5, "mcc": 0.125}}
+    table = format_table(results, tasks, {"rte": "dev", "cola": "dev"},
+                         {"rte": {"accuracy": (0.4, 0.6)}}).splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["rte", "cola"]
+    assert table[2].split()[2:] == ["mcc=12.50", "accuracy=50.00", "[40.00,", "60.00]"]
