@@ -21,7 +21,7 @@ from typing import IO, Optional, Sequence
 from mtsmart.arguments import (EXIT_USAGE, build_parser, collect_overrides, parse_args, repeated_flags,
                                settings_as_overrides)
 from mtsmart.config import ADAPT_SETS_PER_RUN, TrainConfig, load_yaml
-from mtsmart.errors import ConfigError, DataError, MtsmartError, os_error_line
+from mtsmart.errors import ConfigError, DataError, MtsmartError, error_line, os_error_line
 from mtsmart.setting_notes import note_unused_settings
 
 
@@ -634,24 +634,35 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     args.command_line = ["mtsmart", *(sys.argv[1:] if argv is None else argv)]  # kept in run.json
     for note in repeated_flags(parser, args.command, args.command_line[1:]):
         logging.getLogger("mtsmart").warning(note)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train":
-        print(f"mtsmart: error: only 'mtsmart train' runs under torchrun; run "
-              f"'mtsmart {args.command}' as a single process", file=sys.stderr)
-        return EXIT_USAGE
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train":
+            raise ConfigError(f"only 'mtsmart train' runs under torchrun; run 'mtsmart {args.command}' "
+                              f"as a single process")
         return COMMANDS[args.command](args)
     except MtsmartError as err:
-        print(f"mtsmart: error: {err}", file=sys.stderr)
+        _report_error(str(err), err)
         return EXIT_USAGE
     except OSError as err:  # a disk that fills up, a folder that vanished: one line, not a traceback
-        print(f"mtsmart: error: {os_error_line(err)}", file=sys.stderr)
+        _report_error(os_error_line(err), err)
         return 1
     except Terminated:
-        print(f"{_after_a_progress_bar()}mtsmart: terminated (SIGTERM){_how_to_go_on(args)}", file=sys.stderr)
+        if _first_on_its_node():  # torchrun signals every replica
+            print(f"{_after_a_progress_bar()}mtsmart: terminated (SIGTERM){_how_to_go_on(args)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print(f"{_after_a_progress_bar()}mtsmart: interrupted{_how_to_go_on(args)}", file=sys.stderr)
+        if _first_on_its_node():
+            print(f"{_after_a_progress_bar()}mtsmart: interrupted{_how_to_go_on(args)}", file=sys.stderr)
         return 130
+
+
+def _report_error(line: str, error: Exception) -> None:
+    shown = error_line(line, error)
+    if shown is not None:
+        print(shown, file=sys.stderr)
+
+
+def _first_on_its_node() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def _after_a_progress_bar() -> str:

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mtsmart.errors import ConfigError, MtsmartError, os_error_line
+from mtsmart.errors import MtsmartError, RelayedError, ReplicaError, os_error_line
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class Replicas:
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         if torch.cuda.is_available():
             if local_rank >= torch.cuda.device_count():
-                raise ConfigError(f"LOCAL_RANK {local_rank}: this node has only "
+                raise ReplicaError(f"LOCAL_RANK {local_rank}: this node has only "
                                   f"{torch.cuda.device_count()} GPUs (lower --nproc_per_node)")
             torch.cuda.set_device(local_rank)
             backend = "nccl"
@@ -195,7 +195,7 @@ class Replicas:
 
         Raises:
             Exception: ``check``'s own, on the main replica.
-            ConfigError: the main replica's problem, as one line, on the others.
+            RelayedError: the main replica's problem, as one line, on the others.
         """
         result, error = None, None
         if self.is_main:
@@ -208,7 +208,7 @@ class Replicas:
         if error is not None:
             raise error
         if failed:
-            raise ConfigError(problem or "the main process failed; see its error")
+            raise RelayedError(problem or "the main process failed; see its error")
         return result
 
     def barrier(self) -> None:

@@ -1,7 +1,13 @@
-"""The one exception type that reaches users as a one-line message.
+"""The exceptions that reach users as one-line messages, and which of torchrun's
+processes prints each.
 
 Must not import anything from mtsmart: every module may raise these.
 """
+
+from __future__ import annotations
+
+import os
+from typing import Optional
 
 
 class MtsmartError(Exception):
@@ -24,7 +30,37 @@ class CheckpointError(MtsmartError):
     """A checkpoint directory is missing, incomplete or inconsistent."""
 
 
+class RelayedError(ConfigError):
+    """Under torchrun: the main replica's failure, raised on the others so that they stop
+    too. The main replica reports it; the others say nothing more."""
+
+
+class ReplicaError(ConfigError):
+    """Under torchrun: a problem of this replica alone (its GPU, its node), which the
+    others do not see, so it reports it itself."""
+
+
 def os_error_line(err: OSError) -> str:
     """An OSError as the CLI prints it: the path, then what went wrong."""
     where = f"{err.filename}: " if err.filename else ""
     return f"{where}{err.strerror or err}"
+
+
+def error_line(message: str, error: Optional[BaseException] = None, prog: str = "mtsmart") -> Optional[str]:
+    """The line this process prints for an error, or None where another replica prints
+    the same one: torchrun's N processes must not print N copies.
+
+    Every replica reads the same command line, task file, encoder and data, so a user
+    error (``error`` None, or an MtsmartError) is every replica's: the first replica of
+    each node prints it (another node may read other files). A RelayedError is the main
+    replica's, printed there. An OSError or a ReplicaError belongs to the replica that met
+    it, which prints it under its own name."""
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if rank != 0:
+        if isinstance(error, RelayedError):
+            return None
+        shared = error is None or (isinstance(error, MtsmartError) and not isinstance(error, ReplicaError))
+        if shared and local_rank != 0:
+            return None
+        message = f"replica {rank}: {message}"
+    return f"{prog}: error: {message}"

@@ -122,6 +122,25 @@ def test_replicas_end_bitwise_identical_under_full_smart(tmp_path, tiny_model_di
     assert moved, "the replicas trained"
 
 
+@pytest.mark.parametrize("problem", ["task", "output", "flag"])
+def test_a_user_error_is_printed_once_not_once_per_replica(tmp_path, tiny_model_dir, env, problem):
+    """A task the file lacks (every replica finds it), a non-empty --output (the main
+    replica finds it and tells the others) and a mistyped flag (argparse, on every replica)."""
+    task_file = write_tiny_tasks(tmp_path)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    args = ["mtsmart", "train", str(task_file), "--encoder", str(tiny_model_dir), *TRAIN_ARGS,
+            "--output", str(tmp_path / ("taken" if problem == "output" else "run"))]
+    args += {"task": ["--tasks", "nosuch"], "output": [], "flag": ["--max-stepz", "3"]}[problem]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", *args]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if ": error: " in line]
+    assert len(lines) == 1, done.stdout + done.stderr
+    assert {"task": "nosuch", "output": "not empty", "flag": "--max-stepz"}[problem] in lines[0]
+    assert "replica" not in lines[0]
+
+
 def processes_mentioning(text: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():

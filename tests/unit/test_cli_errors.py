@@ -507,3 +507,35 @@ def test_an_output_that_is_a_file_is_refused(workdir, tiny_model_dir, capsys, ex
     code, err = run_main(argv(workdir, task_file, tiny_model_dir, *extra), capsys)
     assert_one_line(code, err, "out: a file, not a folder")
     assert (workdir / "out").read_text() == "notes"
+
+
+@pytest.mark.parametrize("rank, local_rank, error, expected", [
+    ("0", "0", None, "mtsmart: error: bad"),
+    ("1", "1", None, None),  # the parser's error: every replica parsed the same command line
+    ("1", "1", "ConfigError", None),  # the same task file, encoder and data on every replica
+    ("2", "0", "ConfigError", "mtsmart: error: replica 2: bad"),  # another node may read other files
+    ("1", "1", "RelayedError", None),  # the main replica's own, which it printed
+    ("2", "0", "RelayedError", None),
+    ("1", "1", "ReplicaError", "mtsmart: error: replica 1: bad"),
+    ("1", "1", "OSError", "mtsmart: error: replica 1: bad"),  # its own disk
+])
+def test_under_torchrun_one_replica_prints_each_error(monkeypatch, rank, local_rank, error, expected):
+    from mtsmart import errors
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    instance = None if error is None else (OSError("bad") if error == "OSError" else getattr(errors, error)("bad"))
+    assert errors.error_line("bad", instance) == expected
+
+
+@pytest.mark.parametrize("local_rank, printed", [("0", True), ("1", False)])
+def test_an_interrupt_torchrun_passes_to_every_replica_is_reported_once(monkeypatch, capsys, local_rank, printed):
+    from mtsmart import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "summarize", interrupted)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert main(["summarize", "runs"]) == 130
+    assert ("mtsmart: interrupted" in capsys.readouterr().err) == printed
