@@ -27,10 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mtsmart import smart
-from mtsmart.checkpoint import (ENCODER_DIR, TRAINING_FILE, encoder_source_problem, is_checkpoint, load_checkpoint,
-                                load_checkpoint_tasks, load_trainer_state, load_trainer_state_json,
-                                recover_interrupted_save, recovered_save, save_checkpoint, training_around,
-                                training_within)
+from mtsmart.checkpoint import (ENCODER_DIR, META_FILE, TRAINING_FILE, encoder_source_problem, is_checkpoint,
+                                load_checkpoint, load_checkpoint_tasks, load_trainer_state,
+                                load_trainer_state_json, recover_interrupted_save, recovered_save, save_checkpoint,
+                                training_around, training_within)
 from mtsmart.config import (RUN_ONLY_SETTINGS, TrainConfig, differences, flatten_settings, from_mapping,
                             load_yaml, to_plain)
 from mtsmart.cpu_allocator import keep_freed_memory
@@ -741,7 +741,7 @@ class Trainer:
             return
         last = os.path.join(self.output_dir, LAST_DIR)
         if self.cfg.keep_last > 1 and os.path.isdir(last):
-            with open(os.path.join(last, "meta.json"), encoding="utf-8") as handle:
+            with open(os.path.join(last, META_FILE), encoding="utf-8") as handle:
                 step = json.load(handle)["global_step"]
             history = os.path.join(self.output_dir, CHECKPOINTS_DIR)
             os.makedirs(history, exist_ok=True)
