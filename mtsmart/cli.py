@@ -40,8 +40,9 @@ def check_writable(path: str) -> None:
 def command_train(args: argparse.Namespace) -> int:
     from mtsmart.distributed import Replicas
     from mtsmart.tasks import load_task_file, resolve_data_dir, select_tasks
-    from mtsmart.train import (Trainer, check_not_in_use, check_output_dir, check_resume_settings,
-                               claim_output_dir, lock_run, prepare_resume)
+    from mtsmart.run_folder import (check_not_in_use, check_output_dir, check_resume_settings, claim_output_dir,
+                                    lock_run, prepare_resume)
+    from mtsmart.train import Trainer
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --output, --overwrite replaces it: give one")
@@ -138,7 +139,8 @@ def dry_run(args: argparse.Namespace, training, tasks, data_dir: str) -> int:
     plan; the output folder is only inspected."""
     from mtsmart.data import read_split
     from mtsmart.dry_run import describe
-    from mtsmart.train import Trainer, check_not_in_use, check_output_dir, check_resume_settings, resume_checkpoint
+    from mtsmart.run_folder import check_not_in_use, check_output_dir, check_resume_settings, resume_checkpoint
+    from mtsmart.train import Trainer
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("--dry-run runs as a single process: run it without torchrun")
@@ -355,7 +357,8 @@ def command_finetune(args: argparse.Namespace) -> int:
     from mtsmart.checkpoint import check_apart, load_checkpoint_tasks
     from mtsmart.data import read_split
     from mtsmart.tasks import check_same_head, resolve_data_dir, select_tasks
-    from mtsmart.train import Trainer, check_not_in_use, check_output_dir, claim_output_dir, lock_run
+    from mtsmart.run_folder import check_not_in_use, check_output_dir, claim_output_dir, lock_run
+    from mtsmart.train import Trainer
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --output, --overwrite replaces it: give one")
@@ -426,8 +429,8 @@ def _finetune_resume_states(args: argparse.Namespace, outputs: dict[str, str], t
     """For `finetune --resume`, each task's folder: "finished" (its results.json: kept),
     "resumed" (a checkpoint to continue from) or "new" (nothing saved: it starts again).
     Every folder with a checkpoint is checked against this command before any task trains."""
-    from mtsmart.train import (RESULTS_FILE, check_output_dir, check_resume_settings, check_resume_start,
-                               recover_run_folder, resume_checkpoint)
+    from mtsmart.run_folder import (RESULTS_FILE, check_output_dir, check_resume_settings, check_resume_start,
+                                    recover_run_folder, resume_checkpoint)
 
     states = {}
     for name, out in outputs.items():
@@ -447,7 +450,7 @@ def _finetune_resume_states(args: argparse.Namespace, outputs: dict[str, str], t
 
 
 def _read_results(run_dir: str) -> dict:
-    from mtsmart.train import RESULTS_FILE
+    from mtsmart.run_folder import RESULTS_FILE
 
     path = os.path.join(run_dir, RESULTS_FILE)
     try:

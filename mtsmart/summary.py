@@ -22,11 +22,11 @@ from mtsmart.checkpoint import TRAINING_FILE, is_checkpoint, load_checkpoint_tas
 from mtsmart.config import RUN_ONLY_SETTINGS, flatten_settings, load_yaml, settings_without_effect
 from mtsmart.errors import ConfigError, MtsmartError
 from mtsmart.provenance import RUN_FILE
+from mtsmart.run_folder import RESULTS_FILE
 from mtsmart.tasks import task_to_plain
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
 # Not part of a recipe: the seed, and what changes how a run runs but not its numbers.
 # Patience (where a run stops) and evaluation cadence (which evaluation is best, where
 # patience counts) do change them, though --resume may reset both.

@@ -64,6 +64,11 @@ def test_leaf_modules_import_nothing_from_mtsmart(module):
     assert imports_of(module) == set()
 
 
+@pytest.mark.parametrize("module", ["run_folder", "summary", "dry_run"])
+def test_what_reads_a_run_folder_needs_no_trainer(module):
+    assert imports_of(module) & {"mtsmart.train", "mtsmart.cli"} == set()
+
+
 def test_smart_is_pure():
     forbidden = {f"mtsmart.{m}" for m in ("train", "cli", "config", "model", "data")}
     assert imports_of("smart") & forbidden == set()

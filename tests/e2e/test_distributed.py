@@ -81,7 +81,8 @@ import sys
 from safetensors.torch import save_file
 from mtsmart.distributed import Replicas
 from mtsmart.tasks import load_task_file, resolve_data_dir
-from mtsmart.train import Trainer, claim_output_dir
+from mtsmart.run_folder import claim_output_dir
+from mtsmart.train import Trainer
 
 task_file, encoder, out = sys.argv[1:4]
 overrides = [(["training", "encoder"], encoder, "test"), (["training", "smart", "mode"], "full", "test"),

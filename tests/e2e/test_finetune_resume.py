@@ -152,7 +152,7 @@ def test_finetune_resume_with_nothing_to_resume_and_with_overwrite_is_refused(st
 def test_a_resume_names_the_checkpoint_the_run_started_from(tmp_path):
     from mtsmart.errors import ConfigError
     from mtsmart.provenance import encoder_fingerprint
-    from mtsmart.train import check_resume_start
+    from mtsmart.run_folder import check_resume_start
 
     def checkpoint(name: str, config: str) -> Path:
         encoder = tmp_path / name / "encoder"
@@ -207,7 +207,7 @@ def test_a_resume_of_a_run_that_recorded_no_start_weights_takes_either(tmp_path)
     """A run from before run.json recorded the start's weights (or its start at all) is not
     refused for them."""
     from mtsmart.provenance import encoder_fingerprint
-    from mtsmart.train import check_resume_start
+    from mtsmart.run_folder import check_resume_start
 
     started = tmp_path / "a"
     (started / "encoder").mkdir(parents=True)

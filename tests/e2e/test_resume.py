@@ -53,7 +53,7 @@ def reference(tmp_path_factory, tiny_model_dir) -> dict:
 
 def resume_and_compare(task_file: Path, encoder: Path, killed: Path, reference: dict) -> None:
     from mtsmart.checkpoint import load_trainer_state_json
-    from mtsmart.train import recover_run_folder
+    from mtsmart.run_folder import recover_run_folder
 
     recover_run_folder(str(killed))  # what --resume does first: the checkpoint it will read
     before = load_trainer_state_json(str(killed / "last"))["train_seconds"]
@@ -173,7 +173,7 @@ def test_keep_last_keeps_that_many_resumable_checkpoints(tmp_path, tiny_model_di
     import shutil
 
     shutil.rmtree(out / "last")
-    from mtsmart.train import resume_checkpoint
+    from mtsmart.run_folder import resume_checkpoint
 
     assert resume_checkpoint(str(out)) == str(out / "checkpoints" / "step-0000006")
     # and --resume continues from it
@@ -345,7 +345,7 @@ def test_resume_with_the_tasks_in_an_order_of_their_own(tmp_path, tiny_model_dir
 def test_a_second_process_cannot_train_into_a_run_folder_in_use(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """While one process trains into a folder (its lock held), --resume and --overwrite into
     the same folder are refused; once it is gone, the folder is free again."""
-    from mtsmart.train import lock_run
+    from mtsmart.run_folder import lock_run
 
     monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
     task_file = write_tiny_tasks(tmp_path)
@@ -407,7 +407,7 @@ def test_a_resume_refusal_names_an_added_task_and_lists_six_differences_without_
 
     from mtsmart.errors import ConfigError
     from mtsmart.tasks import load_task_file
-    from mtsmart.train import check_resume_settings
+    from mtsmart.run_folder import check_resume_settings
 
     task_file = write_tiny_tasks(tmp_path)
     loaded = load_task_file(str(task_file))
@@ -429,7 +429,7 @@ def test_a_resume_refusal_names_an_added_task_and_lists_six_differences_without_
 
 def test_nothing_to_resume_says_when_the_run_stopped_before_its_first_checkpoint(tmp_path):
     from mtsmart.errors import ConfigError
-    from mtsmart.train import check_output_dir
+    from mtsmart.run_folder import check_output_dir
 
     with pytest.raises(ConfigError, match=r"nothing to resume \(no 'last' checkpoint\)$"):
         check_output_dir(str(tmp_path), overwrite=False, resume=True)
@@ -447,7 +447,7 @@ def test_nothing_to_resume_says_when_the_run_stopped_before_its_first_checkpoint
 def test_a_folder_holding_only_its_lock_is_empty_to_a_new_run(tmp_path):
     """A run that stopped right after claiming its folder left the lock file alone there."""
     from mtsmart.errors import ConfigError
-    from mtsmart.train import LOCK_FILE, check_output_dir
+    from mtsmart.run_folder import LOCK_FILE, check_output_dir
 
     (tmp_path / LOCK_FILE).write_text("mtsmart (pid 1 on host)")
     check_output_dir(str(tmp_path), overwrite=False, resume=False)
@@ -457,7 +457,7 @@ def test_a_folder_holding_only_its_lock_is_empty_to_a_new_run(tmp_path):
 
 
 def test_only_a_task_on_one_side_is_named_as_added_or_left_out():
-    from mtsmart.train import _described_change
+    from mtsmart.run_folder import _described_change
 
     assert _described_change("tasks.score", None, {"type": "regression"}) == "tasks.score was not in the run, now added"
     assert _described_change("tasks.score", {"type": "regression"}, None) == "tasks.score was in the run, now left out"

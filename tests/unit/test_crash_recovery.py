@@ -78,7 +78,7 @@ def test_the_log_loses_records_past_the_checkpoint_and_a_torn_last_line(tmp_path
 def test_a_resumed_run_folder_has_both_its_checkpoints_put_right(tmp_path):
     """recover_run_folder (train --resume, finetune --resume) finishes best/ as well as last/:
     a kill between best/'s two renames left it without its name."""
-    from mtsmart.train import recover_run_folder
+    from mtsmart.run_folder import recover_run_folder
 
     folder(tmp_path / ".best.tmp-a", 20)
     folder(tmp_path / ".best.tmp-a.old", 10)
