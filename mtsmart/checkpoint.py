@@ -131,8 +131,12 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
     data where the run did, without --data-dir."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=parent)
+    tmp = None
     try:
+        # held: an interruption after mkdtemp's mkdir, before its name is returned, would
+        # leave a folder nothing removes (the name comes back before the signal is acted on)
+        with _interrupts_deferred():
+            tmp = tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=parent)
         encoder_dir = os.path.join(tmp, ENCODER_DIR)
         with quiet_transformers():
             model.encoder.save_pretrained(encoder_dir)
@@ -171,7 +175,8 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
             else:
                 os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -141,3 +141,39 @@ def test_a_checkpoint_copied_without_its_teacher_says_so(tmp_path, tiny_model_di
     (path / "teacher.safetensors").unlink()
     with pytest.raises(CheckpointError, match="teacher.safetensors is missing .* copy it again"):
         load_checkpoint(str(path), weights="teacher")
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_as_the_temporary_folder_is_made_leaves_nothing_behind(tmp_path, tiny_model_dir, monkeypatch,
+                                                                       signum):
+    """A signal after mkdtemp made the folder and before the save had its name left a
+    `.NAME.tmp-X` folder that nothing removed (a test sending SIGTERM mid-run met it)."""
+    import os
+    import signal
+    import tempfile
+
+    from mtsmart.cli import _terminate
+
+    sig = getattr(signal, signum)
+    real_mkdtemp = tempfile.mkdtemp
+    made = []
+
+    def mkdtemp_then_signalled(*args, **kwargs):
+        folder = real_mkdtemp(*args, **kwargs)
+        if kwargs.get("prefix") == ".ckpt.tmp-":  # the save's own, not a library's
+            made.append(folder)
+            os.kill(os.getpid(), sig)
+            for _ in range(1000):  # Python acts on a signal between bytecodes: here, before the return
+                pass
+        return folder
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_signalled)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # Terminated is one
+            saved(tmp_path, tiny_model_dir, {"a": (2, 0.1)})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert len(made) == 1 and not (tmp_path / "ckpt").exists()
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
