@@ -110,7 +110,7 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def share_like_other_files(root: str) -> None:
+def _share_like_other_files(root: str) -> None:
     """Give a finished folder built in a private temporary directory the permissions any
     file the user writes gets (the umask's): mkdtemp makes it 0700 and safetensors writes
     0600, which a serving process or a colleague could not read."""
@@ -129,14 +129,7 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
     """Write a complete checkpoint at ``path`` atomically (replacing any older one).
     ``data_dir`` goes into its tasks.yaml, so commands that read the checkpoint find the
     data where the run did, without --data-dir."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = None
-    try:
-        # held: an interruption after mkdtemp's mkdir, before its name is returned, would
-        # leave a folder nothing removes (the name comes back before the signal is acted on)
-        with _interrupts_deferred():
-            tmp = tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=parent)
+    with folder_replacing(path) as tmp:
         encoder_dir = os.path.join(tmp, ENCODER_DIR)
         with quiet_transformers():
             model.encoder.save_pretrained(encoder_dir)
@@ -165,7 +158,23 @@ def save_checkpoint(path: str, model: MultiTaskModel, tokenizer, tasks: dict[str
                        "has_teacher": teacher_state is not None,
                        "pooling": model.pooling, "written_by": software_versions(), **meta}, handle,
                       indent=2, sort_keys=True)
-        share_like_other_files(tmp)
+
+
+@contextlib.contextmanager
+def folder_replacing(path: str) -> Iterator[str]:
+    """A temporary folder beside ``path`` for the block to fill; when the block ends, it
+    takes ``path``'s name, replacing what was there. On an error or an interruption it is
+    removed and ``path`` is left as it was. Ctrl-C and SIGTERM are held while the folder is
+    made (after mkdtemp's mkdir, before its name is returned, nothing could remove it) and
+    over the renames (between them no folder has the name)."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = None
+    try:
+        with _interrupts_deferred():
+            tmp = tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=parent)
+        yield tmp
+        _share_like_other_files(tmp)
         with _interrupts_deferred():
             if os.path.exists(path):
                 old = f"{tmp}.old"

@@ -12,13 +12,10 @@ Must not import train or cli.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import torch
 
-from mtsmart.checkpoint import (check_apart, load_checkpoint, share_like_other_files, training_around,
-                                training_within)
+from mtsmart.checkpoint import check_apart, folder_replacing, load_checkpoint, training_around, training_within
 from mtsmart.errors import CheckpointError
 from mtsmart.model import quiet_transformers
 
@@ -98,20 +95,10 @@ def export_task(checkpoint: str, task_name: str, out_dir: str, weights: str = "s
     if missing or unexpected:
         raise CheckpointError(f"{checkpoint}: export of {task_name!r} left weights unmapped "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
+    with folder_replacing(out_dir) as tmp:
         # Truncate as mtsmart does, so pipeline(..., truncation=True) sees the same tokens.
         loaded.tokenizer.model_max_length = task.max_length
         with quiet_transformers():
             hf_model.save_pretrained(tmp)
             loaded.tokenizer.save_pretrained(tmp)
-        share_like_other_files(tmp)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -177,3 +177,24 @@ def test_a_signal_as_the_temporary_folder_is_made_leaves_nothing_behind(tmp_path
     monkeypatch.undo()
     assert len(made) == 1 and not (tmp_path / "ckpt").exists()
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    """What save_checkpoint and export build in: the old folder stays until the new one is
+    complete, and a failed build leaves nothing of itself."""
+    from mtsmart.checkpoint import folder_replacing
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with folder_replacing(str(target)) as building:
+            (tmp_path / building / "new.txt").write_text("new")
+            raise RuntimeError("the build failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    with folder_replacing(str(target)) as building:
+        (tmp_path / building / "new.txt").write_text("new")
+        assert [p.name for p in target.iterdir()] == ["old.txt"]  # not yet replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
