@@ -47,11 +47,6 @@ class MeanTeacher:
         torch._foreach_lerp_(floats_t, floats_s, 1.0 - beta)
         self.num_updates += 1
 
-    @torch.no_grad()
-    def reset_to(self, student: nn.Module) -> None:
-        for t, s in self._pairs(student):
-            t.copy_(s)
-
     def forward(self, task: str, **kwargs) -> torch.Tensor:
         """The teacher's outputs with no graph and no dropout (eval mode). Inference mode
         (SMART.md) also skips autograd's version counting; the outputs may still enter the

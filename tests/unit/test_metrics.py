@@ -268,3 +268,10 @@ def test_tables_follow_the_task_definitions_order_not_a_results_files_sorted_key
                          {"rte": {"accuracy": (0.4, 0.6)}}).splitlines()
     assert [line.split()[0] for line in table[2:]] == ["rte", "cola"]
     assert table[2].split()[2:] == ["mcc=12.50", "accuracy=50.00", "[40.00,", "60.00]"]
+
+
+@pytest.mark.parametrize("fn", [metrics.pearson, metrics.spearman])
+def test_a_nan_prediction_gives_zero_not_nan(fn):
+    """np.std of such predictions is NaN, not 0, so only the result's check stops the NaN
+    before it reaches model selection."""
+    assert fn(np.array([1.0, np.nan, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == 0.0

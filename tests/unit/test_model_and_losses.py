@@ -206,6 +206,17 @@ def test_add_head_and_task_head():
     assert head3(torch.randn(5, 8)).shape == (5, 3)
 
 
+def test_a_heads_own_dropout_is_applied_in_training_only():
+    """A task's head_dropout (SMART.md: 0.1, 0.3 for MNLI, 0.05 for CoLA) acts on the pooled
+    vector; with the encoder's dropout off it is the only randomness left."""
+    torch.manual_seed(0)
+    head, pooled = TaskHead(8, 3, 0.5), torch.randn(5, 8)
+    head.train()
+    assert not torch.equal(head(pooled), head(pooled))
+    head.eval()
+    assert torch.equal(head(pooled), head.linear(pooled))
+
+
 # ----------------------------------------------------------------------------- losses
 
 

@@ -197,3 +197,18 @@ def test_an_epochs_leftover_draws_go_to_the_largest_remainders():
     counts = Counter(s.next_task() for _ in range(15))
     # ideal shares of the 15 draws: 5.68, 8.11, 1.22; the one left over goes to 'a'
     assert [counts[n] for n in "abc"] == [6, 8, 1]
+
+
+def test_the_annealed_schedule_runs_from_its_start_to_its_end_over_the_draws(monkeypatch):
+    """Progress 0 at the first draw and exactly 1 at the last: the final distribution is
+    used, not one draw short of it."""
+    import mtsmart.sampling as sampling
+
+    seen = []
+    real = sampling.task_probabilities
+    monkeypatch.setattr(sampling, "task_probabilities",
+                        lambda *args, **kwargs: (seen.append(args[3] if len(args) > 3 else 0.0), real(*args, **kwargs))[1])
+    s = sampler("annealed", seed=1, total=sum(SIZES), anneal_final_alpha=0.0)
+    draw(s, sum(SIZES))
+    progress = seen[1:]  # the first call validates the weights
+    assert len(progress) == sum(SIZES) and progress[0] == 0.0 and progress[-1] == 1.0

@@ -564,3 +564,79 @@ def test_memory_efficient_path_runs_each_pass_once_per_half():
                     adv_weight=1.0, prox_weight=1.0, backward=lambda loss: loss.backward())
     # per half: clean + ascent + perturbed, and the teacher's graph-free forward
     assert rows_seen == {"student": [3, 3, 3, 2, 2, 2], "teacher": [3, 2]}
+
+
+@pytest.mark.parametrize("norm", ["inf", "l2"])
+def test_the_configured_norm_and_ascent_steps_reach_the_adversarial_term(monkeypatch, norm):
+    seen = {}
+    real = smart.adversarial_loss
+    monkeypatch.setattr(smart, "adversarial_loss", lambda *a, **k: (seen.update(k), real(*a, **k))[1])
+    batch_objective(tiny_model(), None, "cls", get_task_type("classification"), tiny_batch(),
+                    SmartConfig(mode="adversarial", norm=norm, num_steps=3), adv_weight=1.0, prox_weight=0.0)
+    assert (seen["norm"], seen["num_steps"]) == (norm, 3)
+
+
+def test_token_norms_and_the_embedding_scale_by_hand():
+    x = torch.tensor([[[-3.0, 1.0], [0.5, -2.0]]])
+    assert smart.token_norms(x, "inf").flatten().tolist() == [3.0, 2.0]  # |x|, not the signed max
+    assert smart.token_norms(x, "l2").flatten().tolist() == pytest.approx([math.sqrt(10), math.sqrt(4.25)])
+    g = torch.tensor([[[-4.0, -1.0], [-0.5, -2.0]]])
+    assert smart.normalize_per_token(g, "inf").abs().amax(-1).flatten().tolist() == pytest.approx([1.0, 1.0])
+    table = torch.tensor([[3.0, 4.0], [0.0, -1.0]])  # token norms: l2 5 and 1, inf 4 and 1
+    assert smart.embedding_scale(table, "l2") == pytest.approx(3.0)  # the mean, not the largest
+    assert smart.embedding_scale(table, "inf") == pytest.approx(2.5)
+
+
+def test_the_side_stream_moves_on_between_batches_and_leaves_the_global_stream_alone():
+    from mtsmart.objective import SideStream
+
+    torch.manual_seed(5)
+    stream = SideStream(11, torch.device("cpu"))
+    global_before = torch.get_rng_state()
+    with stream.active():
+        first = torch.randn(3)
+    saved = stream.state_dict()["cpu"].clone()
+    with stream.active():
+        second = torch.randn(3)
+    assert not torch.equal(first, second), "every batch draws new noise"
+    assert not torch.equal(saved, stream.state_dict()["cpu"])
+    assert torch.equal(global_before, torch.get_rng_state())
+
+
+def test_the_teacher_averages_floating_buffers_and_copies_integer_ones():
+    student = tiny_model()
+    student.heads["cls"].register_buffer("running", torch.zeros(2))
+    student.heads["cls"].register_buffer("counter", torch.zeros(2, dtype=torch.long))
+    teacher = MeanTeacher(student)
+    student.heads["cls"].running.fill_(1.0)
+    student.heads["cls"].counter.fill_(7)
+    teacher.update(student, beta=0.9)
+    assert teacher.model.heads["cls"].running.tolist() == pytest.approx([0.1, 0.1])
+    assert teacher.model.heads["cls"].counter.tolist() == [7, 7]
+
+
+def test_a_teacher_state_round_trips_into_a_fresh_teacher():
+    """What a resume does: the saved teacher, not a copy of the restored student."""
+    student = tiny_model()
+    teacher = MeanTeacher(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    teacher.update(student, beta=0.5)
+    fresh = MeanTeacher(student)
+    fresh.load_state_dict(teacher.state_dict())
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    assert not torch.equal(fresh.state_dict()["encoder.embeddings.word_embeddings.weight"],
+                           student.state_dict()["encoder.embeddings.word_embeddings.weight"])
+
+
+def test_halves_log_the_perturbation_norm_weighted_by_their_real_tokens():
+    from mtsmart.objective import BatchLosses, _combined
+
+    def half(norm):
+        return BatchLosses(total=torch.tensor(1.0), task_loss=1.0, perturbation_norm=norm)
+
+    # the first half: 3/4 of the examples but, padded, 10 real tokens against 30
+    combined = _combined([(0.75, 10, half(1.0)), (0.25, 30, half(3.0))])
+    assert combined.perturbation_norm == pytest.approx((10 * 1.0 + 30 * 3.0) / 40)
