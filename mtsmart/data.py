@@ -63,8 +63,9 @@ def _decode(raw: bytes, path: str, encoding: str, task: TaskDef) -> str:
         raise DataError(f"{task.where('encoding')}: unknown encoding {encoding!r}") from None
 
 
-def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
-    """Yield (line number, row) where a row is a list of fields or a JSON object."""
+def _rows_from_text(text: str, src: FileSource, path: str, task: TaskDef) -> Iterator[tuple[int, object]]:
+    """Yield (line number, row) where a row is a list of fields or a JSON object; ``path``
+    (the file as resolved) and ``task`` name the file in an error."""
     fmt = src.resolved_format
     if fmt == "jsonl":
         # Split on "\n" only: str.splitlines also splits at U+2028, U+0085 etc., which
@@ -87,8 +88,8 @@ def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
                 # A quoted field that runs over line ends AND holds tabs swallowed whole rows:
                 # a literal quote (GLUE's files have them). A quoted multi-line text without
                 # tabs is a real field, as pandas writes them.
-                raise DataError(f"{src.path} line {start}: a double quote opens a field that runs on to "
-                                f"line {reader.line_num}, merging rows; if quotes are literal text in "
+                raise DataError(f"{path} line {start}: task {task.name!r}: a double quote opens a field that "
+                                f"runs on to line {reader.line_num}, merging rows; if quotes are literal text in "
                                 "this file, read it with quoting: none (predict --input: --quoting none)")
             if row and any(field.strip() for field in row):
                 yield reader.line_num, row
@@ -98,7 +99,7 @@ def _rows_from_text(text: str, src: FileSource) -> Iterator[tuple[int, object]]:
                   "(predict --input: --quoting none)") if quoting == csv.QUOTE_MINIMAL else ""
         problem = ("a double quote opened here is never closed" if "unexpected end of data" in str(err)
                    else f"malformed {fmt}: {err}")
-        raise DataError(f"{src.path} line {start}: {problem}{advice}") from None
+        raise DataError(f"{path} line {start}: task {task.name!r}: {problem}{advice}") from None
 
 
 def _fields_read(task: TaskDef, labeled: bool) -> tuple[str, ...]:
@@ -115,12 +116,12 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str,
                         f"(task {task.name!r}, split {split!r})")
     if not os.path.isfile(path):
         raise DataError(
-            f"{path}: file not found (task {task.name!r}, split {split!r}; "
-            f"paths are relative to --data-dir or $MTSMART_DATA_DIR, here {data_dir})"
+            f"{path}: file not found (task {task.name!r}, split {split!r}; its path is relative to the data "
+            f"folder {data_dir}, which --data-dir, $MTSMART_DATA_DIR or the task file's data_dir sets)"
         )
     with open(path, "rb") as handle:
         text = _decode(handle.read(), path, src.encoding, task)
-    rows = _rows_from_text(text, src)
+    rows = _rows_from_text(text, src, path, task)
     fmt = src.resolved_format
     columns = dict(src.columns or {})
     fields = _fields_read(task, labeled)

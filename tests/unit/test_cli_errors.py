@@ -98,7 +98,9 @@ def test_missing_data_file(workdir, tiny_model_dir, capsys):
     data["tasks"]["tiny"]["splits"]["dev"] = {"path": "missing.tsv"}
     task_file = write(workdir, data)
     code, err = run_main(argv(workdir, task_file, tiny_model_dir), capsys)
-    assert_one_line(code, err, str(workdir / "missing.tsv"), "'tiny'", "'dev'")
+    # the folder came from neither --data-dir nor $MTSMART_DATA_DIR: all that set it are named
+    assert_one_line(code, err, str(workdir / "missing.tsv"), "'tiny'", "'dev'", f"data folder {workdir},",
+                    "the task file's data_dir")
 
 
 def test_label_outside_the_list(workdir, tiny_model_dir, capsys):

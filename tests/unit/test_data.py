@@ -119,7 +119,7 @@ def test_a_quote_that_merges_tsv_rows_is_an_error_not_a_lost_row(tmp_path):
     task = cls_task({"path": "q.tsv", "quoting": "minimal"}, text_fields=("sentence",))
     with pytest.raises(DataError) as err:
         read_split(task, "train", str(tmp_path))
-    assert "q.tsv line 2" in str(err.value) and "line 3" in str(err.value)
+    assert str(err.value).startswith(f"{tmp_path}/q.tsv line 2: task '{task.name}': ") and "line 3" in str(err.value)
     task = cls_task({"path": "q.tsv", "quoting": "none"}, text_fields=("sentence",))
     assert len(read_split(task, "train", str(tmp_path)).texts) == 3
 
@@ -888,5 +888,7 @@ def test_header_names_are_read_without_surrounding_spaces(tmp_path):
 def test_a_quote_never_closed_is_named_as_such(tmp_path):
     (tmp_path / "q.csv").write_text('sentence,label\nok,1\n"never closed,0\nnext,1\n', encoding="utf-8")
     task = cls_task({"path": "q.csv", "quoting": "minimal"}, text_fields=("sentence",))
-    with pytest.raises(DataError, match=r"q.csv line 3: a double quote opened here is never closed; if quotes"):
+    # the file as resolved and the task, as every other data error names them
+    with pytest.raises(DataError, match=rf"^{tmp_path}/q.csv line 3: task '{task.name}': a double quote opened "
+                                        r"here is never closed; if quotes"):
         read_split(task, "train", str(tmp_path))
