@@ -245,7 +245,7 @@ def add_checkpoint_data_dir_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the tasks' data paths are relative to (default: $MTSMART_DATA_DIR, "
                              "else where the run that wrote the checkpoint read its data, else the "
-                             "current directory)")
+                             "current directory; a --task-defs file's own data_dir comes before the run's)")
 
 
 def add_task_defs_flag(parser: argparse.ArgumentParser) -> None:

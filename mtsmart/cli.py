@@ -166,23 +166,26 @@ def dry_run(args: argparse.Namespace, training, tasks, data_dir: str) -> int:
     return 0
 
 
-def _checkpoint_tasks(loaded, args: argparse.Namespace, names: Optional[str], where: str):
-    """The tasks to run, and where their data paths are relative to. With --task-defs the
-    file's definitions (data sources, fields, lengths) replace the checkpoint's own for the
-    tasks both have, provided the heads' outputs mean the same."""
+def _checkpoint_tasks(loaded, args: argparse.Namespace, names: Optional[str],
+                      where: str) -> tuple[dict, dict[str, str]]:
+    """The tasks to run, and the folder each one's data paths are relative to. With
+    --task-defs the file's definitions (data sources, fields, lengths) replace the
+    checkpoint's own for the tasks both have, provided the heads' outputs mean the same;
+    the other tasks keep the checkpoint's data folder."""
     from mtsmart.tasks import DATA_DIR_ENV, check_same_head, load_task_file, resolve_data_dir, select_tasks
 
     tasks = dict(loaded.tasks)
     recorded = loaded.data_dir if loaded.data_dir and os.path.isdir(loaded.data_dir) else None  # moved: cwd
-    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or recorded or os.getcwd()
+    data_dirs = dict.fromkeys(tasks, args.data_dir or os.environ.get(DATA_DIR_ENV) or recorded or os.getcwd())
     if args.task_defs:
         task_file = load_task_file(args.task_defs)
         for name, task in task_file.tasks.items():
             if name in tasks:
                 check_same_head(task, tasks[name], loaded.path)
                 tasks[name] = task
-        data_dir = resolve_data_dir(args.data_dir, task_file)
-    return select_tasks(tasks, None if names == "all" else names, where), data_dir
+                data_dirs[name] = resolve_data_dir(args.data_dir, task_file, checkpoint_data=recorded)
+    selected = select_tasks(tasks, None if names == "all" else names, where)
+    return selected, {name: data_dirs[name] for name in selected}
 
 
 def _check_split_declared(tasks: dict, split: Optional[str], flag: str) -> None:
@@ -217,12 +220,12 @@ def command_evaluate(args: argparse.Namespace) -> int:
         check_writable(args.out)
     device = pick_device()
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
-    tasks, data_dir = _checkpoint_tasks(loaded, args, args.tasks, "--tasks")
+    tasks, data_dirs = _checkpoint_tasks(loaded, args, args.tasks, "--tasks")
     _check_split_declared(tasks, args.split, "--tasks")
     results, split_names, intervals = {}, {}, {}
     for name, task in tasks.items():
         split_name = args.split or task.eval_split
-        preds, split = _predict(loaded, task, split_name, data_dir, args.batch_size, device)
+        preds, split = _predict(loaded, task, split_name, data_dirs[name], args.batch_size, device)
         results[name] = score_split(task, preds, split)
         split_names[name] = split_name
         if args.bootstrap:
@@ -279,7 +282,7 @@ def command_predict(args: argparse.Namespace) -> int:
     check_writable(args.out)
     device = pick_device()
     loaded = load_checkpoint(args.checkpoint, device, weights=args.weights)
-    tasks, data_dir = _checkpoint_tasks(loaded, args, args.task, "--task")
+    tasks, data_dirs = _checkpoint_tasks(loaded, args, args.task, "--task")
     if args.input is not None:
         tasks = _with_input_split(tasks, args.input, args.quoting)
     elif args.quoting is not None:
@@ -299,7 +302,7 @@ def command_predict(args: argparse.Namespace) -> int:
     for name, task in tasks.items():
         # Labels are not needed to predict: a test split without them reads too.
         split_name = INPUT_SPLIT if args.input is not None else args.split or task.eval_split
-        preds, _ = _predict(loaded, task, split_name, data_dir, args.batch_size, device, labeled=False)
+        preds, _ = _predict(loaded, task, split_name, data_dirs[name], args.batch_size, device, labeled=False)
         path = args.out if single_file else os.path.join(args.out, f"{name}.tsv")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         replaced = os.path.isfile(path)
@@ -552,7 +555,7 @@ def command_compare(args: argparse.Namespace) -> int:
     device = pick_device()
     loaded_a = load_checkpoint(args.checkpoint, device, weights=args.weights_a)
     loaded_b = load_checkpoint(args.other, device, weights=args.weights_b)
-    tasks, data_dir = _checkpoint_tasks(loaded_a, args, args.tasks, "--tasks")
+    tasks, data_dirs = _checkpoint_tasks(loaded_a, args, args.tasks, "--tasks")
     _check_split_declared(tasks, args.split, "--tasks")
     for name, task in tasks.items():
         if name not in loaded_b.tasks:
@@ -563,7 +566,7 @@ def command_compare(args: argparse.Namespace) -> int:
     for name, task in tasks.items():
         split_name = args.split or task.eval_split
         # each with its own tokenizer: the encoders may differ
-        (preds_a, split), (preds_b, _) = (_predict(loaded, task, split_name, data_dir, args.batch_size, device)
+        (preds_a, split), (preds_b, _) = (_predict(loaded, task, split_name, data_dirs[name], args.batch_size, device)
                                           for loaded in (loaded_a, loaded_b))
         report[name] = paired_bootstrap(task, preds_a, preds_b, split.targets, args.bootstrap)
         for metric, r in report[name].items():

@@ -381,10 +381,11 @@ def _validate_task_file(raw: dict, path: str) -> TaskFile:
     return TaskFile(path=path, tasks=tasks, training=training, data_dir=data_dir)
 
 
-def resolve_data_dir(cli_value: Optional[str], task_file: TaskFile) -> str:
-    """--data-dir, else $MTSMART_DATA_DIR, else the file's ``data_dir``, else the
+def resolve_data_dir(cli_value: Optional[str], task_file: TaskFile, checkpoint_data: Optional[str] = None) -> str:
+    """--data-dir, else $MTSMART_DATA_DIR, else the file's ``data_dir``, else (a file
+    standing in for a checkpoint's tasks) the folder the checkpoint's run read, else the
     directory that holds the task file."""
-    return (cli_value or os.environ.get(DATA_DIR_ENV) or task_file.data_dir
+    return (cli_value or os.environ.get(DATA_DIR_ENV) or task_file.data_dir or checkpoint_data
             or os.path.dirname(os.path.abspath(task_file.path)))
 
 

@@ -377,6 +377,31 @@ def test_predict_on_unlabeled_data_from_another_task_file(run_dir, tmp_path, cac
     assert not (tmp_path / "x.tsv").exists()
 
 
+def test_a_task_file_of_ones_own_reads_where_the_run_read_and_leaves_the_other_tasks_there(run_dir, tmp_path,
+                                                                                             cache, capsys):
+    """--task-defs from another folder, redefining one task with paths relative to the data
+    (as glue.yaml's are): they are read where the run read its data, and the task the file
+    does not define keeps the checkpoint's definition and data folder. Both used to be
+    looked for beside the file."""
+    spec = yaml.safe_load((E2E / "tasks.yaml").read_text())
+    spec.pop("training", None)
+    del spec["tasks"][REG_TASK]
+    spec["tasks"][CLS_TASK]["splits"]["again"] = spec["tasks"][CLS_TASK]["splits"]["dev"]
+    task_file = tmp_path / "elsewhere" / "pairs_only.yaml"
+    task_file.parent.mkdir()
+    task_file.write_text(yaml.safe_dump(spec))
+    out_file = tmp_path / "eval.json"
+    assert main(["evaluate", str(run_dir / "best"), "--task-defs", str(task_file), "--out", str(out_file)]) == 0, \
+        capsys.readouterr().err
+    report, meta = read_json(out_file), read_json(run_dir / "best" / "meta.json")
+    assert set(report["results"]) == set(TASKS)
+    for task in TASKS:
+        assert report["results"][task] == pytest.approx(meta["dev"][task]), task
+    assert main(["evaluate", str(run_dir / "best"), "--task-defs", str(task_file), "--tasks", CLS_TASK,
+                 "--split", "again", "--out", str(tmp_path / "again.json")]) == 0, capsys.readouterr().err
+    assert read_json(tmp_path / "again.json")["results"][CLS_TASK] == pytest.approx(meta["dev"][CLS_TASK])
+
+
 def test_predict_a_file_of_ones_own_with_input(run_dir, tmp_path, cache, capsys):
     """--input: a file whose header names the task's text fields, in any column order and
     with other columns beside them, predicted without a task file."""
