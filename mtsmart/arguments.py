@@ -106,7 +106,8 @@ def add_smart_flags(parser: argparse.ArgumentParser) -> None:
         "win for that task, with a note naming it)")
     group.add_argument("--smart", choices=SMART_MODES,
                        help="which SMART terms to use: off (plain fine-tuning), adversarial "
-                            "(λ_s·R_s only), bregman (μ·D_Breg only) or full")
+                            f"(λ_s·R_s only), bregman (μ·D_Breg only) or full (default {SmartConfig().mode}, "
+                            "or the task file's training.smart.mode)")
     group.add_argument("--smart-preset", choices=sorted(SMART_PRESETS),
                        help="replace the task file's (or the checkpoint's) SMART settings with a named "
                             "preset (paper: Jiang et al. 2020); flags and KEY=VALUE still win over it")

@@ -375,13 +375,13 @@ def parse_smart(data: Any, where: str, base: SmartConfig | None = None) -> Smart
 
 
 def validate_smart(cfg: SmartConfig, where: str) -> None:
-    for name in ("adv_weight", "prox_weight", "epsilon", "noise_std", "step_size",
-                 "prox_warmup_fraction"):
+    for name in ("adv_weight", "prox_weight", "epsilon", "noise_std", "step_size"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(cfg, name)}")
     if cfg.num_steps < 1:
         raise ConfigError(f"{where}.num_steps: must be >= 1, got {cfg.num_steps}")
-    for name in ("teacher_beta", "teacher_beta_early", "teacher_early_fraction"):
+    # a ramp longer than the run would never reach μ
+    for name in ("prox_warmup_fraction", "teacher_beta", "teacher_beta_early", "teacher_early_fraction"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ConfigError(f"{where}.{name}: must be in [0, 1], got {getattr(cfg, name)}")
     if cfg.teacher_horizon_fraction is not None and not 0 < cfg.teacher_horizon_fraction <= 1:

@@ -165,7 +165,8 @@ def _parse_class_weights(raw: Any, labels: tuple[str, ...], where: str) -> Union
 def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
     where = f"{defined_in}: task {name!r}"
     if not TASK_NAME.match(str(name)):
-        raise ConfigError(f"{where}: task names are lower-case letters, digits, '_' or '-'")
+        raise ConfigError(f"{where}: a task name is a lower-case letter, then lower-case letters, digits, "
+                          "'_' or '-'")
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping of settings")
     unknown = [k for k in raw if k not in _TASK_KEYS]
@@ -287,8 +288,10 @@ def parse_task(name: str, raw: Any, defined_in: str) -> TaskDef:
                 )
     if task.max_length < 8:
         raise ConfigError(f"{where}: field 'max_length': must be at least 8")
-    if task.sampling_weight < 0 or task.loss_weight < 0:
-        raise ConfigError(f"{where}: sampling_weight and loss_weight must be >= 0")
+    for key in ("sampling_weight", "loss_weight"):
+        if getattr(task, key) < 0:
+            raise ConfigError(f"{where}: field {key!r}: must be >= 0 (0 leaves the task out of "
+                              f"{'the draws' if key == 'sampling_weight' else 'the loss'}), got {getattr(task, key):g}")
     if not 0 <= task.head_dropout < 1:
         raise ConfigError(f"{where}: field 'head_dropout': must be in [0, 1)")
     task.smart_config(SmartConfig())  # validates the override values

@@ -336,9 +336,11 @@ class Trainer:
         evaluations = (total - 1) // self.plan.eval_every + 1  # the last one at the run's end
         if cfg.patience is not None and evaluations < cfg.patience + 2 and self.replicas.is_main:
             # stopping takes a best evaluation, `patience` worse ones, and the end still ahead
-            logger.warning("training.patience %d can never stop this run early: it evaluates %d time%s (every "
-                           "%d of its %d updates); a smaller --eval-every or --patience lets it",
-                           cfg.patience, evaluations, "" if evaluations == 1 else "s", self.plan.eval_every, total)
+            cadence = (f"once, at the end of its {total} updates (eval_every {self.plan.eval_every})"
+                       if evaluations == 1 else
+                       f"{evaluations} times (every {self.plan.eval_every} of its {total} updates)")
+            logger.warning("training.patience %d can never stop this run early: it evaluates %s; a smaller "
+                           "--eval-every or --patience lets it", cfg.patience, cadence)
 
     @property
     def uses_adversarial_term(self) -> bool:

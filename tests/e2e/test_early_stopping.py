@@ -96,3 +96,10 @@ def test_the_patience_note_counts_the_evaluation_at_the_runs_end(tmp_path, tiny_
         said[patience] = [r.getMessage() for r in caplog.records if "patience" in r.getMessage()]
     assert said == {"2": [], "3": ["training.patience 3 can never stop this run early: it evaluates 4 times "
                                    "(every 3 of its 10 updates); a smaller --eval-every or --patience lets it"]}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # one evaluation: not "every 11 of its 4 updates"
+        assert train(task_file, tiny_model_dir, tmp_path / "run", "--max-steps", "4", "--eval-every", "11",
+                     "--patience", "3", "--dry-run") == 0
+    assert [r.getMessage() for r in caplog.records if "patience" in r.getMessage()] == [
+        "training.patience 3 can never stop this run early: it evaluates once, at the end of its 4 updates "
+        "(eval_every 11); a smaller --eval-every or --patience lets it"]

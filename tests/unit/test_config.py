@@ -447,6 +447,7 @@ def test_any_unknown_key_is_refused_at_every_level(data, key):
 
 @pytest.mark.parametrize("data, key", [
     ({"smart": {"prox_warmup_fraction": -0.1}}, "smart.prox_warmup_fraction"),
+    ({"smart": {"prox_warmup_fraction": 1.5}}, "smart.prox_warmup_fraction"),  # μ never reached
     ({"smart": {"teacher_early_fraction": 1.5}}, "smart.teacher_early_fraction"),
     ({"smart": {"teacher_beta_early": -0.1}}, "smart.teacher_beta_early"),
     ({"smart": {"teacher_horizon_fraction": 0}}, "smart.teacher_horizon_fraction"),

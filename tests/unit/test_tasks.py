@@ -180,7 +180,8 @@ def assert_names(err, *parts):
     (spec(CLS, max_length=4), "'max_length'"),
     (spec(CLS, max_length="long"), "'max_length'"),
     (spec(CLS, head_dropout=1.0), "'head_dropout'"),
-    (spec(CLS, sampling_weight=-1), "sampling_weight"),
+    (spec(CLS, sampling_weight=-1), "field 'sampling_weight': must be >= 0"),  # which one, and its value
+    (spec(CLS, sampling_weight=-1), "got -1"),
     (spec(CLS, class_weights="balance"), "'class_weights'"),
     (spec(CLS, class_weights=[1.0]), "'class_weights'"),
     (spec(CLS, class_weights=[1.0, 0.0]), "'class_weights'"),
@@ -359,7 +360,7 @@ def test_every_smart_key_but_the_teachers_may_be_set_per_task():
         if f.name.startswith("teacher_"):
             continue
         value = getattr(base, f.name)
-        other = {"mode": "bregman", "norm": "inf"}.get(f.name)
+        other = {"mode": "bregman", "norm": "inf", "prox_warmup_fraction": 0.5}.get(f.name)  # a fraction
         if other is None:
             other = (not value) if isinstance(value, bool) else value + 1
         task = parse_task("rte", {**CLS, "smart": {f.name: other}}, FILE)
@@ -377,7 +378,7 @@ def test_every_task_setting_given_is_the_one_used(key, value):
 
 
 @pytest.mark.parametrize("changes, field", [
-    ({"loss_weight": -1}, "loss_weight"),
+    ({"loss_weight": -1.5}, "field 'loss_weight': must be >= 0 (0 leaves the task out of the loss), got -1.5"),
     ({"head_dropout": -0.1}, "'head_dropout'"),
     ({"max_length": 7}, "'max_length'"),
 ])
@@ -389,10 +390,11 @@ def test_more_bad_task_numbers_name_file_task_and_field(changes, field):
     parse_task("rte", {**CLS, "max_length": 8, "loss_weight": 0, "head_dropout": 0}, FILE)  # the edges are valid
 
 
-@pytest.mark.parametrize("name", ["Rte", "RTE", "rte2B"])
-def test_a_task_name_with_upper_case_is_refused(name):
-    """docs/task-definitions.md: names are lower case (upper case alone, without a space)."""
-    with pytest.raises(ConfigError, match="lower-case"):
+@pytest.mark.parametrize("name", ["Rte", "RTE", "rte2B", "1rte", "_rte"])
+def test_a_task_name_with_upper_case_or_not_starting_with_a_letter_is_refused(name):
+    """docs/task-definitions.md: a lower-case letter, then lower-case letters, digits, _ or -;
+    the message says both rules (a name starting with a digit broke only the unsaid one)."""
+    with pytest.raises(ConfigError, match="a task name is a lower-case letter, then lower-case letters"):
         parse_task(name, CLS, FILE)
 
 
