@@ -566,8 +566,8 @@ def command_compare(args: argparse.Namespace) -> int:
     for name, task in tasks.items():
         split_name = args.split or task.eval_split
         # each with its own tokenizer: the encoders may differ
-        (preds_a, split), (preds_b, _) = (_predict(loaded, task, split_name, data_dirs[name], args.batch_size, device)
-                                          for loaded in (loaded_a, loaded_b))
+        (preds_a, split), (preds_b, _) = (_predict(loaded, task, split_name, data_dirs[name], args.batch_size,
+                                                   device) for loaded in (loaded_a, loaded_b))
         report[name] = paired_bootstrap(task, preds_a, preds_b, split.targets, args.bootstrap)
         for metric, r in report[name].items():
             print(f"{name} {split_name} {metric}: A {100 * r['a']:.2f}, B {100 * r['b']:.2f}, "
@@ -643,7 +643,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train":
             raise ConfigError(f"only 'mtsmart train' runs under torchrun; run 'mtsmart {args.command}' "
-                              f"as a single process")
+                              "as a single process")
         return COMMANDS[args.command](args)
     except MtsmartError as err:
         _report_error(str(err), err)

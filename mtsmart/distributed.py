@@ -73,7 +73,7 @@ class Replicas:
         if torch.cuda.is_available():
             if local_rank >= torch.cuda.device_count():
                 raise ReplicaError(f"LOCAL_RANK {local_rank}: this node has only "
-                                  f"{torch.cuda.device_count()} GPUs (lower --nproc_per_node)")
+                                   f"{torch.cuda.device_count()} GPUs (lower --nproc_per_node)")
             torch.cuda.set_device(local_rank)
             backend = "nccl"
         else:

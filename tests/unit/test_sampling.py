@@ -206,8 +206,12 @@ def test_the_annealed_schedule_runs_from_its_start_to_its_end_over_the_draws(mon
 
     seen = []
     real = sampling.task_probabilities
-    monkeypatch.setattr(sampling, "task_probabilities",
-                        lambda *args, **kwargs: (seen.append(args[3] if len(args) > 3 else 0.0), real(*args, **kwargs))[1])
+
+    def recorded(sizes, weights, cfg, progress=0.0):
+        seen.append(progress)
+        return real(sizes, weights, cfg, progress)
+
+    monkeypatch.setattr(sampling, "task_probabilities", recorded)
     s = sampler("annealed", seed=1, total=sum(SIZES), anneal_final_alpha=0.0)
     draw(s, sum(SIZES))
     progress = seen[1:]  # the first call validates the weights
