@@ -5,7 +5,9 @@ tool of the ecosystem without mtsmart.
 The head maps exactly onto the standard heads: for BERT-style models the encoder's pooler
 plus ``classifier`` (what *ForSequenceClassification computes); for RoBERTa-style models
 the pooler's dense layer becomes ``classifier.dense`` and the head ``classifier.out_proj``
-(dropout is inactive at inference, so the outputs are identical).
+(dropout is inactive at inference, so the outputs are identical). Weights that map are not
+proof: some families' heads compute more than their weights show, so the exported model
+is run beside mtsmart's on a probe batch and refused unless both give the same outputs.
 Must not import train or cli.
 """
 
@@ -24,9 +26,29 @@ def _classifier_state(model, task: str, kind: str) -> dict[str, torch.Tensor]:
     head = model.heads[task].linear
     if kind == "pooler":
         return {"classifier.weight": head.weight, "classifier.bias": head.bias}
-    pooler = model.encoder.pooler.dense
+    pooler = model.encoder.pooler.dense  # a pooler whose dense layer has that name (checked)
     return {"classifier.dense.weight": pooler.weight, "classifier.dense.bias": pooler.bias,
             "classifier.out_proj.weight": head.weight, "classifier.out_proj.bias": head.bias}
+
+
+def _check_same_outputs(loaded, task_name: str, hf_model, checkpoint: str) -> None:
+    """The exported model must compute what mtsmart's head computes. Longformer's
+    classification model gives the first token global attention, which mtsmart's encoder
+    never had; BigBird's applies its activation function where the pooler applies tanh. The
+    weights map in both cases; only running the two shows it."""
+    probe = loaded.tokenizer(["a short probe sentence", "and a second probe, a little longer than the first"],
+                             padding=True, return_tensors="pt")
+    batch = {key: probe[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in probe}
+    loaded.model.eval()
+    hf_model.eval()
+    with torch.no_grad():
+        ours = loaded.model.forward_batch(task_name, batch).reshape(len(batch["input_ids"]), -1)
+        theirs = hf_model(**{k: v for k, v in batch.items() if k != "token_type_ids"}).logits
+    if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5):
+        raise CheckpointError(f"{checkpoint}: {type(hf_model).__name__} computes other outputs than mtsmart's "
+                              f"{task_name!r} head (up to {float((ours - theirs).abs().max()):.2g} apart on a probe "
+                              "batch), so its family does not export as a standard model; export supports BERT- "
+                              "and RoBERTa-style encoders")
 
 
 def check_export_target(checkpoint: str, out_dir: str, overwrite: bool) -> None:
@@ -83,7 +105,9 @@ def export_task(checkpoint: str, task_name: str, out_dir: str, weights: str = "s
     prefix = hf_model.base_model_prefix
     classifier_keys = {k for k in hf_model.state_dict() if k.startswith("classifier.")}
     kind = "pooler" if classifier_keys == {"classifier.weight", "classifier.bias"} else "roberta"
-    if kind == "roberta" and not {"classifier.dense.weight", "classifier.out_proj.weight"} <= classifier_keys:
+    mappable = (kind == "pooler" or ({"classifier.dense.weight", "classifier.out_proj.weight"} <= classifier_keys
+                                     and isinstance(getattr(encoder.pooler, "dense", None), torch.nn.Linear)))
+    if not mappable:
         raise CheckpointError(f"{checkpoint}: cannot map the head onto {type(hf_model).__name__}'s "
                               "classifier; export supports BERT- and RoBERTa-style encoders")
     state = {f"{prefix}.{k}": v for k, v in encoder.state_dict().items()}
@@ -95,6 +119,7 @@ def export_task(checkpoint: str, task_name: str, out_dir: str, weights: str = "s
     if missing or unexpected:
         raise CheckpointError(f"{checkpoint}: export of {task_name!r} left weights unmapped "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    _check_same_outputs(loaded, task_name, hf_model, checkpoint)
     with folder_replacing(out_dir) as tmp:
         # Truncate as mtsmart does, so pipeline(..., truncation=True) sees the same tokens.
         loaded.tokenizer.model_max_length = task.max_length

@@ -699,3 +699,43 @@ def test_a_run_started_from_a_checkpoint_records_the_fingerprint_of_its_encoder(
     (session,) = json.loads((tmp_path / "ft" / "run.json").read_text())["sessions"]
     assert session["encoder"] == {"source": str(ckpt), "fingerprint": encoder_fingerprint(str(ckpt / "encoder")),
                                   "weights": "student"}
+
+
+@pytest.mark.parametrize("family", ["longformer", "big_bird", "pooler_activation"])
+def test_export_refuses_a_family_whose_head_computes_something_else(mt_checkpoint, tmp_path, monkeypatch,
+                                                                     capsys, family):
+    """Weights that map are not enough. Longformer's classification model gives the first
+    token global attention (exported, it predicted other logits than mtsmart); BigBird's
+    pooler has no `dense` layer (export crashed with a traceback) and its head applies
+    gelu; and any pooler that computes other than its family's standard one is caught the
+    same way."""
+    import transformers
+
+    import mtsmart.export
+
+    real_load = mtsmart.export.load_checkpoint
+
+    def with_encoder(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        hidden, vocab = loaded.model.encoder.config.hidden_size, len(loaded.tokenizer)
+        common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=160)
+        if family == "longformer":
+            encoder = transformers.LongformerModel(transformers.LongformerConfig(**common, attention_window=8),
+                                                   add_pooling_layer=True)
+        elif family == "big_bird":
+            encoder = transformers.BigBirdModel(transformers.BigBirdConfig(**common, attention_type="original_full"),
+                                                add_pooling_layer=True)
+        else:
+            encoder = loaded.model.encoder
+            encoder.pooler.activation = torch.nn.GELU()  # the exported BERT pooler keeps its tanh
+        loaded.model.encoder = encoder.eval()
+        return loaded
+
+    monkeypatch.setattr(mtsmart.export, "load_checkpoint", with_encoder)
+    _, ckpt = mt_checkpoint
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "--task", "pairs", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "export supports BERT- and RoBERTa-style encoders" in err[0], err
+    assert not (tmp_path / "x").exists()
