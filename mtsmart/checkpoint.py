@@ -264,6 +264,8 @@ def recover_interrupted_save(path: str) -> None:
     newest = recovered_save(path)
     if newest is not None:
         if newest != path:
+            # a save killed after its last file, before its permissions were set, is private
+            _share_like_other_files(newest)
             if os.path.exists(path):
                 # aside under a temporary name, so that a crash here is recovered next time
                 aside = tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=os.path.dirname(newest))
