@@ -432,8 +432,7 @@ class Trainer:
         self.sampler.load_state_dict(info["sampler"])
         for name, stream_state in info["streams"].items():
             self.streams[name].load_state_dict(stream_state)
-        self.counters.update({k: v for k, v in info["counters"].items()
-                              if self.replicas.is_main or not _per_replica_counter(k)})
+        self.counters.update(restored_counters(info["counters"], self.replicas.is_main))
         if self.teacher is not None and self._init_teacher_state is not None:
             self.teacher.load_state_dict(self._init_teacher_state)
             self.teacher.num_updates = self.global_step
@@ -814,3 +813,10 @@ class Trainer:
 
 def _per_replica_counter(key: str) -> bool:
     return key.startswith("regularizer_skipped/") or key == "nonfinite_loss_skipped"
+
+
+def restored_counters(saved: dict[str, int], is_main: bool) -> dict[str, int]:
+    """The saved counters a replica takes back on resume. The per-replica ones were saved
+    summed over every replica: the main replica keeps the sum and the others start from 0,
+    or the next sum would count their share twice."""
+    return {key: value for key, value in saved.items() if is_main or not _per_replica_counter(key)}

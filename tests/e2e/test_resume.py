@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from mtsmart.cli import main
-from conftest import tensorboard_scalars
+from conftest import build_tiny_encoder, tensorboard_scalars
 from tiny_tasks import write_tiny_tasks
 
 STEPS = ["--max-steps", "120", "--eval-every", "10", "--batch-size", "4", "--seed", "5"]
@@ -206,6 +206,14 @@ def test_resume_refuses_settings_other_than_the_runs(tmp_path, tiny_model_dir, m
         assert named in err, named
     assert "num_threads" not in err and "encoder" not in err
     assert (out / "last" / "meta.json").read_text() == meta and before == {p: p.read_bytes() for p in before}
+
+    # another encoder would be ignored (the weights come from the checkpoint): named too
+    other = build_tiny_encoder(tmp_path / "other-encoder")
+    capsys.readouterr()  # what saving it printed
+    elsewhere = [str(other) if arg == str(tiny_model_dir) else arg for arg in start]
+    assert main(elsewhere + ["--max-steps", "4", "--smart", "full", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"training.encoder was '{tiny_model_dir}', now '{other}'" in err, err
 
     # examples that changed since the run started would silently continue another stream
     data_file = task_file.parent / "data" / "pairs_train.tsv"
@@ -464,3 +472,35 @@ def test_only_a_task_on_one_side_is_named_as_added_or_left_out():
     # a setting inside a task that went from unset to a mapping is a setting, not a task
     assert _described_change("tasks.pairs.splits.train.columns", None, {"a": 0}) == \
         "tasks.pairs.splits.train.columns was None, now {'a': 0}"
+
+
+def test_a_resume_restores_the_best_score_and_the_patience_count(tmp_path, tiny_model_dir, monkeypatch):
+    """Reset on resume, the best score made the first evaluation after it "best" (replacing
+    best/ with a worse checkpoint), and the patience count restarted (a resumed run trained
+    longer than the same run left alone). The state is edited to what a run past its best
+    leaves, so the values restored are known."""
+    from mtsmart.tasks import load_task_file, resolve_data_dir
+    from mtsmart.train import Trainer
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    task_file = write_tiny_tasks(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", str(task_file), "--encoder", str(tiny_model_dir), "--output", str(out), "--quiet",
+                 "--max-steps", "4", "--eval-every", "2", "--num-threads", "1"]) == 0
+    assert not (out / "checkpoints").exists(), "keep_last 1 (the default) keeps no history"
+    state_path = out / "last" / "trainer_state" / "state.json"
+    state = json.loads(state_path.read_text())
+    state.update(best_score=0.125, best_step=2, evals_since_best=1)
+    state_path.write_text(json.dumps(state))
+    overrides = [(["training", "encoder"], str(tiny_model_dir), "test"),
+                 (["training", "max_steps"], 4, "test"), (["training", "eval_every"], 2, "test"),
+                 (["training", "num_threads"], 1, "test")]
+    tasks = load_task_file(str(task_file), overrides)
+    trainer = Trainer(tasks.tasks, tasks.training, resolve_data_dir(None, tasks), str(out), resume=True,
+                      show_progress=False)
+    try:
+        trainer.prepare()
+        trainer.setup()
+        assert (trainer.best_score, trainer.best_step, trainer.evals_since_best) == (0.125, 2, 1)
+    finally:
+        trainer.cleanup()

@@ -87,3 +87,34 @@ def test_a_resumed_run_folder_has_both_its_checkpoints_put_right(tmp_path):
     recover_run_folder(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]
     assert step_of(tmp_path / "best") == 20 and step_of(tmp_path / "last") == 20
+
+
+def test_a_resume_finishes_the_interrupted_save_before_it_reads_the_folder(tmp_path):
+    """prepare_resume, what `train --resume` runs first: the newest complete save takes
+    last/'s name and nothing is left under a temporary one."""
+    from mtsmart.run_folder import prepare_resume
+
+    (tmp_path / "run.json").write_text("{}")
+    folder(tmp_path / ".last.tmp-a", 30)
+    folder(tmp_path / ".last.tmp-a.old", 20)
+    prepare_resume(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "run.json"]
+    assert step_of(tmp_path / "last") == 30
+
+
+def test_a_recovered_save_is_as_readable_as_any_file_the_user_writes(tmp_path):
+    """A save killed after its last file, before the permissions it ends with, is private
+    (mkdtemp gives 0700, safetensors 0600); recovered as it was, a serving process or a
+    colleague could not read it."""
+    import os
+
+    folder(tmp_path / "last", 20)
+    new = folder(tmp_path / ".last.tmp-a", 30)
+    os.chmod(new / "meta.json", 0o600)
+    os.chmod(new, 0o700)
+    recover_interrupted_save(str(tmp_path / "last"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert step_of(tmp_path / "last") == 30
+    for path in [tmp_path / "last", *(tmp_path / "last").rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path

@@ -284,3 +284,37 @@ def test_each_replica_draws_its_own_dropout_and_noise():
         trainer.cfg, trainer.replicas = SimpleNamespace(seed=4), Replicas(rank=rank, world_size=3)
         seeds.append(trainer._replica_seed())
     assert len(set(seeds)) == 3 and seeds[0] == 4
+
+
+def test_a_replica_resuming_a_run_saved_by_another_count_draws_anew_from_the_step():
+    """Resumed with another number of processes, each replica's dropout and noise draws
+    start from its seed plus the step, not from its seed: that would replay the draws of the
+    run's first steps."""
+    from mtsmart.objective import SideStream
+    from mtsmart.train import SIDE_STREAM_SEED_OFFSET, Trainer
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.replicas = Replicas(rank=1, world_size=2)
+    trainer.cfg = SimpleNamespace(seed=4)
+    trainer.global_step = 30
+    trainer.device = torch.device("cpu")
+    before = torch.get_rng_state()
+    try:
+        trainer._restore_replica_rng("run/last", [object(), object(), object()], None)
+        restored = torch.get_rng_state()
+        torch.manual_seed(4 + 7919 + 30)
+        assert torch.equal(restored, torch.get_rng_state())
+        expected = SideStream(4 + 7919 + SIDE_STREAM_SEED_OFFSET + 30, torch.device("cpu"))
+        assert torch.equal(trainer.side_stream.state_dict()["cpu"], expected.state_dict()["cpu"])
+    finally:
+        torch.set_rng_state(before)
+
+
+def test_a_resumed_replica_takes_back_only_the_counters_not_summed_over_replicas():
+    """The saved skip counts are every replica's sum: restored on every replica, the next
+    sum would count them once per replica."""
+    from mtsmart.train import restored_counters
+
+    saved = {"nonfinite_loss_skipped": 3, "regularizer_skipped/pairs": 2, "nonfinite_grad_skipped": 1}
+    assert restored_counters(saved, is_main=True) == saved
+    assert restored_counters(saved, is_main=False) == {"nonfinite_grad_skipped": 1}  # the same on all
