@@ -9,6 +9,8 @@ Must not import data loading, the trainer or the CLI.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 from typing import Iterable, Optional
 
@@ -114,6 +116,11 @@ def fit_tokenizer_to_positions(tokenizer, encoder: nn.Module) -> None:
     limit = position_limit(encoder)
     if limit is not None and tokenizer.model_max_length > limit:
         tokenizer.model_max_length = limit
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_token_types(encoder_class: type) -> bool:
+    return "token_type_ids" in inspect.signature(encoder_class.forward).parameters
 
 
 class TaskHead(nn.Module):
@@ -257,8 +264,11 @@ class MultiTaskModel(nn.Module):
         logits [batch, num_labels] for classification, scores [batch] for regression."""
         kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
         # Encoders with a single token type (RoBERTa) must not receive a tokenizer's
-        # sentence-B type ids: index 1 does not exist in their type-embedding table.
-        if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 2) > 1:
+        # sentence-B type ids: index 1 does not exist in their type-embedding table. Nor
+        # those whose forward has no such argument (DistilBERT), though a BERT tokenizer
+        # makes them: passed on, they were ignored at best, an unexpected keyword at worst.
+        if (token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 2) > 1
+                and _takes_token_types(type(self.encoder))):
             kwargs["token_type_ids"] = token_type_ids
         out = self.encoder(**kwargs)
         if self.pooling == "pooler":

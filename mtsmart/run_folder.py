@@ -1,8 +1,8 @@
 """A run's folder: its layout, its lock, and the checks before a run writes into it (a
 new run's claim, what --overwrite must not delete, what --resume refuses).
 
-    RUN/  run.json  results.json  metrics.jsonl  metrics/step-N.json  tensorboard/
-          best/  last/  checkpoints/step-K/  .lock
+    RUN/  run.json  results.json  metrics.jsonl  metrics/step-NNNNNNN.json  tensorboard/
+          best/  last/  checkpoints/step-KKKKKKK/  .lock        (steps zero-padded: names sort by step)
 
 Must not import train or cli: the dry run and the CLI check a folder without a trainer.
 """

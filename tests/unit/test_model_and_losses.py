@@ -454,3 +454,25 @@ def test_an_encoder_saved_in_half_precision_trains_in_float32(tiny_model_dir, tm
             torch.testing.assert_close(ours, theirs.to(saved_dtype).float(), rtol=0, atol=0, msg=name)
     model.eval()
     assert model.forward_batch("nli", make_batch(model)).dtype == torch.float32
+
+
+def test_type_ids_reach_only_an_encoder_whose_forward_takes_them(tiny_model_dir):
+    """A BERT tokenizer makes token type ids for any encoder it serves (DistilBERT's, in
+    transformers 5); an encoder whose forward has no such argument must not be handed them."""
+    from transformers import BertConfig, BertModel
+
+    class WithoutTypes(BertModel):
+        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds)
+
+    config = BertConfig.from_pretrained(str(tiny_model_dir))
+    torch.manual_seed(0)
+    plain = MultiTaskModel(BertModel(config), {"t": (2, 0.0)}, pooling="cls").eval()
+    without = MultiTaskModel(WithoutTypes(config), {"t": (2, 0.0)}, pooling="cls").eval()
+    without.load_state_dict(plain.state_dict())
+    batch = {"input_ids": torch.tensor([[2, 7, 9, 3, 11, 3]]), "attention_mask": torch.ones(1, 6, dtype=torch.long),
+             "token_type_ids": torch.tensor([[0, 0, 0, 0, 1, 1]])}
+    with torch.no_grad():
+        assert torch.equal(without.forward_batch("t", batch),
+                           plain.forward_batch("t", {**batch, "token_type_ids": torch.zeros(1, 6, dtype=torch.long)}))
+        assert not torch.equal(plain.forward_batch("t", batch), without.forward_batch("t", batch))  # BERT's read them
