@@ -120,7 +120,10 @@ def fit_tokenizer_to_positions(tokenizer, encoder: nn.Module) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _takes_token_types(encoder_class: type) -> bool:
-    return "token_type_ids" in inspect.signature(encoder_class.forward).parameters
+    """Whether the forward names token_type_ids or takes any keyword (a decorator that
+    hides the real signature must not cost BERT its segment embeddings)."""
+    parameters = inspect.signature(encoder_class.forward).parameters.values()
+    return any(p.name == "token_type_ids" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 class TaskHead(nn.Module):
@@ -265,8 +268,8 @@ class MultiTaskModel(nn.Module):
         kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
         # Encoders with a single token type (RoBERTa) must not receive a tokenizer's
         # sentence-B type ids: index 1 does not exist in their type-embedding table. Nor
-        # those whose forward has no such argument (DistilBERT), though a BERT tokenizer
-        # makes them: passed on, they were ignored at best, an unexpected keyword at worst.
+        # those whose forward has no such argument and no **kwargs, though a BERT tokenizer
+        # makes them for any encoder it serves: an unexpected keyword.
         if (token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 2) > 1
                 and _takes_token_types(type(self.encoder))):
             kwargs["token_type_ids"] = token_type_ids

@@ -458,7 +458,8 @@ def test_an_encoder_saved_in_half_precision_trains_in_float32(tiny_model_dir, tm
 
 def test_type_ids_reach_only_an_encoder_whose_forward_takes_them(tiny_model_dir):
     """A BERT tokenizer makes token type ids for any encoder it serves (DistilBERT's, in
-    transformers 5); an encoder whose forward has no such argument must not be handed them."""
+    transformers 5); an encoder whose forward has no such argument and no **kwargs must not
+    be handed them, and BERT's own still reads them."""
     from transformers import BertConfig, BertModel
 
     class WithoutTypes(BertModel):
