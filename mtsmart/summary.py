@@ -37,8 +37,8 @@ TASK_KEY = "tasks."  # a recipe's keys for a task's own settings: tasks.NAME.max
 # A setting the run's other settings left without effect (the run noted it when it was
 # given: epochs beside max_steps, SMART knobs with SMART off) is no other recipe.
 NO_EFFECT = "(no effect)"
-TASK_RECIPE_KEYS = ("type", "labels", "max_length", "sampling_weight", "loss_weight", "head_dropout",
-                    "class_weights", "smart")
+TASK_RECIPE_KEYS = ("type", "text_fields", "label_field", "target_field", "labels", "max_length",
+                    "sampling_weight", "loss_weight", "head_dropout", "class_weights", "smart")
 
 
 @dataclass(frozen=True)

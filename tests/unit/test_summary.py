@@ -206,3 +206,25 @@ def test_a_setting_without_effect_in_its_run_makes_no_other_recipe(tmp_path):
                      **{"smart.epsilon": 0.5})]
     assert len(rows(summarize([read_run(str(p)) for p in own]))) == 2
 
+
+
+@pytest.mark.parametrize("change", [
+    {"text_fields": ["sentence2"]},  # a hypothesis-only baseline reads other input
+    {"label_field": "other_label"},
+    {"head_dropout": 0.3}, {"loss_weight": 2.0}, {"sampling_weight": 0.5}, {"class_weights": [1.0, 3.0]},
+    {"splits": {"train": {"path": "other_train.tsv"}, "dev": {"path": "d.tsv"}}},
+])
+def test_a_task_read_or_trained_otherwise_is_another_recipe(tmp_path, change):
+    rte = {"type": "classification", "text_fields": ["sentence1", "sentence2"], "label_field": "label",
+           "labels": ["no", "yes"], "max_length": 128, "metrics": ["accuracy"],
+           "splits": {"train": {"path": "t.tsv"}, "dev": {"path": "d.tsv"}}}
+    runs = [write_run(tmp_path / "a", 1, {"rte": 0.60}, tasks={"rte": rte}),
+            write_run(tmp_path / "b", 2, {"rte": 0.50}, tasks={"rte": {**rte, **change}})]
+    assert len(rows(summarize([read_run(str(p)) for p in runs]))) == 2
+
+
+def test_the_evaluation_cadence_is_part_of_a_recipe(tmp_path):
+    """It decides which evaluation is best and where patience counts (summary.NOT_RECIPE)."""
+    runs = [write_run(tmp_path / "a", 1, {"rte": 0.60}), write_run(tmp_path / "b", 2, {"rte": 0.50}, eval_every=5)]
+    table = summarize([read_run(str(p)) for p in runs])
+    assert len(rows(table)) == 2 and "eval_every=5" in table
