@@ -115,3 +115,23 @@ def test_the_encoder_fingerprint_is_of_its_config_and_every_byte_of_its_weights(
     assert encoder_fingerprint(str(encoder)) != first
 
     assert encoder_fingerprint("sentence-transformers/all-MiniLM-L6-v2") is None
+
+
+def test_weights_saved_the_older_way_count_in_the_fingerprint(tmp_path):
+    """pytorch_model.bin, as encoders saved before safetensors are: other weights there must
+    give another fingerprint."""
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text('{"hidden_size": 32}')
+    (encoder / "pytorch_model.bin").write_bytes(b"weights one")
+    first = encoder_fingerprint(str(encoder))
+    (encoder / "pytorch_model.bin").write_bytes(b"weights two")
+    assert encoder_fingerprint(str(encoder)) != first
+
+
+def test_a_split_the_first_session_did_not_record_is_not_compared(tmp_path):
+    """A resume's data may name a task or split role the run's first session lacks (a run
+    from an older mtsmart recorded no eval role): nothing to compare, so no refusal."""
+    first = {"rte": {"train": {"split": "train", "examples": 3, "fingerprint": "x"}}}
+    record_session(str(tmp_path), session_record(None, torch.device("cpu"), 1, first), resumed=False)
+    check_same_data(str(tmp_path), {**data("x"), "cola": data("z")["rte"]})
