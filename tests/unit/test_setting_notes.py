@@ -52,6 +52,7 @@ def test_a_setting_the_run_leaves_unused_is_named(tmp_path, caplog, flags, says)
 def test_finetune_names_an_encoder_it_does_not_load(tmp_path, caplog):
     said = notes(tmp_path, caplog, "training.encoder=/elsewhere", command="finetune")
     assert said == ["training.encoder=/elsewhere does nothing: the encoder comes from the checkpoint"]
+    assert notes(tmp_path, caplog, "training.encoder=/elsewhere") == []  # train loads it
 
 
 @pytest.mark.parametrize("flags", [
