@@ -21,7 +21,7 @@ from typing import IO, Optional, Sequence
 from mtsmart.arguments import (EXIT_USAGE, build_parser, collect_overrides, parse_args, repeated_flags,
                                settings_as_overrides)
 from mtsmart.config import ADAPT_SETS_PER_RUN, TrainConfig, load_yaml
-from mtsmart.errors import ConfigError, DataError, MtsmartError, error_line, os_error_line
+from mtsmart.errors import ConfigError, DataError, MtsmartError, error_line, os_error_line, torchrun_ranks
 from mtsmart.setting_notes import note_unused_settings
 
 
@@ -626,7 +626,7 @@ def configure_logging() -> None:
     hub that cannot be reached retries five times) through a handler of its own (or
     Python's last resort, without one): passed on to ours as well, each was printed
     twice, the copy posing as a note of mtsmart's."""
-    is_first_process = int(os.environ.get("RANK", "0")) == 0
+    is_first_process = torchrun_ranks()[0] == 0
     logging.basicConfig(format="mtsmart: note: %(message)s",
                         level=logging.WARNING if is_first_process else logging.ERROR)
     logging.getLogger("huggingface_hub").propagate = False
@@ -668,7 +668,7 @@ def _report_error(line: str, error: Exception) -> None:
 
 
 def _first_on_its_node() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+    return torchrun_ranks()[1] == 0
 
 
 def _after_a_progress_bar() -> str:

@@ -46,6 +46,11 @@ def os_error_line(err: OSError) -> str:
     return f"{where}{err.strerror or err}"
 
 
+def torchrun_ranks() -> tuple[int, int]:
+    """This process's RANK and LOCAL_RANK as torchrun sets them; (0, 0) for a process alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def error_line(message: str, error: Optional[BaseException] = None, prog: str = "mtsmart") -> Optional[str]:
     """The line this process prints for an error, or None where another replica prints
     the same one: torchrun's N processes must not print N copies.
@@ -55,7 +60,7 @@ def error_line(message: str, error: Optional[BaseException] = None, prog: str = 
     each node prints it (another node may read other files). A RelayedError is the main
     replica's, printed there. An OSError or a ReplicaError belongs to the replica that met
     it, which prints it under its own name."""
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = torchrun_ranks()
     if rank != 0:
         if isinstance(error, RelayedError):
             return None
