@@ -106,7 +106,12 @@ def write_json(path: str, record) -> None:
     """Write atomically, so a reader never sees half a file; its folder is made if need be."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an unserialisable value or Ctrl-C: leave no stray .tmp
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -10,7 +10,7 @@ from typing import Optional
 import pytest
 
 from mtsmart.checkpoint import recover_interrupted_save
-from mtsmart.metric_logging import drop_records_after
+from mtsmart.metric_logging import drop_records_after, write_json
 
 
 def folder(path: Path, step: Optional[int]) -> Path:
@@ -118,3 +118,20 @@ def test_a_recovered_save_is_as_readable_as_any_file_the_user_writes(tmp_path):
     assert step_of(tmp_path / "last") == 30
     for path in [tmp_path / "last", *(tmp_path / "last").rglob("*")]:
         assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path
+
+
+@pytest.mark.parametrize("cut_short_by", [KeyboardInterrupt(), OSError(28, "No space left on device")],
+                         ids=["ctrl-c", "disk-full"])
+def test_a_json_write_cut_short_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch, cut_short_by):
+    path = tmp_path / "results.json"
+    write_json(str(path), {"step": 1})
+
+    def dump_then_fail(record, handle, **kwargs):
+        handle.write('{"step": ')
+        raise cut_short_by
+
+    monkeypatch.setattr(json, "dump", dump_then_fail)
+    with pytest.raises(type(cut_short_by)):
+        write_json(str(path), {"step": 2})
+    assert json.loads(path.read_text()) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
