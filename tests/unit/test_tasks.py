@@ -90,6 +90,11 @@ def test_single_text_field_as_string_and_numeric_labels():
     assert task.labels == ("0", "1")
 
 
+def test_a_single_metric_may_be_given_as_a_string():
+    task = parse_task("rte", spec(CLS, metrics="f1"), FILE)
+    assert task.metrics == ("f1",) and task.selection_metric == "f1"
+
+
 def test_main_metric_and_per_task_smart():
     task = parse_task("mrpc", spec(CLS, metrics=["accuracy", "f1"], main_metric="f1",
                                    smart={"adv_weight": 0, "epsilon": "1e-4"}), FILE)
@@ -131,6 +136,14 @@ def test_task_to_plain_round_trips():
     assert again == task
 
 
+def test_task_to_plain_leaves_out_unset_settings():
+    # checkpoints hold what the user could have written: no 'smart: {}', no 'format: null'
+    plain = task_to_plain(parse_task("rte", CLS, FILE))
+    assert "smart" not in plain and "class_weights" not in plain and "target_field" not in plain
+    assert plain["splits"]["train"] == {"path": "train.tsv", "header": True, "quoting": "minimal",
+                                        "encoding": "utf-8-sig"}
+
+
 # ----------------------------------------------------------------------------- bad tasks
 
 
@@ -164,6 +177,7 @@ def assert_names(err, *parts):
     (spec(REG, metrics=["accuracy"]), "'metrics'"),
     (spec(CLS, metrics=[{"name": "accuracy"}]), "'metrics'"),
     (spec(CLS, metrics=[]), "'metrics'"),
+    (spec(CLS, metrics=["accuracy", "f1", "accuracy"]), "field 'metrics': 'accuracy' twice"),
     (spec(CLS, metrics=["accuracy"], main_metric="f1"), "'main_metric'"),
     (spec(CLS, smart={"teacher_beta": 0.9}), "'teacher_beta'"),
     (spec(CLS, smart={"mode": "sometimes"}), "mode"),
@@ -187,6 +201,10 @@ def assert_names(err, *parts):
     (spec(CLS, class_weights=[1.0, 0.0]), "'class_weights'"),
     (spec(CLS, class_weights=[1.0, float("nan")]), "'class_weights'"),
     (spec(CLS, class_weights=[1.0, True]), "'class_weights'"),
+    (spec(CLS, class_weights=[1.0, float("inf")]), "'class_weights'"),  # YAML's .inf
+    (spec(CLS, class_weights=[1.0, 2.0, 3.0]), "'class_weights'"),  # one too many, not cut short
+    (spec(CLS, labels=["", "a"]), "an empty label"),  # '' as well as null
+    (spec(CLS, text_fields=["sentence1", 2]), "'text_fields'"),  # a field name is text
     (spec(REG, class_weights="balanced"), "'class_weights'"),
 ])
 def test_bad_task_names_file_task_and_field(raw, field):
@@ -264,8 +282,8 @@ def test_training_error_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("", "empty"),
-    ("# only a comment\n", "empty"),
+    ("", "the file is empty"),  # not just "empty": this test's tmp_path holds that word
+    ("# only a comment\n", "the file is empty"),
     ("- a\n- b\n", "mapping"),
     ("tasks: {}\n", "'tasks'"),
     ("tasks: [rte]\n", "'tasks'"),
