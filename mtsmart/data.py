@@ -159,8 +159,12 @@ def read_file_split(task: TaskDef, split: str, src: FileSource, data_dir: str,
                     f"{path}: task {task.name!r}: field {name!r}: no column {column!r} in the "
                     f"header{hint} (columns: {', '.join(header)})"
                 )
-    if header is not None and labeled and all(isinstance(columns[name], int) for name in fields):
-        _check_header_is_no_row(header, index_of[task.target_column], task, path)
+    target = columns.get(task.target_column)
+    # Without labels the check still runs when the split gives the label's column by index:
+    # a prediction file one row short would otherwise be off by a line against its source.
+    if (header is not None and isinstance(target, int)
+            and all(isinstance(columns[name], int) for name in fields)):
+        _check_header_is_no_row(header, target, task, path)
 
     examples = Examples(texts=[], targets=[], lines=[], source=path)
     for line, row in rows:

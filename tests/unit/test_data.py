@@ -190,6 +190,23 @@ def test_a_headerless_file_read_with_a_header_is_an_error_not_a_lost_row():
         read(task)
 
 
+def test_prediction_refuses_the_same_headerless_file_instead_of_dropping_its_first_row():
+    """predict --split reads without labels; one row short, its output was off by a line."""
+    task = cls_task({"path": "cola_like.tsv", "quoting": "none", "columns": {"sentence": 3, "label": 1}},
+                    text_fields=("sentence",))
+    with pytest.raises(DataError, match=r"cola_like.tsv line 1: task 't': reads as a row, not a header"):
+        read_split(task, "train", DATA_DIR, labeled=False)
+
+
+def test_prediction_reads_a_test_file_whose_header_is_at_the_label_index(tmp_path):
+    # GLUE's test files: the dev split's label index lands on a header name, or past the header
+    (tmp_path / "test.tsv").write_text("index\tsentence\n0\tA cat sat.\n1\tA dog ran.\n")
+    for label in (0, 1, 5):
+        task = cls_task({"path": "test.tsv", "columns": {"sentence": 1, "label": label}}, text_fields=("sentence",))
+        ex = read_split(task, "train", str(tmp_path), labeled=False)
+        assert ex.texts == [("A cat sat.",), ("A dog ran.",)] and ex.lines == [2, 3]
+
+
 def test_a_header_that_reads_as_a_row_is_read_by_naming_its_columns(tmp_path):
     """The way out the error offers for a real header such as pandas' '0,1' (labels '0', '1')."""
     (tmp_path / "p.csv").write_text("0,1\ngood film,1\nbad film,0\n", encoding="utf-8")
