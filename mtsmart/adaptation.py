@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mtsmart.atomic_files import replacing
 from mtsmart.checkpoint import ENCODER_DIR, is_checkpoint
 from mtsmart.config import TrainConfig, flatten_settings, settings_without_effect
 from mtsmart.data import check_max_length, default_cache_dir, load_tokenized, stratified_subset
@@ -315,12 +316,10 @@ def _recipe_changes(path: str, settings: dict) -> str:
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with replacing(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _grouped(rows: list[dict], metric: str):

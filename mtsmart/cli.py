@@ -271,6 +271,7 @@ def _keep_earlier_tasks(path: str, record: dict) -> list[str]:
 
 
 def command_predict(args: argparse.Namespace) -> int:
+    from mtsmart.atomic_files import replacing
     from mtsmart.checkpoint import load_checkpoint
     from mtsmart.train import pick_device
 
@@ -306,12 +307,10 @@ def command_predict(args: argparse.Namespace) -> int:
         path = args.out if single_file else os.path.join(args.out, f"{name}.tsv")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         replaced = os.path.isfile(path)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with replacing(path) as handle:
             handle.write("index\tprediction\n")
             for index, value in enumerate(preds):
                 handle.write(f"{index}\t{task.task_type.format_prediction(value, task.labels)}\n")
-        os.replace(tmp, path)
         print(f"{name}: {len(preds)} predictions → {path}" + (" (replacing the file there)" if replaced else ""))
     return 0
 

@@ -21,6 +21,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from mtsmart.atomic_files import replacing
 from mtsmart.config import did_you_mean
 from mtsmart.errors import ConfigError, DataError
 from mtsmart.tasks import FileSource, HubSource, TaskDef
@@ -451,11 +452,10 @@ def tokenize_examples(examples: Examples, tokenizer, max_length: int, dtype,
     )
     if path:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, input_ids=flat, offsets=offsets, targets=result.targets, lines=result.lines,
-                 token_type_ids=flat_types if flat_types is not None else np.zeros(0, np.int8),
-                 has_types=np.array(flat_types is not None))
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        with replacing(path, "wb") as handle:
+            np.savez(handle, input_ids=flat, offsets=offsets, targets=result.targets, lines=result.lines,
+                     token_type_ids=flat_types if flat_types is not None else np.zeros(0, np.int8),
+                     has_types=np.array(flat_types is not None))
     return result
 
 

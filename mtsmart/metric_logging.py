@@ -10,6 +10,8 @@ import os
 import time
 from typing import Mapping, Optional, Sequence
 
+from mtsmart.atomic_files import replacing
+
 
 class MetricLogger:
     """TensorBoard scalars under ``log_dir`` (None writes nothing: non-zero ranks)."""
@@ -96,22 +98,13 @@ def drop_records_after(path: str, step: int) -> None:
                 continue
             if record.get("global_step", 0) <= step:
                 kept.append(json.dumps(record, sort_keys=True) + "\n")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with replacing(path) as handle:
         handle.writelines(kept)
-    os.replace(tmp, path)
 
 
 def write_json(path: str, record) -> None:
     """Write atomically, so a reader never sees half a file; its folder is made if need be."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, an unserialisable value or Ctrl-C: leave no stray .tmp
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with replacing(path) as handle:
+        json.dump(record, handle, indent=2, sort_keys=True)
+        handle.write("\n")
