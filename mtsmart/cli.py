@@ -290,11 +290,14 @@ def command_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--quoting applies to --input: a split is read as its task definition says")
     else:
         _check_split_declared(tasks, args.split, "--task")
-    extension = "" if os.path.isdir(args.out) else os.path.splitext(args.out.rstrip("/"))[1].lower()
+    # A trailing slash asks for a folder whatever its name (preds.v1/), as the shell's own tools read it.
+    folder = os.path.isdir(args.out) or args.out.endswith(os.sep)
+    extension = "" if folder else os.path.splitext(args.out)[1].lower()
     single_file = extension in (".tsv", ".txt")
-    if extension and not single_file:
-        raise ConfigError(f"--out {args.out}: predictions are written as tsv; give a .tsv file (one task) "
-                          "or a directory")
+    if not folder and not single_file and (extension or os.path.exists(args.out)):
+        raise ConfigError(f"--out {args.out}: " + ("a file that is not .tsv or .txt" if os.path.exists(args.out)
+                                                   else "predictions are written as tsv")
+                          + "; give a .tsv file (one task) or a directory")
     if single_file and len(tasks) > 1:
         raise ConfigError(f"--out {args.out}: one file, for {len(tasks)} tasks ({', '.join(tasks)}); "
                           "give a directory, which gets one TASK.tsv per task")

@@ -766,6 +766,22 @@ def test_predict_out_that_cannot_hold_the_predictions_is_refused(run_dir, tmp_pa
     assert not (tmp_path / out).exists()
 
 
+def test_predict_out_naming_a_file_of_another_kind_is_refused_in_one_line(run_dir, tmp_path, cache, capsys):
+    existing = tmp_path / "notes"  # no extension: it used to be taken for a folder to make
+    existing.write_text("keep me\n")
+    assert main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--data-dir", str(E2E),
+                 "--out", str(existing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a file that is not .tsv or .txt" in err[0], err
+    assert existing.read_text() == "keep me\n"
+
+
+def test_predict_out_with_a_trailing_slash_is_a_folder_whatever_its_name(run_dir, tmp_path, cache):
+    assert main(["predict", str(run_dir / "best"), "--task", "all", "--data-dir", str(E2E),
+                 "--out", f"{tmp_path / 'preds.v1'}/"]) == 0
+    assert sorted(p.name for p in (tmp_path / "preds.v1").iterdir()) == sorted(f"{t}.tsv" for t in TASKS)
+
+
 def _damage(checkpoint: Path, how: str) -> None:
     if how == "truncated heads":
         path = checkpoint / "heads.safetensors"
