@@ -66,3 +66,39 @@ def test_a_p_value_no_resample_reaches_is_a_bound():
     assert p_value(0.0, 1000) == "< 0.001"
     assert p_value(1.0, 200) == "> 0.995"
     assert p_value(0.27, 1000) == "= 0.270"
+
+
+def test_forty_resamples_are_the_fewest_a_95_interval_takes():
+    from mtsmart.cli import check_resamples
+    from mtsmart.errors import ConfigError
+
+    check_resamples(40, "1000 is the default")  # one resample left out at each end: enough
+    with pytest.raises(ConfigError, match="at least 40 resamples, got 39"):
+        check_resamples(39, "1000 is the default")
+
+
+def test_compare_records_which_is_a_and_refuses_a_b_whose_head_reads_its_labels_otherwise(
+        tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import shutil
+
+    import yaml
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    _, run = train_tiny_run(tmp_path, tiny_model_dir, "run")
+    a, b = run / "best", tmp_path / "copy"
+    shutil.copytree(a, b)
+    out = tmp_path / "compare.json"
+    assert main(["compare", str(a), str(b), "--tasks", "pairs", "--bootstrap", "40", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert (record["a"], record["b"]) == (str(a), str(b))
+    # the same weights: B never beats A, and the printed p-value says so (no resample reaches it)
+    assert record["results"]["pairs"]["accuracy"]["p_b_not_better"] == 1.0
+    assert "P(B − A ≤ 0) > 0.975" in capsys.readouterr().out
+    # the same weights, but B's head says its first output is 'yes': its scores mean the opposite
+    tasks = yaml.safe_load((b / "tasks.yaml").read_text())
+    tasks["tasks"]["pairs"]["labels"].reverse()
+    (b / "tasks.yaml").write_text(yaml.safe_dump(tasks), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--tasks", "pairs", "--bootstrap", "40"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "differs from the labels the head in" in err

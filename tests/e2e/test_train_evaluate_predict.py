@@ -946,3 +946,49 @@ def test_a_split_some_tasks_lack_names_the_tasks_that_have_it(run_dir, capsys):
                     ["predict", str(run_dir / "best"), "--task", "all", "--out", str(run_dir.parent / "p")]):
         assert main([*command, "--data-dir", str(E2E), "--split", "test"]) == 2
         assert "--split test: pairs, scores declare no such split (see each task's splits" in capsys.readouterr().err
+
+
+def test_data_dir_wins_over_the_environments_data_folder(run_dir, tmp_path, cache, monkeypatch):
+    monkeypatch.setenv("MTSMART_DATA_DIR", str(tmp_path))  # a folder without the files
+    out_file = tmp_path / "eval.json"
+    assert main(["evaluate", str(run_dir / "best"), "--data-dir", str(E2E), "--out", str(out_file)]) == 0
+    assert set(read_json(out_file)["results"]) == set(TASKS)
+
+
+def test_the_logger_writes_each_scalar_with_its_step_and_skips_one_without_a_value(tmp_path):
+    """A tag whose value is None is left out (a caller need not filter), not an error."""
+    from mtsmart.metric_logging import MetricLogger
+
+    logger = MetricLogger(str(tmp_path / "tensorboard"))
+    logger.log_dict({"dev/t/accuracy": 0.5, "train/grad_norm": None}, 3)
+    logger.flush()
+    assert tensorboard_scalars(tmp_path) == {"dev/t/accuracy": [(3, 0.5)]}
+    logger.log_dict({"dev/t/accuracy": 0.75}, 6)
+    logger.close()
+    assert tensorboard_scalars(tmp_path) == {"dev/t/accuracy": [(3, 0.5), (6, 0.75)]}
+
+
+def test_predict_one_task_to_a_txt_file(run_dir, tmp_path, cache):
+    out_file = tmp_path / "preds.txt"  # a single file, as .tsv is: not a folder named so
+    assert main(["predict", str(run_dir / "best"), "--task", REG_TASK, "--data-dir", str(E2E),
+                 "--out", str(out_file)]) == 0
+    header, rows = read_tsv(out_file)
+    assert header == ["index", "prediction"] and len(rows) == len(gold(REG_TASK))
+
+
+def test_quoting_without_input_is_refused_not_ignored(run_dir, tmp_path, cache, capsys):
+    out_file = tmp_path / "p.tsv"
+    assert main(["predict", str(run_dir / "best"), "--task", CLS_TASK, "--data-dir", str(E2E),
+                 "--quoting", "none", "--out", str(out_file)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--quoting applies to --input" in err
+    assert not out_file.exists()
+
+
+def test_predict_input_relative_to_the_working_directory(run_dir, tmp_path, cache, monkeypatch):
+    """--input names a file as the shell sees it, not relative to the checkpoint's data folder."""
+    (tmp_path / "mine.tsv").write_text("text\nthe cat is good\na bad movie\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(run_dir / "best"), "--task", REG_TASK, "--input", "mine.tsv",
+                 "--out", "mine-preds.tsv"]) == 0
+    assert len(read_tsv(tmp_path / "mine-preds.tsv")[1]) == 2

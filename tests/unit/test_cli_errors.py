@@ -541,3 +541,49 @@ def test_an_interrupt_torchrun_passes_to_every_replica_is_reported_once(monkeypa
     monkeypatch.setenv("LOCAL_RANK", local_rank)
     assert main(["summarize", "runs"]) == 130
     assert ("mtsmart: interrupted" in capsys.readouterr().err) == printed
+
+
+def test_an_output_folder_this_process_may_not_write_in_fails_before_the_work(workdir, capsys, monkeypatch):
+    """A read-only folder: faked, as root may write anywhere and chmod would prove nothing."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **kw: False if (os.path.abspath(path) == str(workdir)
+                                                                           and mode == os.W_OK)
+                        else real_access(path, mode, *a, **kw))
+    code, err = run_main(["evaluate", str(workdir / "nope"), "--out", str(workdir / "new" / "x.json")], capsys)
+    assert_one_line(code, err, "cannot write there", f"no permission in {workdir}")
+
+
+def test_a_dry_run_under_torchrun_is_refused(workdir, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, err = run_main(argv(workdir, write(workdir, task_yaml()), tiny_model_dir, "--dry-run"), capsys)
+    assert_one_line(code, err, "--dry-run runs as a single process")
+    assert not (workdir / "out").exists()
+
+
+def test_a_full_disk_is_one_line_and_exit_code_1_not_a_user_error(workdir, capsys, monkeypatch):
+    import errno
+
+    from mtsmart import cli
+
+    def disk_full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(workdir / "x.json"))
+
+    monkeypatch.setitem(cli.COMMANDS, "summarize", disk_full)
+    code, err = run_main(["summarize", str(workdir)], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines() == [f"mtsmart: error: {workdir / 'x.json'}: {os.strerror(errno.ENOSPC)}"]
+
+
+@pytest.mark.parametrize("command", [["evaluate", "CKPT"], ["predict", "CKPT", "--task", "t", "--out", "p.tsv"],
+                                     ["compare", "CKPT", "CKPT"], ["summarize", "CKPT"]])
+def test_only_train_runs_under_torchrun(workdir, capsys, monkeypatch, command):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, err = run_main([str(workdir / "nope") if part == "CKPT" else part for part in command], capsys)
+    assert_one_line(code, err, "only 'mtsmart train' runs under torchrun", f"'mtsmart {command[0]}'")
+
+
+def test_export_into_a_file_says_it_needs_a_folder(workdir, capsys):
+    code, err = run_main(["export", str(workdir / "nope"), "--task", "t", "--out", str(workdir / "train.tsv")],
+                         capsys)
+    assert_one_line(code, err, f"--out {workdir / 'train.tsv'}: a file; give a folder for the model")
+    assert (workdir / "train.tsv").read_text(encoding="utf-8") == GOOD_TRAIN

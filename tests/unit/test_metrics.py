@@ -275,3 +275,25 @@ def test_a_nan_prediction_gives_zero_not_nan(fn):
     """np.std of such predictions is NaN, not 0, so only the result's check stops the NaN
     before it reaches model selection."""
     assert fn(np.array([1.0, np.nan, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == 0.0
+
+
+class _ThirdsModel(_LengthModel):
+    """Predicts a third of each example's length: no value half precision holds exactly."""
+
+    def forward_batch(self, task, batch):
+        return super().forward_batch(task, batch) / 3
+
+
+def test_a_model_in_eval_mode_stays_in_eval_mode_and_scores_keep_full_precision():
+    """The teacher and a loaded checkpoint predict in eval mode; predicting must not leave
+    their dropout switched on, nor round a regression score."""
+    from mtsmart.data import TokenizedSplit
+    from mtsmart.evaluation import predict_split
+
+    split = TokenizedSplit(input_ids=np.arange(5, 11).astype(np.int32), token_type_ids=None,
+                           offsets=np.array([0, 2, 6], dtype=np.int64), targets=np.zeros(2, np.float32),
+                           lines=np.arange(2) + 2)
+    model = _ThirdsModel().eval()
+    preds = predict_split(model, _task("regression", ("pearson",)), split, batch_size=1, pad_token_id=0)
+    assert preds.tolist() == pytest.approx([2 / 3, 4 / 3], rel=1e-6)
+    assert not model.training
