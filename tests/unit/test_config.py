@@ -510,3 +510,69 @@ def test_invalid_yaml_names_the_exact_line(tmp_path):
     dup.write_text("a: 1\nb: 2\na: 3\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"dup.yaml: line 3: "):
         load_yaml(str(dup))
+
+
+
+
+@pytest.mark.parametrize("data, key, expected", [
+    ({"optim": {"lr": True}}, "optim.lr", "finite number"),  # a bool is not a number either
+    ({"smart": {"epsilon": False}}, "smart.epsilon", "finite number"),
+])
+def test_a_bool_is_not_a_number(data, key, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_train_config(data, WHERE)
+    assert f"{WHERE}.{key}" in str(err.value) and expected in str(err.value)
+
+
+def test_an_optional_setting_of_the_wrong_type_names_the_type_alone():
+    """Optional[int] reads 'expected int', not Python's 'int or NoneType'."""
+    with pytest.raises(ConfigError) as err:
+        parse_train_config({"num_threads": "many"}, WHERE)
+    assert str(err.value) == f"{WHERE}.num_threads: expected int, got 'many'"
+
+
+@pytest.mark.parametrize("data, key", [({"optim": 5}, "optim"), ({"sampler": "uniform"}, "sampler")])
+def test_a_nested_block_that_is_not_a_mapping_is_rejected(data, key):
+    with pytest.raises(ConfigError) as err:
+        parse_train_config(data, WHERE)
+    assert str(err.value).startswith(f"{WHERE}.{key}: expected a mapping of settings")
+
+
+def test_a_mapping_field_given_something_else_is_a_config_error():
+    with pytest.raises(ConfigError) as err:
+        config.coerce(["train.tsv"], dict[str, str], "t.yaml: task 'x'.splits")
+    assert str(err.value) == "t.yaml: task 'x'.splits: expected a mapping, got ['train.tsv']"
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"smart": {"step_size": -1}}, "smart.step_size"),
+    ({"smart": {"noise_std": -1e-4}}, "smart.noise_std"),
+    ({"optim": {"betas": [0.9, 1.0]}}, "optim.betas"),  # [0, 1): a β of 1 never forgets
+    ({"optim": {"eps": 0}}, "optim.eps"),  # > 0: Adam divides by it
+])
+def test_the_open_ends_and_the_other_smart_radii_are_rejected(data, key):
+    with pytest.raises(ConfigError) as err:
+        parse_train_config(data, WHERE)
+    assert f"{WHERE}.{key}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_differences_names_a_key_on_either_side_only():
+    """A task added on resume is a difference, as is one left out."""
+    assert config.differences({"a": 1, "b": {"x": 1}}, {"a": 1, "b": {"x": 1, "y": 2}, "c": 3}) == [
+        ("b.y", None, 2), ("c", None, 3)]
+    assert config.differences({"a": 1, "c": 3}, {"a": 2}) == [("a", 1, 2), ("c", 3, None)]
+
+
+def test_flatten_settings_writes_booleans_and_lists_as_text_and_leaves_out_unset():
+    """TensorBoard would show a boolean as 0 or 1; an unset value is no setting."""
+    flat = config.flatten_settings({"length_grouped": True, "max_steps": None, "seed": 3,
+                                    "optim": {"betas": (0.9, 0.999), "fused": False}})
+    assert flat == {"length_grouped": "true", "seed": 3, "optim.betas": "0.9, 0.999", "optim.fused": "false"}
+
+
+def test_a_terms_weight_is_a_setting_without_effect_where_no_task_runs_the_term():
+    """summarize: runs that differ only in --adv-weight with SMART off are one recipe."""
+    unused = config.settings_without_effect({"smart": {"mode": "off", "adv_weight": 0.5}}, [])
+    assert {"smart.adv_weight", "smart.epsilon", "smart.prox_weight", "smart.teacher_beta", "eval_teacher"} <= unused
+    used = config.settings_without_effect({"smart": {"mode": "full"}}, [])
+    assert not {"smart.adv_weight", "smart.prox_weight"} & used
