@@ -423,7 +423,7 @@ def collect_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any, st
     """The settings the command line gives, in the order they apply (a later one wins):
     --config's, --smart-preset's, KEY=VALUE, then the flags. Each comes with the text that
     set it, for error messages."""
-    overrides = [(*parse_override(text), text) for text in args.overrides]
+    overrides = [override for text in args.overrides for override in _key_by_key(*parse_override(text), text)]
     if args.smart_preset:
         overrides.insert(0, (["training", "smart", "preset"], args.smart_preset, "--smart-preset"))
     if args.config:
@@ -437,17 +437,36 @@ def collect_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any, st
             if extra:
                 raise ConfigError(f"{args.config}: unknown top-level key {extra[0]!r} (valid: training)")
             raw = raw["training"] or {}
-        from_file = settings_as_overrides(["training"], raw, f"--config {args.config}")
-        # inside the file, as in a task file's smart: block, a preset comes before the keys
-        overrides[:0] = sorted(from_file, key=lambda override: override[0][-1] != "preset")
+        overrides[:0] = _preset_first(settings_as_overrides(["training"], raw, f"--config {args.config}"))
     for flag, path in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append((path.split("."), value, f"--{flag.replace('_', '-')}"))
+        if value is not None:  # an on/off flag is named as typed: --no-memory-efficient sets False
+            overrides.append((path.split("."), value, f"--{'no-' if value is False else ''}{flag.replace('_', '-')}"))
     if args.epochs is not None and args.max_steps is None:
         # --epochs alone means epochs: an inherited max_steps would otherwise win silently.
         overrides.append((["training", "max_steps"], None, "--epochs"))
     return [expanded for override in overrides for expanded in _expand_preset(*override)]
+
+
+def _preset_first(overrides: list) -> list:
+    # inside one mapping, as in a task file's smart: block, a preset comes before the keys
+    return sorted(overrides, key=lambda override: override[0][-1] != "preset")
+
+
+def _key_by_key(path: list[str], value: Any, text: str) -> list[tuple[list[str], Any, str]]:
+    """A mapping given as one KEY=VALUE (``training.optim={weight_decay: 0}``) is set key by
+    key, as --config's are: as one value it would reset the block's other keys, the task
+    file's among them, to their defaults without a word. An empty mapping still resets."""
+    if not (isinstance(value, dict) and value):
+        return [(path, value, text)]
+    if path[0] == "training":
+        block: Any = TrainConfig
+        for key in path[1:]:
+            block = typing.get_type_hints(block).get(key) if is_dataclass(block) else None
+        return _preset_first(settings_as_overrides(path, value, text, block))
+    if len(path) == 3 and path[0] == "tasks" and path[2] == "smart":  # a task's own SMART knobs
+        return _preset_first([([*path, str(key)], sub, text) for key, sub in value.items()])
+    return [(path, value, text)]
 
 
 def _expand_preset(path: list[str], value: Any, text: str) -> list[tuple[list[str], Any, str]]:
@@ -502,7 +521,8 @@ def repeated_flags(parser: argparse.ArgumentParser, command: str, argv: Sequence
     the last without a word, so every earlier one does nothing."""
     options = {option: action for action in _command_parser(parser, command)._actions
                for option in action.option_strings
-               if isinstance(action, (argparse._StoreAction, argparse._StoreTrueAction, argparse._StoreConstAction))}
+               if isinstance(action, (argparse._StoreAction, argparse._StoreTrueAction, argparse._StoreConstAction,
+                                      argparse.BooleanOptionalAction))}
     given: dict[str, list[str]] = {}  # dest -> each time it was given, as typed
     for at, token in enumerate(argv):
         option, equals, value = token.partition("=")

@@ -53,6 +53,8 @@ def note_unused_settings(tasks: dict[str, TaskDef], training: TrainConfig, overr
             notes.append(f"{keys['training', 'epochs']} does nothing: training.max_steps sets the run's "
                          f"length ({updates}); --epochs clears it")
     notes += _given_twice(overrides)
+    notes += [f"{text} does nothing: the run leaves out task {path[1]!r}" for path, _, text in overrides
+              if path[0] == "tasks" and len(path) > 1 and path[1] not in tasks]
     for key, sampler in (("temperature", "temperature"), ("anneal_final_alpha", "annealed")):
         if ("training", "sampler", key) in keys and training.sampler.name != sampler:
             notes.append(f"{keys['training', 'sampler', key]} does nothing: the {training.sampler.name} "

@@ -154,6 +154,36 @@ def test_a_flag_given_twice_names_the_one_that_does_nothing():
     assert repeated_flags(parser, "evaluate", ["evaluate", "ckpt", "--bootstrap", "100", "--bootstrap", "200"]) == [
         "--bootstrap 100 does nothing: --bootstrap 200 comes later, and the last one wins"]
     assert repeated_flags(parser, "train", ["train", "t.yaml", "-o", "a", "--lr", "1e-4", "lr=2e-4"]) == []
+    # an on/off flag and its --no- form set one setting
+    assert repeated_flags(parser, "train", ["train", "t.yaml", "-o", "a", "--memory-efficient",
+                                            "--no-memory-efficient", "--relative-epsilon", "--relative-epsilon"]) == [
+        "--memory-efficient does nothing: --no-memory-efficient comes later, and the last one wins"]
+
+
+@pytest.mark.parametrize("block, kept", [
+    ("training.optim={weight_decay: 0}", {"optim.lr": 1e-3}),  # the task file's lr
+    ("optim={weight_decay: 0}", {"optim.lr": 1e-3}),  # a bare key is a training key
+    ("training={optim: {weight_decay: 0}}", {"optim.lr": 1e-3, "max_steps": 6}),
+])
+def test_a_block_given_as_one_key_value_merges_with_the_task_files_like_config_does(tmp_path, block, kept):
+    task_file, overrides = loaded(tmp_path, block)
+    assert [(path, value) for path, value, _ in overrides] == [(["training", "optim", "weight_decay"], 0)]
+    for key, value in kept.items():
+        node = task_file.training
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == value, key
+    assert task_file.training.optim.weight_decay == 0
+
+
+def test_a_tasks_smart_block_given_as_one_key_value_merges_with_its_own(tmp_path):
+    task_file, _ = loaded(tmp_path, "tasks.pairs.smart={epsilon: 0.2}", "tasks.pairs.smart={adv_weight: 0.5}")
+    assert task_file.tasks["pairs"].smart == {"epsilon": 0.2, "adv_weight": 0.5}
+
+
+def test_an_on_off_flag_set_off_is_named_as_typed():
+    args = parse_args(build_parser(), ["train", "t.yaml", "-o", "out", "--no-memory-efficient"])
+    assert collect_overrides(args) == [(["training", "smart", "memory_efficient"], False, "--no-memory-efficient")]
 
 
 def test_an_unknown_flag_gets_the_closest_one(capsys):
@@ -166,3 +196,74 @@ def test_an_unknown_flag_gets_the_closest_one(capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("mtsmart: error: unrecognized arguments:") and err.endswith(hint), err
+
+
+@pytest.mark.parametrize("text", ["smart.preset=papr", "training.smart.preset=papr"])
+def test_an_unknown_preset_in_key_value_is_a_one_line_error(tmp_path, text):
+    with pytest.raises(ConfigError) as err:
+        loaded(tmp_path, text)
+    assert str(err.value) == f"{text}: unknown preset 'papr' (valid: paper)"
+
+
+def test_an_unknown_preset_in_a_config_file_names_the_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  smart: {preset: papr}\n")
+    with pytest.raises(ConfigError) as err:
+        loaded(tmp_path, "--config", str(config))
+    assert str(err.value) == f"--config {config}: unknown preset 'papr' (valid: paper)"
+
+
+def test_a_preset_under_a_task_is_not_taken_for_the_run_wide_one(tmp_path):
+    """Only training.smart.preset (or smart.preset) names a preset; a task's smart: block has
+    no preset key, and its loader says so, instead of the preset reaching every task."""
+    overrides = collect_overrides(parse_args(build_parser(), ["train", "t.yaml", "-o", "out",
+                                                             "tasks.pairs.smart.preset=paper"]))
+    assert overrides == [(["tasks", "pairs", "smart", "preset"], "paper", "tasks.pairs.smart.preset=paper")]
+    with pytest.raises(ConfigError, match="unknown key 'preset'"):
+        loaded(tmp_path, "tasks.pairs.smart.preset=paper")
+
+
+@pytest.mark.parametrize("text", ["5\n", "- seed: 5\n", "training\n"])
+def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path, text):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        loaded(tmp_path, "--config", str(config))
+    assert str(err.value) == f"{config}: expected a mapping of training settings"
+
+
+@pytest.mark.parametrize("command", [["train", "t.yaml"], ["finetune", "ckpt", "--task", "pairs"],
+                                     ["adapt", "enc", "--task", "pairs", "--train-sizes", "8"]])
+def test_a_command_line_without_settings_sets_nothing(command):
+    """A flag left out must not set its setting (to False, say): the task file's or the
+    checkpoint's own value, trust_remote_code: true among them, would be lost silently."""
+    assert collect_overrides(parse_args(build_parser(), [*command, "-o", "out"])) == []
+
+
+def test_a_bad_flag_value_is_one_line_naming_the_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(build_parser(), ["train", "t.yaml", "-o", "out", "--lr", "fast"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "mtsmart train: error: argument --lr: invalid float value: 'fast'\n"
+
+
+def test_the_documented_defaults_of_the_other_commands():
+    """Each help names its default: adapt's --min-steps 30 and --seeds 1,2,3, compare's
+    --bootstrap 1000, summarize's --which last, the student's weights, batches of 64."""
+    parser = build_parser()
+    adapt = parse_args(parser, ["adapt", "enc", "--task", "pairs", "--train-sizes", "8", "-o", "out"])
+    assert (adapt.min_steps, adapt.seeds) == (30, "1,2,3")
+    compare = parse_args(parser, ["compare", "a", "b"])
+    assert (compare.bootstrap, compare.weights_a, compare.weights_b, compare.batch_size) == (1000, "student", "student", 64)
+    summarize = parse_args(parser, ["summarize", "runs"])
+    assert (summarize.which, summarize.weights) == ("last", "student")
+    evaluate = parse_args(parser, ["evaluate", "ckpt"])
+    assert (evaluate.bootstrap, evaluate.batch_size, evaluate.weights) == (0, 64, "student")
+
+
+def test_key_value_to_a_command_that_takes_none_is_a_usage_error(capsys):
+    """evaluate has no settings to override: KEY=VALUE there is an unrecognized argument."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(build_parser(), ["evaluate", "ckpt", "training.seed=3"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "mtsmart: error: unrecognized arguments: training.seed=3\n"

@@ -207,3 +207,51 @@ def test_a_task_block_whose_own_mode_runs_the_term_is_not_blamed_for_a_run_wide_
     line's weight 0 does, which is the user's choice for this run (no note)."""
     said = notes(tmp_path, caplog, *flags, edit=own_block("{mode: full, epsilon: 0.1}"))
     assert not any("sets mode: full" in note for note in said), said
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--smart", "adversarial", "--teacher-beta", "0.9"],
+     "--teacher-beta does nothing: no task runs the Bregman term (mode adversarial; --smart bregman or full, "
+     "with its weight above 0, does)"),
+    (["--smart", "bregman", "--epsilon", "0.1"],
+     "--epsilon does nothing: no task runs the adversarial term (mode bregman; --smart adversarial or full, "
+     "with its weight above 0, does)"),
+])
+def test_a_run_wide_knob_note_names_the_mode_that_would_run_its_term(tmp_path, caplog, flags, says):
+    assert notes(tmp_path, caplog, *flags) == [says]
+
+
+def test_a_knob_for_a_task_the_run_leaves_out_does_not_stop_the_notes(tmp_path, caplog):
+    """--tasks pairs: the notes see only 'pairs', while tasks.score.smart.* may still be given."""
+    task_file = write_tiny_tasks(tmp_path)
+    argv = ["train", str(task_file), "-o", "out", "--tasks", "pairs", "--smart", "off",
+            "tasks.score.smart.epsilon=0.1"]
+    overrides = collect_overrides(parse_args(build_parser(), argv))
+    loaded = load_task_file(str(task_file), overrides)
+    with caplog.at_level(logging.WARNING):
+        note_unused_settings({"pairs": loaded.tasks["pairs"]}, loaded.training, overrides)
+    assert not any("task 'pairs'" in record.getMessage() for record in caplog.records)
+
+
+def test_a_whole_smart_block_given_as_one_key_value_gets_no_wrong_note(tmp_path, caplog):
+    """training.smart={...} is one override of the whole block, not of a key in it."""
+    assert notes(tmp_path, caplog, "training.smart={mode: full, epsilon: 0.1}") == []
+
+
+@pytest.mark.parametrize("flags", [["--tasks", "pairs"], []])
+def test_a_setting_for_a_task_the_run_leaves_out_gets_a_note(tmp_path, caplog, flags):
+    task_file = write_tiny_tasks(tmp_path)
+    overrides = collect_overrides(parse_args(build_parser(), ["train", str(task_file), "-o", "out", *flags,
+                                                             "tasks.score.max_length=64"]))
+    loaded = load_task_file(str(task_file), overrides)
+    run = {"pairs": loaded.tasks["pairs"]} if flags else loaded.tasks
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        note_unused_settings(run, loaded.training, overrides)
+    said = [record.getMessage() for record in caplog.records]
+    assert said == (["tasks.score.max_length=64 does nothing: the run leaves out task 'score'"] if flags else [])
+
+
+def test_a_run_of_one_update_is_named_in_the_singular(tmp_path, caplog):
+    assert notes(tmp_path, caplog, "--epochs", "5", "--max-steps", "1") == [
+        "--epochs does nothing: --max-steps sets the run's length (1 update)"]
