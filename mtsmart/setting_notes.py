@@ -13,6 +13,7 @@ Must not import the trainer or the CLI.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from mtsmart.config import ADVERSARIAL_KEYS, BREGMAN_KEYS, TrainConfig
@@ -93,11 +94,16 @@ def _given_twice(given: list[Override]) -> list[str]:
     """A key typed twice on the command line (a flag and KEY=VALUE, or two KEY=VALUE): the
     later one wins, flags last. --config and --smart-preset are layers under them by design."""
     typed = [(tuple(path), text) for path, _, text in given
-             if not text.startswith(("--config", "--smart-preset"))
+             if not text.startswith(("--config", "--smart-preset")) and not _names_a_preset(text)
              and not (text == "--epochs" and path[-1] == "max_steps")]  # its clearing: a note of its own
     winner = dict(typed)
     return [f"{text} does nothing: {winner[path]} sets {'.'.join(path)} too, and wins"
             for path, text in typed if winner[path] != text]
+
+
+def _names_a_preset(text: str) -> bool:
+    """``training.smart.preset=paper``: the same layer as --smart-preset, typed as a key."""
+    return text.partition("=")[0].strip().split(".")[-1:] == ["preset"]
 
 
 def _shadowed_by_a_task(tasks: dict[str, TaskDef], training: TrainConfig, given: list[Override]) -> list[str]:
@@ -152,7 +158,7 @@ def _switched_off(tasks: dict[str, TaskDef], training: TrainConfig, given: list[
     smart = {name: task.smart_config(training.smart) for name, task in tasks.items()}
     running = {"adversarial": any(c.use_adversarial for c in smart.values()),
                "Bregman": any(c.use_bregman for c in smart.values())}
-    notes = []
+    unused: dict[tuple[str, str], list[str]] = {}  # (text, why) -> the keys it set that do nothing
     for path, value, text in given:
         run_wide = len(path) == 3 and path[:2] == ["training", "smart"]
         one_task = len(path) == 4 and path[0] == "tasks" and path[1] in smart and path[2] == "smart"
@@ -165,12 +171,16 @@ def _switched_off(tasks: dict[str, TaskDef], training: TrainConfig, given: list[
         if not term or switching_off:
             continue
         if run_wide and not running[term]:
-            notes.append(f"{text} does nothing: no task runs the {term} term (mode "
-                         f"{training.smart.mode}; --smart {mode} or full, with its weight above 0, does)")
+            unused.setdefault((text, f"no task runs the {term} term (mode {training.smart.mode}; --smart {mode} "
+                                     "or full, with its weight above 0, does)"), []).append(key)
         elif one_task:
             cfg = smart[path[1]]
             if not (cfg.use_adversarial if term == "adversarial" else cfg.use_bregman):
-                notes.append(f"{text} does nothing: task {path[1]!r} does not run the {term} term (its "
-                             f"mode {cfg.mode}; tasks.{path[1]}.smart.mode={mode} or full, with its "
-                             "weight above 0, does)")
-    return notes
+                unused.setdefault((text, f"task {path[1]!r} does not run the {term} term (its mode {cfg.mode}; "
+                                         f"tasks.{path[1]}.smart.mode={mode} or full, with its weight above 0, "
+                                         "does)"), []).append(key)
+    # A preset or a mapping sets several keys with one text: name the keys that do nothing,
+    # since the others (a preset's Bregman settings, say) do take effect.
+    several = {text for text, count in Counter(text for _, _, text in given).items() if count > 1}
+    return [f"{text}: its {', '.join(keys)} {'does' if len(keys) == 1 else 'do'} nothing: {why}" if text in several
+            else f"{text} does nothing: {why}" for (text, why), keys in unused.items()]

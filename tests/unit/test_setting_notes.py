@@ -34,7 +34,7 @@ def notes(tmp_path, caplog, *flags: str, command: str = "train", edit=None) -> l
     (["--smart", "off", "--adv-weight", "5"], "--adv-weight does nothing: no task runs the adversarial term"),
     (["--smart", "adversarial", "--teacher-beta", "0.9"], "--teacher-beta does nothing: no task runs the Bregman"),
     (["--smart", "full", "--adv-weight", "0", "--epsilon", "0.1"], "--epsilon does nothing"),
-    (["--smart", "off", "--smart-preset", "paper"], "--smart-preset paper does nothing"),
+    (["--smart", "off", "--smart-preset", "paper"], "--smart-preset paper: its adv_weight, epsilon"),
     (["--epochs", "5", "--max-steps", "3"], "--epochs does nothing: --max-steps sets the run's length (3 updates)"),
     (["training.sampler.temperature=7"], "the proportional sampler does not read training.sampler.temperature"),
     (["--keep-last", "3", "training.save_checkpoints=false"], "--keep-last does nothing"),
@@ -250,6 +250,28 @@ def test_a_setting_for_a_task_the_run_leaves_out_gets_a_note(tmp_path, caplog, f
         note_unused_settings(run, loaded.training, overrides)
     said = [record.getMessage() for record in caplog.records]
     assert said == (["tasks.score.max_length=64 does nothing: the run leaves out task 'score'"] if flags else [])
+
+
+ADVERSARIAL_NOTE = ("no task runs the adversarial term (mode bregman; --smart adversarial or full, with its weight "
+                    "above 0, does)")
+
+
+@pytest.mark.parametrize("preset", [["--smart-preset", "paper"], ["training.smart.preset=paper"]])
+def test_a_preset_whose_other_term_runs_is_not_said_to_do_nothing(tmp_path, caplog, preset):
+    """Its Bregman settings take effect under --smart bregman: only its adversarial ones are named."""
+    text = " ".join(preset) if preset[0].startswith("--") else preset[0]
+    assert notes(tmp_path, caplog, "--smart", "bregman", *preset) == [
+        f"{text}: its adv_weight, epsilon, noise_std, step_size, num_steps, norm, relative_to_embedding_norm "
+        f"do nothing: {ADVERSARIAL_NOTE}"]
+
+
+def test_a_preset_typed_as_a_key_is_a_layer_under_the_flags_as_smart_preset_is(tmp_path, caplog):
+    assert notes(tmp_path, caplog, "--smart", "full", "training.smart.preset=paper", "--epsilon", "0.1") == []
+
+
+def test_a_mapping_names_the_keys_that_do_nothing(tmp_path, caplog):
+    assert notes(tmp_path, caplog, "--smart", "bregman", "training.smart={epsilon: 0.2, teacher_beta: 0.99}") == [
+        f"training.smart={{epsilon: 0.2, teacher_beta: 0.99}}: its epsilon does nothing: {ADVERSARIAL_NOTE}"]
 
 
 def test_a_run_of_one_update_is_named_in_the_singular(tmp_path, caplog):
