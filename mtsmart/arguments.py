@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 from mtsmart.config import (ADAPT_SETS_PER_RUN, CHECKPOINT_WEIGHTS, LR_SCHEDULES, NORMS, PRECISIONS,
                             RUN_ONLY_SETTINGS, SAMPLERS, SMART_MODES, SMART_PRESETS, SamplerConfig,
                             SmartConfig, TrainConfig, did_you_mean, load_yaml, parse_override)
-from mtsmart.errors import ConfigError, error_line
+from mtsmart.errors import ConfigError, report_error
 
 EXIT_USAGE = 2
 
@@ -81,8 +81,8 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # one line and exit 2, like every other error
-        line = error_line(message, prog=self.prog)  # None where another torchrun replica says it
-        self.exit(EXIT_USAGE, None if line is None else f"{line}\n")
+        report_error(message, prog=self.prog)  # under torchrun, the first replica of each node prints it
+        self.exit(EXIT_USAGE)
 
 
 class VersionAction(argparse.Action):

@@ -21,7 +21,7 @@ from typing import IO, Optional, Sequence
 from mtsmart.arguments import (EXIT_USAGE, build_parser, collect_overrides, parse_args, repeated_flags,
                                settings_as_overrides)
 from mtsmart.config import ADAPT_SETS_PER_RUN, TrainConfig, load_yaml
-from mtsmart.errors import ConfigError, DataError, MtsmartError, error_line, os_error_line, torchrun_ranks
+from mtsmart.errors import ConfigError, DataError, MtsmartError, os_error_line, report_error, torchrun_ranks
 from mtsmart.setting_notes import note_unused_settings
 
 
@@ -648,10 +648,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                               "as a single process")
         return COMMANDS[args.command](args)
     except MtsmartError as err:
-        _report_error(str(err), err)
+        report_error(str(err), err)
         return EXIT_USAGE
     except OSError as err:  # a disk that fills up, a folder that vanished: one line, not a traceback
-        _report_error(os_error_line(err), err)
+        report_error(os_error_line(err), err)
         return 1
     except Terminated:
         if _first_on_its_node():  # torchrun signals every replica
@@ -661,12 +661,6 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         if _first_on_its_node():
             print(f"{_after_a_progress_bar()}mtsmart: interrupted{_how_to_go_on(args)}", file=sys.stderr)
         return 130
-
-
-def _report_error(line: str, error: Exception) -> None:
-    shown = error_line(line, error)
-    if shown is not None:
-        print(shown, file=sys.stderr)
 
 
 def _first_on_its_node() -> bool:

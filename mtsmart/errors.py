@@ -7,6 +7,8 @@ Must not import anything from mtsmart: every module may raise these.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Optional
 
 
@@ -69,3 +71,22 @@ def error_line(message: str, error: Optional[BaseException] = None, prog: str = 
             return None
         message = f"replica {rank}: {message}"
     return f"{prog}: error: {message}"
+
+
+# torchrun stops every replica as soon as one exits: a replica that leaves an error to
+# another to print, and exits first, can cut that one off before its line is out, and
+# the user sees no error at all. So it waits this long (the printing replica's exit ends
+# the wait sooner, by torchrun's SIGTERM).
+SILENT_REPLICA_WAIT_S = 10.0
+
+
+def report_error(message: str, error: Optional[BaseException] = None, prog: str = "mtsmart") -> None:
+    """Print ``error_line``'s line on stderr, or, where another replica prints it, wait for that one."""
+    line = error_line(message, error, prog)
+    if line is not None:
+        print(line, file=sys.stderr)
+        return
+    try:
+        time.sleep(SILENT_REPLICA_WAIT_S)
+    except KeyboardInterrupt:  # the SIGTERM that says the printing replica is done
+        pass

@@ -5,6 +5,7 @@ a real subprocess to check the process exit code and everything it writes to std
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -587,3 +588,27 @@ def test_export_into_a_file_says_it_needs_a_folder(workdir, capsys):
                          capsys)
     assert_one_line(code, err, f"--out {workdir / 'train.tsv'}: a file; give a folder for the model")
     assert (workdir / "train.tsv").read_text(encoding="utf-8") == GOOD_TRAIN
+
+
+@pytest.mark.parametrize("rank, command, prints", [
+    ("0", ["summarize", "CKPT", "--which", "sometimes"], True),  # the parser's error
+    ("1", ["summarize", "CKPT", "--which", "sometimes"], False),
+    ("0", ["evaluate", "CKPT"], True),  # no such checkpoint: a user error every replica meets
+    ("1", ["evaluate", "CKPT"], False),
+])
+def test_a_replica_that_leaves_an_error_to_another_waits_for_it_to_be_printed(
+        workdir, capsys, monkeypatch, rank, command, prints):
+    """torchrun stops every replica when one exits: a silent replica quicker than the one
+    that prints would cut its line off, and the user would see no error at all."""
+    from mtsmart import errors
+
+    waits = []
+    monkeypatch.setattr(errors.time, "sleep", waits.append)
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with contextlib.suppress(SystemExit):  # the parser exits; a command's error returns
+        assert main([str(workdir / "nope") if part == "CKPT" else part for part in command]) == 2
+    printed = capsys.readouterr().err
+    assert ("mtsmart" in printed and ": error: " in printed) == prints
+    assert waits == ([] if prints else [errors.SILENT_REPLICA_WAIT_S])
