@@ -171,8 +171,8 @@ def test_adapt_writes_checked_results_table_and_plot(mt_checkpoint, tmp_path, ti
     out = tmp_path / "adapt"
     default_cache = set((tmp_path / "cache").glob("*"))  # $MTSMART_CACHE, used by the fixture's run
     assert main(["adapt", f"mt={ckpt}", f"raw={tiny_model_dir}", "--task", "domain",
-                 "--task-defs", str(new_task_file), "--train-sizes", "0.1,12",
-                 "--reference-size", "60", "--seeds", "1,2", "--min-steps", "2", "--output", str(out),
+                 "--task-defs", str(new_task_file), "--train-sizes", "0.05,12",
+                 "--reference-size", "120", "--seeds", "1,2", "--min-steps", "2", "--output", str(out),
                  "--cache-dir", str(tmp_path / "flag-cache"), "--quiet"]) == 0
     # --cache-dir reaches the pool and every run: the default ($MTSMART_CACHE here) stays unused
     assert any((tmp_path / "flag-cache").iterdir()) and set((tmp_path / "cache").glob("*")) == default_cache
@@ -180,6 +180,7 @@ def test_adapt_writes_checked_results_table_and_plot(mt_checkpoint, tmp_path, ti
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 2 * 2
     assert {r["start"] for r in rows} == {"mt", "raw"}
+    # 0.05 of --reference-size 120, not of the 60 examples the domain's train split holds
     assert {int(r["n_train"]) for r in rows} == {6, 12}
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
     table = (out / "table.md").read_text().splitlines()
@@ -739,3 +740,97 @@ def test_export_refuses_a_family_whose_head_computes_something_else(mt_checkpoin
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "export supports BERT- and RoBERTa-style encoders" in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_roberta_style_export_predicts_what_mtsmart_predicts(tmp_path, tiny_roberta_dir, monkeypatch):
+    """RoBERTa's classification model has no pooler: the pooler's dense layer becomes the
+    head's `classifier.dense`. A RoBERTa, XLM-R or CamemBERT user loads the export with
+    pipeline() and must get the scores mtsmart predicted, not those of a head that lost its
+    dense layer."""
+    from transformers import pipeline
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    _, run = train_tiny_run(tmp_path, tiny_roberta_dir, "roberta", "--pooling", "pooler")
+    data, preds_path, export_dir = tmp_path / "data", tmp_path / "score.tsv", tmp_path / "hf"
+    assert main(["predict", str(run / "best"), "--task", "score", "--split", "dev", "--data-dir", str(data),
+                 "--out", str(preds_path)]) == 0
+    assert main(["export", str(run / "best"), "--task", "score", "--out", str(export_dir)]) == 0
+    weights = load_file(str(export_dir / "model.safetensors"))
+    assert {"classifier.dense.weight", "classifier.out_proj.weight"} <= set(weights)
+    assert not any(".pooler." in key for key in weights)
+    with open(data / "score_dev.tsv") as handle:
+        texts = [line.split("\t")[0] for line in handle][1:]
+    exported = [o["score"] for o in pipeline("text-classification", model=str(export_dir), truncation=True)(texts)]
+    ours = [float(line.split("\t")[1]) for line in preds_path.read_text().splitlines()[1:]]
+    assert np.allclose(exported, ours, atol=1e-4)
+
+
+def test_export_of_a_task_the_checkpoint_lacks_names_its_heads(mt_checkpoint, tmp_path, capsys):
+    """A misspelt --task is one line that lists the tasks the checkpoint can export, not a
+    traceback, and nothing is written."""
+    _, ckpt = mt_checkpoint
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "--task", "pair", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no head for task 'pair' (heads: pairs, score)" in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_task_called_from_python_asks_before_replacing_a_folder(tmp_path):
+    """export_task is the library entry point as well as the command's: called without
+    overwrite=True it must refuse a folder with files in it, as `mtsmart export` does."""
+    from mtsmart.errors import CheckpointError
+    from mtsmart.export import export_task
+
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match=r"not empty \(notes.txt\)"):
+        export_task(str(tmp_path / "run" / "best"), "pairs", str(other))
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_adapt_trains_each_run_for_at_least_min_steps(tmp_path, tiny_model_dir, monkeypatch):
+    """--min-steps is what keeps the smallest sizes from training a handful of updates:
+    6 examples in batches of 8 make one update an epoch, raised to the 7 asked for."""
+    import mtsmart.train as train
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    seen = []
+
+    class Spy(train.Trainer):
+        def __init__(self, tasks, cfg, *args, **kwargs):
+            seen.append(cfg)
+            super().__init__(tasks, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train, "Trainer", Spy)  # adaptation imports it when it runs
+    new_task_file = write_new_domain(tmp_path)
+    assert main(["adapt", f"raw={tiny_model_dir}", "--task", "domain", "--task-defs", str(new_task_file),
+                 "--train-sizes", "6", "--seeds", "1", "--min-steps", "7", "--output", str(tmp_path / "a"),
+                 "--quiet"]) == 0
+    assert [cfg.max_steps for cfg in seen] == [7]
+
+
+def test_finetune_command_starts_from_the_weights_it_is_given(smart_checkpoint, tmp_path):
+    """`finetune --weights teacher` must start from the SMART teacher (often the better
+    model), not silently from the student; run.json records which one it started from."""
+    _, ckpt = smart_checkpoint
+    out = tmp_path / "ft-teacher"
+    assert main(["finetune", str(ckpt), "--task", "pairs", "--weights", "teacher", "--output", str(out),
+                 "--max-steps", "1", "--data-dir", str(tmp_path / "data"), "--quiet"]) == 0
+    (session,) = json.loads((out / "run.json").read_text())["sessions"]
+    assert session["encoder"]["weights"] == "teacher"
+
+
+def test_adapt_reads_its_data_from_data_dir(tmp_path, tiny_model_dir, monkeypatch):
+    """--data-dir points adapt at data moved away from the task file's data_dir, as it does
+    train and finetune."""
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    new_task_file = write_new_domain(tmp_path)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    assert main(["adapt", f"raw={tiny_model_dir}", "--task", "domain", "--task-defs", str(new_task_file),
+                 "--data-dir", str(tmp_path / "moved"), "--train-sizes", "6", "--seeds", "1", "--min-steps", "1",
+                 "--output", str(tmp_path / "a"), "--quiet"]) == 0
+    assert (tmp_path / "a" / "results.csv").is_file()

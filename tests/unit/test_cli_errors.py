@@ -297,10 +297,21 @@ def test_adapt_refuses_a_setting_it_sets_for_each_run_itself(workdir, tiny_model
     assert not (workdir / "adapt").exists()
 
 
+def test_adapt_takes_epochs_though_it_sets_max_steps_itself(workdir, tiny_model_dir, capsys):
+    """--epochs is how adapt is told how long each run trains: that the flag also clears
+    max_steps must not get it refused as a setting adapt makes for each run (here the
+    repeated seed is what stops it, before anything trains)."""
+    task_file = write(workdir, task_yaml())
+    code, err = run_main(["adapt", f"raw={tiny_model_dir}", "--task", "tiny", "--task-defs", str(task_file),
+                          "--train-sizes", "2", "--output", str(workdir / "adapt"), "--epochs", "2",
+                          "--seeds", "1,1"], capsys)
+    assert_one_line(code, err, "--seeds: 1 is given twice")
+
 @pytest.mark.parametrize("given, says", [
     (["--seeds", "1,1"], ["--seeds: 1 is given twice"]),
     (["--seeds", "-1"], ["--seeds", "[0, 2**32)"]),
     (["--seeds", str(2**64)], ["--seeds", "[0, 2**32)"]),
+    (["--seeds", str(2**32)], ["--seeds", "[0, 2**32)"]),  # the first seed numpy refuses
     (["raw={enc}"], ["START raw", "given twice"]),
     (["raw={task_file}"], ["START raw", "given twice"]),
     (["../x={enc}"], ["START ../x=", "'../x' is no label"]),
@@ -612,3 +623,11 @@ def test_a_replica_that_leaves_an_error_to_another_waits_for_it_to_be_printed(
     printed = capsys.readouterr().err
     assert ("mtsmart" in printed and ": error: " in printed) == prints
     assert waits == ([] if prints else [errors.SILENT_REPLICA_WAIT_S])
+
+
+def test_export_under_a_file_is_refused_before_the_checkpoint_loads(workdir, capsys):
+    """An --out below a file can never be written: that is said at once, before a
+    checkpoint (large, or here missing) is read."""
+    code, err = run_main(["export", str(workdir / "nope"), "--task", "t", "--out", str(workdir / "train.tsv" / "hf")],
+                         capsys)
+    assert_one_line(code, err, f"--out {workdir / 'train.tsv' / 'hf'}: cannot write there", "is a file")

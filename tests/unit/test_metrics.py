@@ -297,3 +297,50 @@ def test_a_model_in_eval_mode_stays_in_eval_mode_and_scores_keep_full_precision(
     preds = predict_split(model, _task("regression", ("pearson",)), split, batch_size=1, pad_token_id=0)
     assert preds.tolist() == pytest.approx([2 / 3, 4 / 3], rel=1e-6)
     assert not model.training
+
+
+def test_the_intervals_evaluate_and_compare_print_are_95_percent():
+    """`evaluate --bootstrap` and `compare` label their intervals 95% and leave the level
+    to these functions' defaults: a narrower default would print a 90% interval as 95%."""
+    from mtsmart.evaluation import _resampled_metrics, bootstrap_intervals, paired_bootstrap
+
+    task = _task("classification", ("accuracy",))
+    gen = np.random.default_rng(1)
+    targets = gen.integers(0, 2, 200)
+    preds_a = np.where(gen.random(200) < 0.7, targets, 1 - targets)
+    preds_b = np.where(gen.random(200) < 0.8, targets, 1 - targets)
+    draws_a, draws_b = _resampled_metrics(task, [preds_a, preds_b], targets, 300, 0)
+    expected = tuple(np.percentile(draws_a["accuracy"], [2.5, 97.5]))
+    assert bootstrap_intervals(task, preds_a, targets, resamples=300)["accuracy"] == pytest.approx(expected)
+    gaps = np.asarray(draws_b["accuracy"]) - np.asarray(draws_a["accuracy"])
+    r = paired_bootstrap(task, preds_a, preds_b, targets, resamples=300)["accuracy"]
+    assert (r["low"], r["high"]) == pytest.approx(tuple(np.percentile(gaps, [2.5, 97.5])))
+
+
+@pytest.mark.parametrize("right", [0, 39])
+def test_every_example_can_be_drawn_into_a_resample(right):
+    """A model right on one example of 40 (the first or the last of the file) scores 2.5%;
+    resamples that never draw that example would give an interval of [0, 0] that excludes
+    its own score."""
+    from mtsmart.evaluation import bootstrap_intervals
+
+    targets = np.ones(40, dtype=int)
+    preds = np.zeros(40, dtype=int)
+    preds[right] = 1
+    low, high = bootstrap_intervals(_task("classification", ("accuracy",)), preds, targets, resamples=200)["accuracy"]
+    assert low <= 1 / 40 < high
+
+
+def test_a_table_names_each_tasks_split_and_keeps_metrics_the_task_does_not_list():
+    """`evaluate --split test` must not print a table that says dev; a results file that
+    holds a metric the task file no longer lists still shows it, after the listed ones."""
+    from dataclasses import replace
+
+    from mtsmart.evaluation import format_table
+
+    tasks = {"rte": replace(_task("classification", ("accuracy",)), name="rte"),
+             "cola": replace(_task("classification", ("mcc",)), name="cola")}
+    results = {"rte": {"f1": 0.25, "accuracy": 0.5}, "cola": {"mcc": 0.125}}
+    table = format_table(results, tasks, {"rte": "test", "cola": "dev"}).splitlines()
+    assert table[2].split() == ["rte", "test", "accuracy=50.00", "f1=25.00"]
+    assert table[3].split() == ["cola", "dev", "mcc=12.50"]
