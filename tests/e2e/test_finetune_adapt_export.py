@@ -532,15 +532,10 @@ def test_finetune_never_clears_the_folder_it_reads_its_checkpoint_from(mt_checkp
     assert sorted(p.name for p in run.iterdir()) == before
 
 
-def test_adapt_sets_for_each_run_exactly_the_settings_its_command_line_refuses(mt_checkpoint, tmp_path, monkeypatch):
-    """config.ADAPT_SETS_PER_RUN names what adaptation.run_adaptation sets per run; the two
-    must not drift apart (a setting adapt overrides but accepts would be dropped silently)."""
-    import dataclasses
-
+def trainer_configs(monkeypatch) -> list:
+    """The TrainConfig of each Trainer the command makes, in order."""
     import mtsmart.train as train
-    from mtsmart.config import ADAPT_SETS_PER_RUN
 
-    _, ckpt = mt_checkpoint
     seen = []
 
     class Spy(train.Trainer):
@@ -549,6 +544,18 @@ def test_adapt_sets_for_each_run_exactly_the_settings_its_command_line_refuses(m
             super().__init__(tasks, cfg, *args, **kwargs)
 
     monkeypatch.setattr(train, "Trainer", Spy)  # adaptation imports it when it runs
+    return seen
+
+
+def test_adapt_sets_for_each_run_exactly_the_settings_its_command_line_refuses(mt_checkpoint, tmp_path, monkeypatch):
+    """config.ADAPT_SETS_PER_RUN names what adaptation.run_adaptation sets per run; the two
+    must not drift apart (a setting adapt overrides but accepts would be dropped silently)."""
+    import dataclasses
+
+    from mtsmart.config import ADAPT_SETS_PER_RUN
+
+    _, ckpt = mt_checkpoint
+    seen = trainer_configs(monkeypatch)
     new_task_file = write_new_domain(tmp_path)
     assert main(["adapt", f"mt={ckpt}", "--task", "domain", "--task-defs", str(new_task_file),
                  "--train-sizes", "6", "--seeds", "1", "--min-steps", "1", "--output", str(tmp_path / "a"),
@@ -793,18 +800,9 @@ def test_export_task_called_from_python_asks_before_replacing_a_folder(tmp_path)
 def test_adapt_trains_each_run_for_at_least_min_steps(tmp_path, tiny_model_dir, monkeypatch):
     """--min-steps is what keeps the smallest sizes from training a handful of updates:
     6 examples in batches of 8 make one update an epoch, raised to the 7 asked for."""
-    import mtsmart.train as train
-
     monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
     (tmp_path / "data").mkdir()
-    seen = []
-
-    class Spy(train.Trainer):
-        def __init__(self, tasks, cfg, *args, **kwargs):
-            seen.append(cfg)
-            super().__init__(tasks, cfg, *args, **kwargs)
-
-    monkeypatch.setattr(train, "Trainer", Spy)  # adaptation imports it when it runs
+    seen = trainer_configs(monkeypatch)
     new_task_file = write_new_domain(tmp_path)
     assert main(["adapt", f"raw={tiny_model_dir}", "--task", "domain", "--task-defs", str(new_task_file),
                  "--train-sizes", "6", "--seeds", "1", "--min-steps", "7", "--output", str(tmp_path / "a"),
