@@ -31,19 +31,30 @@ def _classifier_state(model, task: str, kind: str) -> dict[str, torch.Tensor]:
             "classifier.out_proj.weight": head.weight, "classifier.out_proj.bias": head.bias}
 
 
+def _leave_out_token_types(tokenizer) -> None:
+    """The exported tokenizer stops making token type ids, as mtsmart never gives them to
+    an encoder that does not use them (``MultiTaskModel.uses_token_types``); a
+    RoBERTa-family checkpoint that ships a BERT tokenizer would otherwise send sentence-B's
+    index 1 into a one-row table. ``init_kwargs`` is what save_pretrained writes."""
+    names = [name for name in tokenizer.model_input_names if name != "token_type_ids"]
+    tokenizer.model_input_names = names
+    tokenizer.init_kwargs["model_input_names"] = names
+
+
 def _check_same_outputs(loaded, task_name: str, hf_model, checkpoint: str) -> None:
-    """The exported model must compute what mtsmart's head computes. Longformer's
-    classification model gives the first token global attention, which mtsmart's encoder
-    never had; BigBird's applies its activation function where the pooler applies tanh. The
-    weights map in both cases; only running the two shows it."""
+    """The exported model, fed all that the exported tokenizer makes, must compute what
+    mtsmart's head computes. Longformer's classification model gives the first token global
+    attention, which mtsmart's encoder never had; BigBird's applies its activation function
+    where the pooler applies tanh. The weights map in both cases; only running the two
+    shows it. The probe holds a sentence pair, so sentence-B's type ids are run too."""
     probe = loaded.tokenizer(["a short probe sentence", "and a second probe, a little longer than the first"],
-                             padding=True, return_tensors="pt")
+                             ["with its pair", "and another"], padding=True, return_tensors="pt")
     batch = {key: probe[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in probe}
     loaded.model.eval()
     hf_model.eval()
     with torch.no_grad():
         ours = loaded.model.forward_batch(task_name, batch).reshape(len(batch["input_ids"]), -1)
-        theirs = hf_model(**{k: v for k, v in batch.items() if k != "token_type_ids"}).logits
+        theirs = hf_model(**probe).logits
     if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5):
         raise CheckpointError(f"{checkpoint}: {type(hf_model).__name__} computes other outputs than mtsmart's "
                               f"{task_name!r} head (up to {float((ours - theirs).abs().max()):.2g} apart on a probe "
@@ -119,6 +130,8 @@ def export_task(checkpoint: str, task_name: str, out_dir: str, weights: str = "s
     if missing or unexpected:
         raise CheckpointError(f"{checkpoint}: export of {task_name!r} left weights unmapped "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if not loaded.model.uses_token_types():
+        _leave_out_token_types(loaded.tokenizer)
     _check_same_outputs(loaded, task_name, hf_model, checkpoint)
     with folder_replacing(out_dir) as tmp:
         # Truncate as mtsmart does, so pipeline(..., truncation=True) sees the same tokens.

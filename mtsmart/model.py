@@ -261,17 +261,19 @@ class MultiTaskModel(nn.Module):
         [batch, seq] → [batch, seq, hidden]."""
         return self.encoder.get_input_embeddings()(input_ids)
 
+    def uses_token_types(self) -> bool:
+        """Whether the encoder is given a tokenizer's token type ids. Not those with a
+        single token type (RoBERTa): sentence-B's index 1 does not exist in their
+        type-embedding table. Nor those whose forward has no such argument and no
+        **kwargs, though a BERT tokenizer makes them for any encoder it serves."""
+        return getattr(self.encoder.config, "type_vocab_size", 2) > 1 and _takes_token_types(type(self.encoder))
+
     def forward(self, task: str, *, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Task ``task``'s outputs from word embeddings [batch, seq, hidden]:
         logits [batch, num_labels] for classification, scores [batch] for regression."""
         kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
-        # Encoders with a single token type (RoBERTa) must not receive a tokenizer's
-        # sentence-B type ids: index 1 does not exist in their type-embedding table. Nor
-        # those whose forward has no such argument and no **kwargs, though a BERT tokenizer
-        # makes them for any encoder it serves: an unexpected keyword.
-        if (token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 2) > 1
-                and _takes_token_types(type(self.encoder))):
+        if token_type_ids is not None and self.uses_token_types():
             kwargs["token_type_ids"] = token_type_ids
         out = self.encoder(**kwargs)
         if self.pooling == "pooler":

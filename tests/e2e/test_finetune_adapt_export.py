@@ -772,6 +772,34 @@ def test_a_roberta_style_export_predicts_what_mtsmart_predicts(tmp_path, tiny_ro
     assert np.allclose(exported, ours, atol=1e-4)
 
 
+def test_a_roberta_style_export_classifies_sentence_pairs_as_mtsmart_does(tmp_path, tiny_roberta_dir,
+                                                                           monkeypatch):
+    """Some RoBERTa-family checkpoints ship a tokenizer that makes sentence-B type ids
+    (klue/roberta-base's is a BERT tokenizer; so is the tiny fixture's) for an encoder with
+    one token type. mtsmart leaves them out; an exported tokenizer that still made them
+    sent index 1 into a one-row table, and pipeline() on a pair failed with IndexError."""
+    from transformers import AutoTokenizer, pipeline
+
+    from mtsmart.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    _, run = train_tiny_run(tmp_path, tiny_roberta_dir, "roberta", "--pooling", "pooler")
+    assert "token_type_ids" in AutoTokenizer.from_pretrained(str(run / "best" / "encoder"))("a", "b")
+    export_dir = tmp_path / "hf"
+    assert main(["export", str(run / "best"), "--task", "pairs", "--out", str(export_dir)]) == 0
+    assert "token_type_ids" not in AutoTokenizer.from_pretrained(str(export_dir))("a", "b")
+    with open(tmp_path / "data" / "pairs_dev.tsv") as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle][1:]
+    classify = pipeline("text-classification", model=str(export_dir), truncation=True, top_k=None)
+    exported = [{o["label"]: o["score"] for o in classify({"text": a, "text_pair": b})} for a, b, _ in rows]
+    loaded = load_checkpoint(str(run / "best"))
+    loaded.model.eval()
+    batch = loaded.tokenizer([a for a, _, _ in rows], [b for _, b, _ in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = torch.softmax(loaded.model.forward_batch("pairs", dict(batch)), -1)
+    assert np.allclose([[scores["no"], scores["yes"]] for scores in exported], ours.numpy(), atol=1e-5)
+
+
 def test_export_of_a_task_the_checkpoint_lacks_names_its_heads(mt_checkpoint, tmp_path, capsys):
     """A misspelt --task is one line that lists the tasks the checkpoint can export, not a
     traceback, and nothing is written."""
