@@ -49,10 +49,27 @@ def test_a_checkpoint_of_another_format_is_refused_in_one_line(tmp_path):
         read_meta(str(tmp_path))
 
 
+@pytest.fixture()
+def cli_signal_handlers():
+    """The handlers a command runs with: SIGTERM ends it as Ctrl-C does. SIGINT's is set too:
+    a shell's background job starts with SIGINT ignored, which a save rightly leaves so."""
+    import signal
+
+    from mtsmart.cli import _terminate
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("during", ["first rename", "second rename", "removing the old one"])
 def test_a_signal_while_a_checkpoint_replaces_another_leaves_one_whole_checkpoint(tmp_path, tiny_model_dir,
-                                                                                 monkeypatch, signum, during):
+                                                                                 monkeypatch, signum, during,
+                                                                                 cli_signal_handlers):
     """SIGTERM (a scheduler) or Ctrl-C between the renames left no checkpoint under its name,
     only the old one in a temporary folder; during the old one's removal, a half-removed
     folder. The interruption now waits until the checkpoint is in place."""
@@ -61,11 +78,9 @@ def test_a_signal_while_a_checkpoint_replaces_another_leaves_one_whole_checkpoin
     import signal
 
     from mtsmart import checkpoint
-    from mtsmart.cli import _terminate
 
     path, _ = saved(tmp_path, tiny_model_dir, {"a": (2, 0.1)})
     sig = getattr(signal, signum)
-    previous = signal.signal(signal.SIGTERM, _terminate)
     calls = {"replace": 0}
     real_replace, real_rmtree = os.replace, shutil.rmtree
 
@@ -82,11 +97,8 @@ def test_a_signal_while_a_checkpoint_replaces_another_leaves_one_whole_checkpoin
 
     monkeypatch.setattr(checkpoint.os, "replace", replace)
     monkeypatch.setattr(checkpoint.shutil, "rmtree", rmtree)
-    try:
-        with pytest.raises(KeyboardInterrupt):  # Terminated is one
-            saved(tmp_path, tiny_model_dir, {"a": (2, 0.1), "b": (1, 0.1)})
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(KeyboardInterrupt):  # Terminated is one
+        saved(tmp_path, tiny_model_dir, {"a": (2, 0.1), "b": (1, 0.1)})
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
     assert set(read_meta(str(path))["heads"]) == {"a", "b"}  # the new one, whole
@@ -145,14 +157,12 @@ def test_a_checkpoint_copied_without_its_teacher_says_so(tmp_path, tiny_model_di
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_a_signal_as_the_temporary_folder_is_made_leaves_nothing_behind(tmp_path, tiny_model_dir, monkeypatch,
-                                                                       signum):
+                                                                       signum, cli_signal_handlers):
     """A signal after mkdtemp made the folder and before the save had its name left a
     `.NAME.tmp-X` folder that nothing removed (a test sending SIGTERM mid-run met it)."""
     import os
     import signal
     import tempfile
-
-    from mtsmart.cli import _terminate
 
     sig = getattr(signal, signum)
     real_mkdtemp = tempfile.mkdtemp
@@ -167,13 +177,9 @@ def test_a_signal_as_the_temporary_folder_is_made_leaves_nothing_behind(tmp_path
                 pass
         return folder
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_signalled)
-    try:
-        with pytest.raises(KeyboardInterrupt):  # Terminated is one
-            saved(tmp_path, tiny_model_dir, {"a": (2, 0.1)})
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(KeyboardInterrupt):  # Terminated is one
+        saved(tmp_path, tiny_model_dir, {"a": (2, 0.1)})
     monkeypatch.undo()
     assert len(made) == 1 and not (tmp_path / "ckpt").exists()
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
