@@ -169,7 +169,7 @@ def test_two_replicas_killed_and_resumed_match_an_uninterrupted_run(tmp_path, ti
 
     task_file = write_tiny_tasks(tmp_path)
     args = ["mtsmart", "train", str(task_file), "--encoder", str(tiny_model_dir), "--smart", "full",
-            "--max-steps", "120", "--eval-every", "10", "--batch-size", "4", "--seed", "2",
+            "--max-steps", "60", "--eval-every", "5", "--batch-size", "4", "--seed", "2",
             "--num-threads", "1", "--quiet"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     torchrun([*args, "--output", str(reference)], tmp_path, env)

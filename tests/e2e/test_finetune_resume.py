@@ -5,6 +5,8 @@ fine-tuning left alone ends, and a command other than the one it started with is
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,17 +72,28 @@ def left_alone(start, tmp_path_factory):
     return ends(out)
 
 
-@pytest.fixture()
-def killed(start, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def killed_once(start, tmp_path_factory):
     """The same fine-tuning, killed inside the second task's second checkpoint."""
     root, checkpoint = start
-    monkeypatch.setenv("MTSMART_CACHE", str(root / "cache"))
-    out = tmp_path / "ft"
-    proc = subprocess.run([sys.executable, "-c", KILL_AT_SIXTH_SAVE, *finetune_args(checkpoint, out)],
+    out = tmp_path_factory.mktemp("killed") / "ft"
+    env = {**os.environ, "MTSMART_CACHE": str(root / "cache")}
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_SIXTH_SAVE, *finetune_args(checkpoint, out)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-500:]
     assert (out / "pairs" / "results.json").exists() and not (out / "score" / "results.json").exists()
     assert json.loads((out / "score" / "last" / "meta.json").read_text())["global_step"] == 3
+    return checkpoint, out
+
+
+@pytest.fixture()
+def killed(killed_once, start, tmp_path, monkeypatch):
+    """A copy of the killed fine-tuning of its own (one kill serves every test: a subprocess
+    costs seconds of imports)."""
+    monkeypatch.setenv("MTSMART_CACHE", str(start[0] / "cache"))
+    checkpoint, original = killed_once
+    out = tmp_path / "ft"
+    shutil.copytree(original, out, symlinks=True)
     return checkpoint, out
 
 
