@@ -14,6 +14,8 @@ DATA_DIR ?= $(SHARED)/data
 TASK_FILE ?= $(if $(wildcard $(DATA_DIR)/glue/RTE/train.tsv),task_defs/glue.yaml,task_defs/glue_hub.yaml)
 DEMO_STEPS ?= 150
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test; 0 runs the suite in one process
+TEST_PROCESSES ?= 2
 
 .PHONY: setup demo test bench clean
 
@@ -36,7 +38,7 @@ demo: setup
 		--eval-every $(DEMO_STEPS) --sampler temperature
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python scripts/bench_speed.py
