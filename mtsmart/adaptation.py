@@ -198,11 +198,15 @@ def run_adaptation(starts: list[StartPoint], task: TaskDef, cfg: TrainConfig, da
 def start_tokenizer(start: StartPoint, task: TaskDef, trust_remote_code: bool = False):
     """The start's tokenizer, its limit lowered to the encoder's position table; a task
     max_length beyond it is refused naming the start."""
-    from mtsmart.model import encoder_skeleton, fit_tokenizer_to_positions, load_tokenizer
+    from mtsmart.model import encoder_skeleton, fit_tokenizer_to_positions, load_tokenizer, vocabulary_problem
 
     encoder_dir = os.path.join(start.path, ENCODER_DIR) if start.is_checkpoint else start.path
     tokenizer = load_tokenizer(encoder_dir, trust_remote_code=trust_remote_code)
-    fit_tokenizer_to_positions(tokenizer, encoder_skeleton(encoder_dir, trust_remote_code))
+    skeleton = encoder_skeleton(encoder_dir, trust_remote_code)
+    problem = vocabulary_problem(tokenizer, skeleton)
+    if problem:
+        raise ConfigError(f"START {start.label}'s encoder ({encoder_dir}): {problem}")
+    fit_tokenizer_to_positions(tokenizer, skeleton)
     check_max_length(task, tokenizer, f"START {start.label}'s encoder")
     return tokenizer
 

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from mtsmart.config import CHECKPOINT_WEIGHTS, TrainConfig, parse_train_config, to_plain
 from mtsmart.errors import CheckpointError
-from mtsmart.model import MultiTaskModel, fit_tokenizer_to_positions, quiet_transformers
+from mtsmart.model import MultiTaskModel, fit_tokenizer_to_positions, quiet_transformers, vocabulary_problem
 from mtsmart.provenance import RUN_FILE, software_versions
 from mtsmart.tasks import TaskDef, parse_task, task_to_plain
 
@@ -428,6 +428,9 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu",
     with reading(encoder_dir), quiet_transformers():
         encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(encoder_dir, trust_remote_code=trust_remote_code)
+    problem = vocabulary_problem(tokenizer, encoder)
+    if problem:
+        raise CheckpointError(f"{encoder_dir}: {problem}")
     fit_tokenizer_to_positions(tokenizer, encoder)
     heads_path = os.path.join(path, HEADS_FILE)
     with reading(f"{os.path.join(path, META_FILE)} and {heads_path}"):

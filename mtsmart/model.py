@@ -118,6 +118,21 @@ def fit_tokenizer_to_positions(tokenizer, encoder: nn.Module) -> None:
         tokenizer.model_max_length = limit
 
 
+def vocabulary_problem(tokenizer, encoder: nn.Module) -> Optional[str]:
+    """Why the tokenizer cannot feed the encoder: ids beyond its word-embedding table (a
+    tokenizer with added tokens whose encoder was not resized, or another model's
+    tokenizer), which crash the first batch that holds one with an IndexError deep in
+    torch. None when every id has a row."""
+    table = encoder.get_input_embeddings()
+    rows = getattr(table, "num_embeddings", None)
+    top = max(tokenizer.get_vocab().values(), default=-1)
+    if rows is None or top < rows:
+        return None
+    return (f"the tokenizer makes token ids up to {top}, but the encoder's embedding table has {rows} rows, "
+            "so the two do not belong together; after adding tokens to a tokenizer, resize the encoder "
+            "(model.resize_token_embeddings(len(tokenizer))) and save both")
+
+
 @functools.lru_cache(maxsize=None)
 def _takes_token_types(encoder_class: type) -> bool:
     """Whether the forward names token_type_ids or takes any keyword (a decorator that

@@ -36,7 +36,8 @@ from mtsmart.errors import CheckpointError, ConfigError
 from mtsmart.evaluation import predict_split, score_split, selection_score
 from mtsmart.losses import balanced_class_weights, task_loss_share
 from mtsmart.metric_logging import MetricLogger, append_json_line, drop_records_after, write_json
-from mtsmart.model import MultiTaskModel, fit_tokenizer_to_positions, head_spec, load_tokenizer
+from mtsmart.model import (MultiTaskModel, fit_tokenizer_to_positions, head_spec, load_tokenizer,
+                           vocabulary_problem)
 from mtsmart.objective import SideStream, batch_objective
 from mtsmart.optim import build_optimizer, lr_multiplier, scheduled_lr
 from mtsmart.provenance import check_same_data, encoder_fingerprint, read_sessions, record_session, session_record
@@ -282,6 +283,9 @@ class Trainer:
             self.model = MultiTaskModel.from_pretrained(
                 cfg.encoder, self.tasks.values(), num_hidden_layers=cfg.num_hidden_layers,
                 trust_remote_code=cfg.trust_remote_code, pooling=cfg.pooling)
+            problem = vocabulary_problem(self.tokenizer, self.model.encoder)
+            if problem:
+                raise ConfigError(f"training.encoder {cfg.encoder}: {problem}")
         fit_tokenizer_to_positions(self.tokenizer, self.model.encoder)
         if cfg.encoder_dropout is not None:
             self.model.set_encoder_dropout(cfg.encoder_dropout)

@@ -246,6 +246,44 @@ def test_adapt_refuses_a_start_that_is_no_encoder_or_checkpoint(workdir, capsys)
     assert_one_line(code, err, "START mt", str(run), "run folder", str(run / "best"))
 
 
+def grow_tokenizer(encoder_dir: Path) -> None:
+    """Add two words to the folder's tokenizer and leave its encoder's embeddings as they were."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir))
+    tokenizer.add_tokens(["kitten", "puppy"])
+    tokenizer.save_pretrained(str(encoder_dir))
+
+
+def test_a_tokenizer_with_ids_beyond_the_encoders_embeddings_is_named(workdir, tiny_model_dir, capsys):
+    """Tokens added to a tokenizer without resizing its encoder made an IndexError deep in
+    torch at the first batch that held one; the mismatch is now named before anything runs,
+    for an encoder to train, a START of adapt and a checkpoint."""
+    import json
+    import shutil
+
+    rows = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    (workdir / "train.tsv").write_text(GOOD_TRAIN + "the kitten\t1\n", encoding="utf-8")
+    task_file = write(workdir, task_yaml())
+    grown = workdir / "grown"
+    shutil.copytree(tiny_model_dir, grown)
+    grow_tokenizer(grown)
+    problem = [f"token ids up to {rows}, but the encoder's embedding table has {rows} rows",
+               "resize_token_embeddings"]
+    code, err = run_main(argv(workdir, task_file, grown), capsys)
+    assert_one_line(code, err, f"training.encoder {grown}: the tokenizer", *problem)
+    assert not (workdir / "out").exists()
+    code, err = run_main(["adapt", f"raw={grown}", "--task", "tiny", "--task-defs", str(task_file),
+                          "--train-sizes", "2", "--output", str(workdir / "adapt")], capsys)
+    assert_one_line(code, err, f"START raw's encoder ({grown})", *problem)
+
+    assert run_main(argv(workdir, task_file, tiny_model_dir), capsys)[0] == 0
+    encoder_dir = workdir / "out" / "best" / "encoder"
+    grow_tokenizer(encoder_dir)
+    code, err = run_main(["evaluate", str(workdir / "out" / "best"), "--data-dir", str(workdir)], capsys)
+    assert_one_line(code, err, f"{encoder_dir}: the tokenizer", *problem)
+
+
 def test_argparse_errors_are_one_line_too(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "x.yaml", "--sampler", "random"])
