@@ -8,6 +8,7 @@ the optimizer and scheduler, and update the shared EMA teacher.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -202,7 +203,7 @@ class Trainer:
             torch.manual_seed(self._replica_seed())
         self.side_stream = SideStream(self._replica_seed() + SIDE_STREAM_SEED_OFFSET, self.device)
         self._setup_data()
-        self._check_precision()
+        self._check_forward()
         self._setup_plan()
         self.task_smart = {n: t.smart_config(cfg.smart) for n, t in self.tasks.items()}
         if self.autocast_dtype is not None and self.uses_adversarial_term:
@@ -223,27 +224,44 @@ class Trainer:
             self.perturbation_scales.update({k: v for k, v in saved.items() if k in self.perturbation_scales})
         self.prepared = True
 
-    def _check_precision(self) -> None:
-        """One forward of two training examples under the run's autocast, before anything
-        trains: an encoder that fails there (transformers' DeBERTa v1 under bf16 overflows
-        its attention-mask fill) stopped the run with a traceback at its first batch or,
-        where SMART's batches run in float32, at the first evaluation, before any checkpoint."""
-        if self.autocast_dtype is None:
-            return
+    def _check_forward(self) -> None:
+        """One forward of two training examples, before anything trains or is written. An
+        encoder that fails only under the run's autocast (transformers' DeBERTa v1 under
+        bf16 overflows its attention-mask fill) stopped the run with a traceback at its first
+        batch or, where SMART's batches run in float32, at its first evaluation; a family
+        whose forward takes no batch padded to its longest input (Nystromformer needs one
+        fixed length) stopped it at the first step."""
         name = next(iter(self.tasks))
         split = self.train_splits[name]
         batch = collate(split, list(range(min(2, len(split)))), self.pad_token_id)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
         was_training = self.model.training
         self.model.eval()  # no dropout draws: the run's random stream is untouched
         try:
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                self.model.forward_batch(name, {k: v.to(self.device) for k, v in batch.items()})
-        except RuntimeError as err:
-            first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-            raise ConfigError(f"training.precision: {self.cfg.precision} fails in the encoder's forward "
-                              f"({type(self.model.encoder).__name__}: {first}); use fp32") from None
+            failure = self._forward_failure(name, batch, self.autocast_dtype)
+            if failure and self.autocast_dtype is not None and self._forward_failure(name, batch, None) is None:
+                raise ConfigError(f"training.precision: {self.cfg.precision} fails in the encoder's forward "
+                                  f"({failure}); use fp32")
+            if failure:
+                encoder = (f"the encoder of {self.init_from}" if self.init_from
+                           else f"training.encoder {self.cfg.encoder}")
+                raise ConfigError(f"{encoder}: its forward fails on a batch of two "
+                                  f"training examples padded to the longer one ({failure}), as every batch is; "
+                                  "its family does not train with mtsmart")
         finally:
             self.model.train(was_training)
+
+    def _forward_failure(self, task: str, batch: dict, autocast_dtype) -> Optional[str]:
+        """The encoder's error on ``batch`` (class and first line), or None if it runs."""
+        try:
+            autocast = (torch.autocast(self.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                        else contextlib.nullcontext())
+            with torch.no_grad(), autocast:
+                self.model.forward_batch(task, batch)
+        except (RuntimeError, IndexError) as err:
+            first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            return f"{type(self.model.encoder).__name__}: {first}"
+        return None
 
     def _setup_model_and_tokenizer(self) -> None:
         cfg = self.cfg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from mtsmart.config import SmartConfig
@@ -98,15 +99,16 @@ def test_an_encoder_that_fails_under_autocast_is_refused_before_anything_runs(tm
         assert not (tmp_path / "run").exists()
 
 
-def test_the_precision_check_leaves_the_run_as_it_was(tmp_path, tiny_model_dir, monkeypatch):
-    """The check's forward runs in eval mode: it draws no random numbers, so a bf16 run's
-    losses and weights are those of the same run without it."""
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_forward_check_leaves_the_run_as_it_was(tmp_path, tiny_model_dir, monkeypatch, precision):
+    """The check's forward runs in eval mode: it draws no random numbers, so a run's losses
+    and weights are those of the same run without it."""
     from mtsmart.train import Trainer
 
     monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
-    _, checked = train_tiny_run(tmp_path, tiny_model_dir, "checked", "--precision", "bf16", "log_every=1")
-    monkeypatch.setattr(Trainer, "_check_precision", lambda self: None)
-    _, unchecked = train_tiny_run(tmp_path, tiny_model_dir, "unchecked", "--precision", "bf16", "log_every=1")
+    _, checked = train_tiny_run(tmp_path, tiny_model_dir, "checked", "--precision", precision, "log_every=1")
+    monkeypatch.setattr(Trainer, "_check_forward", lambda self: None)
+    _, unchecked = train_tiny_run(tmp_path, tiny_model_dir, "unchecked", "--precision", precision, "log_every=1")
     ours, theirs = tensorboard_scalars(checked), tensorboard_scalars(unchecked)
     assert ours["train/grad_norm"] and ours.keys() == theirs.keys()
     assert all(ours[tag] == theirs[tag] for tag in ours if tag.startswith(("train/", "dev/")))

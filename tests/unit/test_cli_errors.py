@@ -6,6 +6,7 @@ a real subprocess to check the process exit code and everything it writes to std
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -259,7 +260,6 @@ def test_a_tokenizer_with_ids_beyond_the_encoders_embeddings_is_named(workdir, t
     """Tokens added to a tokenizer without resizing its encoder made an IndexError deep in
     torch at the first batch that held one; the mismatch is now named before anything runs,
     for an encoder to train, a START of adapt and a checkpoint."""
-    import json
     import shutil
 
     rows = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
@@ -282,6 +282,29 @@ def test_a_tokenizer_with_ids_beyond_the_encoders_embeddings_is_named(workdir, t
     grow_tokenizer(encoder_dir)
     code, err = run_main(["evaluate", str(workdir / "out" / "best"), "--data-dir", str(workdir)], capsys)
     assert_one_line(code, err, f"{encoder_dir}: the tokenizer", *problem)
+
+
+def test_an_encoder_family_whose_forward_takes_no_padded_batch_is_named(workdir, tiny_model_dir, capsys):
+    """Nystromformer's forward needs every input padded to one fixed length; mtsmart pads a
+    batch to its longest input, and the run stopped with a traceback at its first step. One
+    forward of two training examples finds that before anything is written."""
+    import shutil
+
+    from transformers import NystromformerConfig, NystromformerModel
+
+    encoder = workdir / "nystromformer"
+    shutil.copytree(tiny_model_dir, encoder)
+    (encoder / "model.safetensors").unlink()
+    vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    NystromformerModel(NystromformerConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, intermediate_size=64, num_landmarks=4,
+                                           segment_means_seq_len=16, max_position_embeddings=64)).save_pretrained(encoder)
+    capsys.readouterr()
+    task_file = write(workdir, task_yaml(max_length=16))
+    code, err = run_main(argv(workdir, task_file, encoder), capsys)
+    assert_one_line(code, err, f"training.encoder {encoder}: its forward fails on a batch of two training examples",
+                    "(NystromformerModel: ", "does not train with mtsmart")
+    assert not (workdir / "out").exists()
 
 
 def test_argparse_errors_are_one_line_too(capsys):
