@@ -772,15 +772,32 @@ def test_a_roberta_style_export_predicts_what_mtsmart_predicts(tmp_path, tiny_ro
     assert np.allclose(exported, ours, atol=1e-4)
 
 
+def assert_pipeline_classifies_pairs_as_mtsmart(checkpoint: Path, export_dir: Path, data: Path) -> None:
+    """pipeline() on the export gives each dev pair of the tiny `pairs` task the
+    probabilities mtsmart's own head gives it."""
+    from transformers import pipeline
+
+    from mtsmart.checkpoint import load_checkpoint
+
+    with open(data / "pairs_dev.tsv") as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle][1:]
+    classify = pipeline("text-classification", model=str(export_dir), truncation=True, top_k=None)
+    exported = [{o["label"]: o["score"] for o in classify({"text": a, "text_pair": b})} for a, b, _ in rows]
+    loaded = load_checkpoint(str(checkpoint))
+    loaded.model.eval()
+    batch = loaded.tokenizer([a for a, _, _ in rows], [b for _, b, _ in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = torch.softmax(loaded.model.forward_batch("pairs", dict(batch)), -1)
+    assert np.allclose([[scores["no"], scores["yes"]] for scores in exported], ours.numpy(), atol=1e-5)
+
+
 def test_a_roberta_style_export_classifies_sentence_pairs_as_mtsmart_does(tmp_path, tiny_roberta_dir,
                                                                            monkeypatch):
     """Some RoBERTa-family checkpoints ship a tokenizer that makes sentence-B type ids
     (klue/roberta-base's is a BERT tokenizer; so is the tiny fixture's) for an encoder with
     one token type. mtsmart leaves them out; an exported tokenizer that still made them
     sent index 1 into a one-row table, and pipeline() on a pair failed with IndexError."""
-    from transformers import AutoTokenizer, pipeline
-
-    from mtsmart.checkpoint import load_checkpoint
+    from transformers import AutoTokenizer
 
     monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
     _, run = train_tiny_run(tmp_path, tiny_roberta_dir, "roberta", "--pooling", "pooler")
@@ -788,16 +805,36 @@ def test_a_roberta_style_export_classifies_sentence_pairs_as_mtsmart_does(tmp_pa
     export_dir = tmp_path / "hf"
     assert main(["export", str(run / "best"), "--task", "pairs", "--out", str(export_dir)]) == 0
     assert "token_type_ids" not in AutoTokenizer.from_pretrained(str(export_dir))("a", "b")
-    with open(tmp_path / "data" / "pairs_dev.tsv") as handle:
-        rows = [line.rstrip("\n").split("\t") for line in handle][1:]
-    classify = pipeline("text-classification", model=str(export_dir), truncation=True, top_k=None)
-    exported = [{o["label"]: o["score"] for o in classify({"text": a, "text_pair": b})} for a, b, _ in rows]
-    loaded = load_checkpoint(str(run / "best"))
-    loaded.model.eval()
-    batch = loaded.tokenizer([a for a, _, _ in rows], [b for _, b, _ in rows], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        ours = torch.softmax(loaded.model.forward_batch("pairs", dict(batch)), -1)
-    assert np.allclose([[scores["no"], scores["yes"]] for scores in exported], ours.numpy(), atol=1e-5)
+    assert_pipeline_classifies_pairs_as_mtsmart(run / "best", export_dir, tmp_path / "data")
+
+
+@pytest.mark.parametrize("family", ["albert", "mpnet", "xlm-roberta"])
+def test_each_family_export_names_besides_bert_and_roberta_exports(tmp_path, tiny_model_dir, monkeypatch, family):
+    """Export names ALBERT, MPNet and XLM-R as families it supports: ALBERT's head is BERT's
+    shape with its own embedding size and token types, MPNet's is RoBERTa's shape with no
+    token types at all, XLM-R is RoBERTa's with its own model class."""
+    import shutil
+
+    import transformers
+
+    encoder = tmp_path / family
+    shutil.copytree(tiny_model_dir, encoder)  # the tiny WordPiece tokenizer, another encoder
+    (encoder / "model.safetensors").unlink()
+    vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    common = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=160)
+    model = {"albert": lambda: transformers.AlbertModel(transformers.AlbertConfig(**common, embedding_size=16)),
+             "mpnet": lambda: transformers.MPNetModel(transformers.MPNetConfig(**common)),
+             "xlm-roberta": lambda: transformers.XLMRobertaModel(
+                 transformers.XLMRobertaConfig(**common, pad_token_id=0, type_vocab_size=1))}[family]()
+    model.save_pretrained(encoder)
+    monkeypatch.setenv("MTSMART_CACHE", str(tmp_path / "cache"))
+    _, run = train_tiny_run(tmp_path, encoder, "run", "--pooling", "pooler")
+    export_dir = tmp_path / "hf"
+    assert main(["export", str(run / "best"), "--task", "pairs", "--out", str(export_dir)]) == 0
+    exported_config = json.loads((export_dir / "config.json").read_text())
+    assert exported_config["model_type"] == family and len(exported_config["id2label"]) == 2
+    assert_pipeline_classifies_pairs_as_mtsmart(run / "best", export_dir, tmp_path / "data")
 
 
 def test_export_of_a_task_the_checkpoint_lacks_names_its_heads(mt_checkpoint, tmp_path, capsys):
